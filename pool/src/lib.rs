@@ -1,0 +1,1 @@
+//! portpool pool layer (work in progress).

@@ -1,0 +1,64 @@
+//! The portpool wire protocol: typed messages in length-prefixed MessagePack
+//! frames. Sans-IO: no processes, no runtime.
+//!
+//! A frame is a `u32` big-endian body length followed by the body; the body
+//! is one MessagePack map whose `type` key names the [`Message`] variant.
+//! `PROTOCOL.md` beside this crate describes every message byte by byte.
+//!
+//! This crate provides:
+//! - [`Message`] and its variants ([`Hello`], [`Request`], [`Response`], ...);
+//! - [`MessageCodec`], a tokio-util `Encoder`/`Decoder` built on
+//!   `LengthDelimitedCodec`, with a configurable maximum frame size checked
+//!   before any allocation;
+//! - [`blocking`] helpers to read and write frames over `std::io`;
+//! - [`PROTOCOL_VERSION`] and [`Hello::validate`], the compatibility rule.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use portpool_protocol::{Message, MessageCodec, Request, Value};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec = MessageCodec::default();
+//! let request = Message::Request(Request {
+//!     id: 1,
+//!     method: "echo".into(),
+//!     params: Value::from("hi"),
+//!     session: None,
+//!     deadline_ms: None,
+//!     trace: None,
+//! });
+//! let mut buf = BytesMut::new();
+//! codec.encode(&request, &mut buf).unwrap();
+//! assert_eq!(&buf[..4], &(buf.len() as u32 - 4).to_be_bytes());
+//! assert_eq!(codec.decode(&mut buf).unwrap(), Some(request));
+//! ```
+
+pub mod blocking;
+mod codec;
+mod error;
+mod message;
+mod version;
+
+pub use codec::{decode_body, encode_body, encode_frame, MessageCodec, DEFAULT_MAX_FRAME, HEADER_LEN};
+pub use error::ProtocolError;
+pub use message::{
+    Cancel, Chunk, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response, SessionClose, Shutdown,
+};
+pub use rmpv::Value;
+pub use version::{ProtocolVersion, PROTOCOL_VERSION};
+
+/// Converts any serializable value to a [`Value`] (for request params).
+pub fn to_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Value, ProtocolError> {
+    rmpv::ext::to_value(value).map_err(|e| ProtocolError::Malformed {
+        reason: format!("cannot encode value: {e}"),
+    })
+}
+
+/// Converts a [`Value`] to any deserializable type (for call results).
+pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ProtocolError> {
+    rmpv::ext::from_value(value).map_err(|e| ProtocolError::Malformed {
+        reason: format!("cannot decode value: {e}"),
+    })
+}

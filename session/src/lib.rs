@@ -1,0 +1,1 @@
+//! portpool session layer (work in progress).

@@ -1,0 +1,1 @@
+//! portpool testkit layer (work in progress).

@@ -1,0 +1,1 @@
+//! portpool transport layer (work in progress).
