@@ -1,0 +1,208 @@
+//! Codec behaviour: round trips, limits, malformed input, versioning.
+
+use bytes::{BufMut, BytesMut};
+use portpool_protocol::blocking::{read_message, write_message};
+use portpool_protocol::*;
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::Boolean),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter("NaN != NaN", |f| !f.is_nan()).prop_map(Value::F64),
+        ".{0,20}".prop_map(|s| Value::from(s.as_str())),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Binary),
+    ];
+    leaf.prop_recursive(3, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec(("[a-z]{1,8}".prop_map(|s| Value::from(s.as_str())), inner), 0..6)
+                .prop_map(Value::Map),
+        ]
+    })
+}
+
+fn arb_opt_string() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(".{0,16}")
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), ".{0,8}", any::<u32>(), 1..1000u32, proptest::collection::vec("[a-z_]{1,10}", 0..5))
+            .prop_map(|(major, minor, runtime, pid, max_concurrency, methods)| Message::Hello(Hello {
+                protocol_major: major,
+                protocol_minor: minor,
+                runtime,
+                runtime_version: "3.11".into(),
+                pid,
+                max_concurrency,
+                methods,
+                capabilities: vec!["stream".into()],
+            })),
+        (any::<u64>(), "[a-z.]{1,12}", arb_value(), arb_opt_string(), proptest::option::of(any::<u64>()), arb_opt_string())
+            .prop_map(|(id, method, params, session, deadline_ms, trace)| Message::Request(Request {
+                id,
+                method,
+                params,
+                session,
+                deadline_ms,
+                trace
+            })),
+        // A nil result is the same on the wire as an absent one, so nil
+        // results round-trip too.
+        (any::<u64>(), arb_value()).prop_map(|(id, v)| Message::Response(Response::ok(id, v))),
+        (any::<u64>(), ".{0,10}", ".{0,30}", arb_opt_string(), proptest::option::of(arb_value()))
+            .prop_filter("data: Some(Nil) decodes as None", |(_, _, _, _, d)| d != &Some(Value::Nil))
+            .prop_map(|(id, kind, message, traceback, data)| Message::Response(Response::err(
+                id,
+                RemoteError { kind, message, traceback, data }
+            ))),
+        (any::<u64>(), arb_value()).prop_map(|(id, data)| Message::Chunk(Chunk { id, data })),
+        any::<u64>().prop_map(|id| Message::Cancel(Cancel { id })),
+        any::<u64>().prop_map(|id| Message::Ping(Ping { id })),
+        any::<u64>().prop_map(|id| Message::Pong(Pong { id })),
+        Just(Message::Shutdown(Shutdown {})),
+        ".{0,40}".prop_map(|session| Message::SessionClose(SessionClose { session })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(message in arb_message()) {
+        let mut codec = MessageCodec::default();
+        let mut buf = BytesMut::new();
+        codec.encode(&message, &mut buf).unwrap();
+        prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(message.clone()));
+        prop_assert!(buf.is_empty());
+
+        let mut wire = Vec::new();
+        write_message(&mut wire, &message, DEFAULT_MAX_FRAME).unwrap();
+        prop_assert_eq!(read_message(&mut wire.as_slice(), DEFAULT_MAX_FRAME).unwrap(), Some(message));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..256) {
+        let mut codec = MessageCodec::new(max);
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Each call either yields, asks for more, or fails; never panics.
+        for _ in 0..64 {
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = read_message(&mut bytes.as_slice(), max);
+    }
+
+    #[test]
+    fn arbitrary_bodies_are_malformed_or_messages(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        match decode_body(&body) {
+            Ok(_) | Err(ProtocolError::Malformed { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn header_announcing_4_gib_fails_at_once() {
+    let mut codec = MessageCodec::default();
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    let capacity_before = buf.capacity();
+    match codec.decode(&mut buf) {
+        Err(ProtocolError::FrameTooLarge { len, max }) => {
+            assert_eq!(len, u32::MAX as u64);
+            assert_eq!(max, DEFAULT_MAX_FRAME);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(buf.capacity(), capacity_before, "nothing was reserved for the body");
+
+    let err = read_message(&mut &[0xffu8, 0xff, 0xff, 0xff, 1, 2][..], DEFAULT_MAX_FRAME).unwrap_err();
+    assert!(matches!(err, ProtocolError::FrameTooLarge { len: 4294967295, .. }), "{err}");
+}
+
+#[test]
+fn encoding_over_the_maximum_is_refused() {
+    let mut codec = MessageCodec::new(16);
+    let message = Message::Chunk(Chunk { id: 1, data: Value::Binary(vec![0; 100]) });
+    let err = codec.encode(&message, &mut BytesMut::new()).unwrap_err();
+    assert!(matches!(err, ProtocolError::FrameTooLarge { max: 16, .. }), "{err}");
+    assert!(err.to_string().contains("exceeds the maximum of 16 bytes"));
+}
+
+fn frame(body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.extend_from_slice(body);
+    buf
+}
+
+#[test]
+fn malformed_bodies_name_the_problem() {
+    let mut codec = MessageCodec::default();
+    // Not msgpack at all (0xc1 is never used).
+    let err = codec.decode(&mut frame(&[0xc1])).unwrap_err();
+    assert!(matches!(err, ProtocolError::Malformed { .. }), "{err}");
+
+    let unknown_type = rmp_serde::to_vec_named(&serde_json::json!({"type": "teleport", "id": 1})).unwrap();
+    let err = codec.decode(&mut frame(&unknown_type)).unwrap_err();
+    assert!(err.to_string().contains("teleport"), "{err}");
+
+    let missing_method = rmp_serde::to_vec_named(&serde_json::json!({"type": "request", "id": 1})).unwrap();
+    let err = codec.decode(&mut frame(&missing_method)).unwrap_err();
+    assert!(err.to_string().contains("method"), "{err}");
+}
+
+#[test]
+fn truncated_frame_at_eof_is_an_error_and_clean_eof_is_none() {
+    let mut codec = MessageCodec::default();
+    let mut partial = BytesMut::from(&[0, 0, 0, 10, 1, 2][..]);
+    assert!(codec.decode(&mut partial).unwrap().is_none());
+    assert!(matches!(codec.decode_eof(&mut partial), Err(ProtocolError::TruncatedFrame { .. })));
+    assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+
+    assert!(read_message(&mut &[][..], DEFAULT_MAX_FRAME).unwrap().is_none());
+    let err = read_message(&mut &[0u8, 0, 0, 10, 1][..], DEFAULT_MAX_FRAME).unwrap_err();
+    assert!(matches!(err, ProtocolError::TruncatedFrame { buffered: 5 }), "{err}");
+}
+
+fn hello(major: u16, minor: u16) -> Hello {
+    Hello {
+        protocol_major: major,
+        protocol_minor: minor,
+        runtime: "python".into(),
+        runtime_version: "3.11".into(),
+        pid: 1,
+        max_concurrency: 4,
+        methods: vec![],
+        capabilities: vec![],
+    }
+}
+
+#[test]
+fn version_rule_major_must_match_minor_may_differ() {
+    assert!(hello(PROTOCOL_VERSION.major, PROTOCOL_VERSION.minor + 7).validate().is_ok());
+    let err = hello(PROTOCOL_VERSION.major + 1, 0).validate().unwrap_err();
+    assert!(matches!(err, ProtocolError::VersionMismatch { .. }));
+    assert_eq!(err.to_string(), "protocol version mismatch: we speak 1.0, the worker speaks 2.0");
+    let mut zero = hello(1, 0);
+    zero.max_concurrency = 0;
+    assert!(zero.validate().is_err());
+}
+
+#[test]
+fn typed_values_convert_both_ways() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Point {
+        x: i32,
+        label: String,
+    }
+    let value = to_value(&Point { x: -2, label: "a".into() }).unwrap();
+    let back: Point = from_value(value).unwrap();
+    assert_eq!(back, Point { x: -2, label: "a".into() });
+    let err = from_value::<Point>(Value::from(3)).unwrap_err();
+    assert!(err.to_string().contains("cannot decode value"), "{err}");
+}
