@@ -1,0 +1,366 @@
+"""Pure encode/decode helpers for the portpool wire protocol, version 1.0.
+
+No I/O happens here. A frame is a 4-byte big-endian body length followed by the
+body, one MessagePack map whose ``type`` key comes first. Builders return plain
+dicts whose keys are in wire order (so :func:`pack` yields the canonical bytes);
+optional keys are omitted when absent. :func:`unpack` validates a body and
+returns a normalized dict: known keys only, in wire order.
+
+See ``protocol/PROTOCOL.md`` in the repository for the authoritative rules.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import msgpack
+
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_MAX_FRAME",
+    "FrameReader",
+    "FrameTooLarge",
+    "HEADER_SIZE",
+    "Malformed",
+    "Message",
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_MINOR",
+    "ProtocolError",
+    "TruncatedFrame",
+    "cancel_message",
+    "chunk_message",
+    "decode_frame",
+    "encode",
+    "frame",
+    "hello_message",
+    "pack",
+    "ping_message",
+    "pong_message",
+    "request_message",
+    "response_error_message",
+    "response_ok_message",
+    "session_close_message",
+    "shutdown_message",
+    "unpack",
+]
+
+PROTOCOL_MAJOR: Final = 1
+PROTOCOL_MINOR: Final = 0
+HEADER_SIZE: Final = 4
+DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
+CAPABILITIES: Final[tuple[str, ...]] = ("stream", "cancel", "session")
+
+_U64_MAX: Final = 2**64 - 1
+_U32_MAX: Final = 2**32 - 1
+_U16_MAX: Final = 2**16 - 1
+_HEADER: Final = struct.Struct(">I")
+
+Message = dict[str, Any]
+"""A decoded or to-be-encoded message: a dict with ``type`` first, keys in wire order."""
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol; the connection cannot continue."""
+
+
+class Malformed(ProtocolError):
+    """A body that is not a valid message (bad MessagePack, unknown type, missing or mistyped key)."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced a body larger than the configured maximum."""
+
+    def __init__(self, length: int, max_frame: int) -> None:
+        super().__init__(f"frame header announces {length} bytes, more than the maximum of {max_frame}")
+        self.length = length
+        self.max_frame = max_frame
+
+
+class TruncatedFrame(ProtocolError):
+    """The stream ended inside a frame."""
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def frame(body: bytes) -> bytes:
+    """Prefixes ``body`` with its 4-byte big-endian length."""
+    if len(body) > _U32_MAX:
+        raise FrameTooLarge(len(body), _U32_MAX)
+    return _HEADER.pack(len(body)) + body
+
+
+def pack(message: Mapping[str, Any]) -> bytes:
+    """Encodes a message body (MessagePack, ``bin`` for bytes, ``str`` for text).
+
+    Raises ``TypeError``/``ValueError``/``OverflowError`` when a value cannot be encoded.
+    """
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return body
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """Encodes a message as a complete frame (header + body)."""
+    return frame(pack(message))
+
+
+class FrameReader:
+    """Incremental frame splitter: feed bytes, get complete bodies.
+
+    The header is checked against ``max_frame`` as soon as its 4 bytes are
+    known, before any body is buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 0:
+            raise ValueError("max_frame must be >= 0")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need: int | None = None  # body length of the frame being read, once its header is known
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Adds ``data``; returns the bodies of all frames completed by it (possibly none)."""
+        self._buf += data
+        bodies: list[bytes] = []
+        while True:
+            if self._need is None:
+                if len(self._buf) < HEADER_SIZE:
+                    return bodies
+                (length,) = _HEADER.unpack_from(self._buf, 0)
+                if length > self.max_frame:
+                    raise FrameTooLarge(length, self.max_frame)
+                del self._buf[:HEADER_SIZE]
+                self._need = length
+            if len(self._buf) < self._need:
+                return bodies
+            bodies.append(bytes(self._buf[: self._need]))
+            del self._buf[: self._need]
+            self._need = None
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (end of stream here is clean)."""
+        return self._need is None and not self._buf
+
+    def eof(self) -> None:
+        """Signals end of stream; raises :class:`TruncatedFrame` if it ended inside a frame."""
+        if not self.at_boundary:
+            buffered = len(self._buf) + (HEADER_SIZE if self._need is not None else 0)
+            raise TruncatedFrame(f"stream ended inside a frame ({buffered} bytes of an incomplete frame)")
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def hello_message(
+    *,
+    runtime_version: str,
+    pid: int,
+    max_concurrency: int,
+    methods: Sequence[str],
+    capabilities: Sequence[str] = CAPABILITIES,
+    runtime: str = "python",
+    protocol_major: int = PROTOCOL_MAJOR,
+    protocol_minor: int = PROTOCOL_MINOR,
+) -> Message:
+    """The worker's first message."""
+    return {
+        "type": "hello",
+        "protocol_major": protocol_major,
+        "protocol_minor": protocol_minor,
+        "runtime": runtime,
+        "runtime_version": runtime_version,
+        "pid": pid,
+        "max_concurrency": max_concurrency,
+        "methods": list(methods),
+        "capabilities": list(capabilities),
+    }
+
+
+def request_message(
+    id: int,
+    method: str,
+    params: Any,
+    *,
+    session: str | None = None,
+    deadline_ms: int | None = None,
+    trace: str | None = None,
+) -> Message:
+    """A host -> worker call."""
+    msg: Message = {"type": "request", "id": id, "method": method, "params": params}
+    if session is not None:
+        msg["session"] = session
+    if deadline_ms is not None:
+        msg["deadline_ms"] = deadline_ms
+    if trace is not None:
+        msg["trace"] = trace
+    return msg
+
+
+def response_ok_message(id: int, result: Any) -> Message:
+    """A successful response; ``result`` is always present (may be ``None``)."""
+    return {"type": "response", "id": id, "result": result}
+
+
+def response_error_message(
+    id: int,
+    type: str,
+    message: str,
+    *,
+    traceback: str | None = None,
+    data: Any = None,
+) -> Message:
+    """An error response; ``traceback`` and ``data`` are omitted when ``None``."""
+    error: dict[str, Any] = {"type": type, "message": message}
+    if traceback is not None:
+        error["traceback"] = traceback
+    if data is not None:
+        error["data"] = data
+    return {"type": "response", "id": id, "error": error}
+
+
+def chunk_message(id: int, data: Any) -> Message:
+    """One streamed item of request ``id``."""
+    return {"type": "chunk", "id": id, "data": data}
+
+
+def cancel_message(id: int) -> Message:
+    return {"type": "cancel", "id": id}
+
+
+def ping_message(id: int) -> Message:
+    return {"type": "ping", "id": id}
+
+
+def pong_message(id: int) -> Message:
+    """The answer to ``ping`` with the same id."""
+    return {"type": "pong", "id": id}
+
+
+def shutdown_message() -> Message:
+    return {"type": "shutdown"}
+
+
+def session_close_message(session: str) -> Message:
+    return {"type": "session_close", "session": session}
+
+
+# --------------------------------------------------------------------------- decoding
+
+_ANY: Final = object()
+
+
+def _check(msg: Mapping[str, Any], key: str, kind: object, *, optional: bool = False) -> bool:
+    """Validates ``msg[key]``; returns whether the key is present."""
+    if key not in msg:
+        if optional:
+            return False
+        raise Malformed(f"{msg.get('type')!s} message is missing required key {key!r}")
+    value = msg[key]
+    ok: bool
+    if kind is _ANY:
+        ok = True
+    elif kind == "u64":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
+    elif kind == "u32":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U32_MAX
+    elif kind == "u16":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U16_MAX
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "[str]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind == "map":
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover - programming error
+        raise AssertionError(kind)
+    if not ok:
+        raise Malformed(f"{msg.get('type')!s} message key {key!r} must be {kind}, got {value!r:.80}")
+    return True
+
+
+# For each type: (key, kind, optional) in wire order.
+_SCHEMA: Final[dict[str, tuple[tuple[str, object, bool], ...]]] = {
+    "hello": (
+        ("protocol_major", "u16", False),
+        ("protocol_minor", "u16", False),
+        ("runtime", "str", False),
+        ("runtime_version", "str", False),
+        ("pid", "u32", False),
+        ("max_concurrency", "u32", False),
+        ("methods", "[str]", False),
+        ("capabilities", "[str]", False),
+    ),
+    "request": (
+        ("id", "u64", False),
+        ("method", "str", False),
+        ("params", _ANY, False),
+        ("session", "str", True),
+        ("deadline_ms", "u64", True),
+        ("trace", "str", True),
+    ),
+    "response": (("id", "u64", False),),  # plus result | error, checked below
+    "chunk": (("id", "u64", False), ("data", _ANY, False)),
+    "cancel": (("id", "u64", False),),
+    "ping": (("id", "u64", False),),
+    "pong": (("id", "u64", False),),
+    "shutdown": (),
+    "session_close": (("session", "str", False),),
+}
+
+_ERROR_SCHEMA: Final = (("type", "str", False), ("message", "str", False), ("traceback", "str", True))
+
+
+def unpack(body: bytes) -> Message:
+    """Decodes and validates one body; returns known keys only, in wire order.
+
+    Raises :class:`Malformed` for anything that is not a valid 1.0 message.
+    """
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types (ExtraData, ValueError, ...)
+        raise Malformed(f"body is not valid MessagePack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict):
+        raise Malformed(f"body is a MessagePack {type(raw).__name__}, not a map")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise Malformed("message has no string 'type' key")
+    schema = _SCHEMA.get(kind)
+    if schema is None:
+        raise Malformed(f"unknown message type {kind!r}")
+    msg: Message = {"type": kind}
+    for key, check, optional in schema:
+        if _check(raw, key, check, optional=optional):
+            msg[key] = raw[key]
+    if kind == "response":
+        if "result" in raw:
+            msg["result"] = raw["result"]
+        elif "error" in raw:
+            _check(raw, "error", "map")
+            err_raw = raw["error"]
+            err: dict[str, Any] = {}
+            for key, check, optional in _ERROR_SCHEMA:
+                if _check(err_raw, key, check, optional=optional):
+                    err[key] = err_raw[key]
+            if "data" in err_raw:
+                err["data"] = err_raw["data"]
+            msg["error"] = err
+        else:
+            raise Malformed("response message has neither 'result' nor 'error'")
+    return msg
+
+
+def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
+    """Decodes exactly one complete frame (header + body)."""
+    if len(data) < HEADER_SIZE:
+        raise TruncatedFrame(f"{len(data)} bytes is shorter than a frame header")
+    (length,) = _HEADER.unpack_from(data, 0)
+    if length > max_frame:
+        raise FrameTooLarge(length, max_frame)
+    if len(data) - HEADER_SIZE < length:
+        raise TruncatedFrame(f"frame announces {length} bytes but only {len(data) - HEADER_SIZE} follow")
+    if len(data) - HEADER_SIZE > length:
+        raise Malformed(f"{len(data) - HEADER_SIZE - length} bytes after the end of the frame")
+    return unpack(data[HEADER_SIZE:])

@@ -1,0 +1,197 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use portpool_protocol::RemoteError;
+
+use crate::{WorkerExit, WorkerId};
+
+/// Formats a stderr tail for an error message: nothing when empty.
+pub(crate) struct Tail<'a>(pub &'a str);
+
+impl std::fmt::Display for Tail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.trim().is_empty() {
+            Ok(())
+        } else {
+            write!(f, "\n--- stderr tail ---\n{}", self.0.trim_end())
+        }
+    }
+}
+
+/// Formats an optional pid.
+pub(crate) struct Pid(pub Option<u32>);
+
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => write!(f, "no pid"),
+        }
+    }
+}
+
+/// A worker could not be started. Every variant names the worker and, once
+/// the process existed, its pid and the tail of its stderr.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LaunchError {
+    /// The program could not be spawned (not found, not executable, ...).
+    #[error("{worker}: cannot spawn {program}: {source}")]
+    Spawn {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The program that failed to spawn.
+        program: String,
+        /// The operating system's error.
+        source: Arc<std::io::Error>,
+    },
+    /// The process exited before sending its hello.
+    #[error("{worker} ({}) exited during init with {exit}{}", Pid(*.pid), Tail(.stderr_tail))]
+    ExitedDuringInit {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// Its process id.
+        pid: Option<u32>,
+        /// How it ended.
+        exit: WorkerExit,
+        /// The last lines it wrote to stderr (its traceback, usually).
+        stderr_tail: String,
+    },
+    /// No hello arrived within the init timeout; the process was killed.
+    #[error("{worker} ({}) sent no hello within {after:?}{}", Pid(*.pid), Tail(.stderr_tail))]
+    InitTimeout {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// Its process id.
+        pid: Option<u32>,
+        /// The init timeout that expired.
+        after: Duration,
+        /// The last lines it wrote to stderr.
+        stderr_tail: String,
+    },
+    /// The first frame was not a valid, compatible hello (garbage on stdout,
+    /// an oversize header, bad MessagePack, another message type, another
+    /// protocol major). The process was killed.
+    #[error("{worker} ({}) sent a bad hello: {reason}{}", Pid(*.pid), Tail(.stderr_tail))]
+    BadHello {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// Its process id.
+        pid: Option<u32>,
+        /// What was wrong, e.g. a protocol version mismatch.
+        reason: String,
+        /// The last lines it wrote to stderr.
+        stderr_tail: String,
+    },
+    /// A launcher-specific failure (used by fakes and custom launchers).
+    #[error("{worker}: launch failed: {reason}")]
+    Other {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl LaunchError {
+    /// The worker the error is about.
+    pub fn worker(&self) -> WorkerId {
+        match self {
+            LaunchError::Spawn { worker, .. }
+            | LaunchError::ExitedDuringInit { worker, .. }
+            | LaunchError::InitTimeout { worker, .. }
+            | LaunchError::BadHello { worker, .. }
+            | LaunchError::Other { worker, .. } => *worker,
+        }
+    }
+
+    /// The stderr tail attached to the error, if any.
+    pub fn stderr_tail(&self) -> &str {
+        match self {
+            LaunchError::ExitedDuringInit { stderr_tail, .. }
+            | LaunchError::InitTimeout { stderr_tail, .. }
+            | LaunchError::BadHello { stderr_tail, .. } => stderr_tail,
+            LaunchError::Spawn { .. } | LaunchError::Other { .. } => "",
+        }
+    }
+}
+
+/// One call did not produce a result. Exactly one of these (or the result)
+/// ends every call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The handler raised: an application error, not a worker fault.
+    #[error("{worker}: {method} raised {error}")]
+    Remote {
+        /// The worker that ran the handler.
+        worker: WorkerId,
+        /// The method called.
+        method: String,
+        /// The structured error (type, message, traceback, data).
+        error: RemoteError,
+    },
+    /// The call's deadline passed; a `cancel` was sent and any late reply
+    /// will be discarded.
+    #[error("{worker}: {method} timed out after {after:?}")]
+    Timeout {
+        /// The worker the call was on.
+        worker: WorkerId,
+        /// The method called.
+        method: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The worker died (exit, signal, closed stdout, or a protocol violation,
+    /// after which it was killed) before answering.
+    #[error("{worker} ({}) crashed: {reason} ({exit}){}", Pid(*.pid), Tail(.stderr_tail))]
+    WorkerCrashed {
+        /// The worker.
+        worker: WorkerId,
+        /// Its process id.
+        pid: Option<u32>,
+        /// What was observed: "stdout closed", "protocol violation: ...".
+        reason: String,
+        /// How the process ended.
+        exit: WorkerExit,
+        /// The last lines it wrote to stderr.
+        stderr_tail: String,
+    },
+    /// The worker was shut down (or is shutting down) and takes no more calls.
+    #[error("{worker} ({}) is shut down", Pid(*.pid))]
+    WorkerClosed {
+        /// The worker.
+        worker: WorkerId,
+        /// Its process id.
+        pid: Option<u32>,
+    },
+    /// The request could not be sent: its frame exceeds the maximum size or
+    /// it cannot be encoded. The worker is unaffected.
+    #[error("{worker}: request {method} cannot be sent: {reason}")]
+    InvalidRequest {
+        /// The worker.
+        worker: WorkerId,
+        /// The method called.
+        method: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// Whether this error is a fault of the worker (crash, time-out), as
+    /// opposed to an application error or a bad request. Circuit breakers
+    /// and health checks count only these.
+    pub fn is_worker_fault(&self) -> bool {
+        matches!(self, CallError::WorkerCrashed { .. } | CallError::Timeout { .. })
+    }
+
+    /// The worker the error is about.
+    pub fn worker(&self) -> WorkerId {
+        match self {
+            CallError::Remote { worker, .. }
+            | CallError::Timeout { worker, .. }
+            | CallError::WorkerCrashed { worker, .. }
+            | CallError::WorkerClosed { worker, .. }
+            | CallError::InvalidRequest { worker, .. } => *worker,
+        }
+    }
+}

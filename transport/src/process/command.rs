@@ -1,0 +1,153 @@
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portpool_protocol::DEFAULT_MAX_FRAME;
+
+/// How to start one worker process: program, arguments, environment and
+/// working directory (no shell is involved), plus the transport's limits.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) env_remove: Vec<OsString>,
+    pub(crate) env_clear: bool,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) init_timeout: Duration,
+    pub(crate) max_frame: usize,
+    pub(crate) stderr_tail_lines: usize,
+    pub(crate) max_concurrency: Option<usize>,
+}
+
+/// Default time a worker has to send its hello.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default number of stderr lines kept per worker and attached to errors.
+pub const DEFAULT_STDERR_TAIL_LINES: usize = 40;
+
+impl WorkerCommand {
+    /// Runs `program` (looked up in `PATH` if it has no slash).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        WorkerCommand {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            env_clear: false,
+            cwd: None,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+            max_frame: DEFAULT_MAX_FRAME,
+            stderr_tail_lines: DEFAULT_STDERR_TAIL_LINES,
+            max_concurrency: None,
+        }
+    }
+
+    /// Runs the portpool Python runtime on `app` (a `.py` file or
+    /// `module:attr`) with the interpreter [`find_python`] picks:
+    /// `python -m portpool APP`.
+    pub fn python(app: impl AsRef<OsStr>) -> Self {
+        Self::python_with(find_python(), app)
+    }
+
+    /// Like [`WorkerCommand::python`] with an explicit interpreter.
+    pub fn python_with(interpreter: impl Into<PathBuf>, app: impl AsRef<OsStr>) -> Self {
+        WorkerCommand::new(interpreter)
+            .args(["-m", "portpool"])
+            .arg(app)
+            // Line-buffered stderr, so logs and tracebacks arrive as written.
+            .env("PYTHONUNBUFFERED", "1")
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the worker.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Removes an inherited environment variable.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env_remove.push(key.as_ref().to_owned());
+        self
+    }
+
+    /// Starts from an empty environment (then applies [`WorkerCommand::env`]).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    /// Sets the worker's working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// How long the worker has to send its hello (default 30 s).
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = timeout;
+        self
+    }
+
+    /// Largest frame body accepted or sent (default 64 MiB).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// How many stderr lines to keep for error reports (default 40).
+    pub fn stderr_tail_lines(mut self, lines: usize) -> Self {
+        self.stderr_tail_lines = lines;
+        self
+    }
+
+    /// Caps the concurrency the worker announces in its hello.
+    pub fn max_concurrency(mut self, calls: usize) -> Self {
+        self.max_concurrency = Some(calls.max(1));
+        self
+    }
+
+    /// The program that will run.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The configured init timeout.
+    pub fn get_init_timeout(&self) -> Duration {
+        self.init_timeout
+    }
+}
+
+/// Picks the Python interpreter for workers: `$PORTPOOL_PYTHON` if set, else
+/// the nearest `.venv/bin/python` in the current directory or its parents,
+/// else `python3` from `PATH`.
+pub fn find_python() -> PathBuf {
+    if let Some(explicit) = std::env::var_os("PORTPOOL_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(explicit);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let candidate = dir.join(".venv/bin/python");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("python3")
+}

@@ -1,0 +1,204 @@
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use portpool_protocol::{Message, MessageCodec};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio_util::codec::FramedRead;
+
+use super::signal::signal_group;
+use super::stderr::StderrLog;
+use super::worker::{ProcessWorker, Spawned};
+use super::WorkerCommand;
+use crate::{LaunchError, Launcher, Worker, WorkerExit, WorkerId, WorkerInfo};
+
+/// How long to wait for an exit status or the rest of stderr once a worker
+/// is known to be gone; bounded so a stuck grandchild cannot hang us.
+pub(crate) const REAP_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const STDERR_WAIT: Duration = Duration::from_millis(500);
+
+/// Launches workers as child processes of a [`WorkerCommand`].
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    command: Arc<WorkerCommand>,
+}
+
+impl ProcessLauncher {
+    /// A launcher running `command` for every worker.
+    pub fn new(command: WorkerCommand) -> Self {
+        ProcessLauncher {
+            command: Arc::new(command),
+        }
+    }
+
+    /// The command it runs.
+    pub fn command(&self) -> &WorkerCommand {
+        &self.command
+    }
+
+    /// Starts one worker and waits for its hello: the concrete type, for
+    /// callers that want [`ProcessWorker`]'s extra accessors.
+    pub async fn spawn(&self, id: WorkerId) -> Result<ProcessWorker, LaunchError> {
+        let cmd = &*self.command;
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group: we can signal the worker and everything it
+            // started at once, and a terminal's Ctrl-C is ours to forward.
+            .process_group(0)
+            .kill_on_drop(true);
+        if cmd.env_clear {
+            command.env_clear();
+        }
+        for key in &cmd.env_remove {
+            command.env_remove(key);
+        }
+        command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &cmd.cwd {
+            command.current_dir(dir);
+        }
+
+        let span = tracing::info_span!("portpool.launch", worker = %id);
+        let _enter = span.enter();
+        let mut child = command.spawn().map_err(|e| LaunchError::Spawn {
+            worker: id,
+            program: cmd.program.display().to_string(),
+            source: Arc::new(e),
+        })?;
+        let pid = child.id();
+        let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(i), Some(o), Some(e)) => (i, o, e),
+            _ => {
+                return Err(LaunchError::Other {
+                    worker: id,
+                    reason: "child stdio was not piped".into(),
+                })
+            }
+        };
+        drop(_enter);
+
+        let stderr_log = Arc::new(StderrLog::new(cmd.stderr_tail_lines));
+        tokio::spawn({
+            let log = stderr_log.clone();
+            async move { log.drain(stderr, id, pid).await }
+        });
+
+        // The exit watcher owns the child: it reaps it, publishes how it
+        // ended, and kills whatever is left of its group.
+        let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = status.map(exit_of).unwrap_or_default();
+            if let Some(pgid) = pid {
+                signal_group(pgid, Signal::SIGKILL);
+            }
+            exit_tx.send_replace(Some(exit));
+        });
+
+        let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
+        let first = tokio::time::timeout(cmd.init_timeout, frames.next()).await;
+        let hello = match first {
+            Ok(Some(Ok(Message::Hello(hello)))) => match hello.validate() {
+                Ok(()) => Ok(hello),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(Some(Ok(other))) => Err(format!("expected hello first, got {}", other.kind())),
+            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(None) => {
+                let exit = reap(pid, exit_rx.clone()).await;
+                stderr_log.wait_drained(STDERR_WAIT).await;
+                return Err(LaunchError::ExitedDuringInit {
+                    worker: id,
+                    pid,
+                    exit,
+                    stderr_tail: stderr_log.tail(),
+                });
+            }
+            Err(_elapsed) => {
+                reap(pid, exit_rx.clone()).await;
+                stderr_log.wait_drained(STDERR_WAIT).await;
+                return Err(LaunchError::InitTimeout {
+                    worker: id,
+                    pid,
+                    after: cmd.init_timeout,
+                    stderr_tail: stderr_log.tail(),
+                });
+            }
+        };
+        let hello = match hello {
+            Ok(hello) => hello,
+            Err(reason) => {
+                reap(pid, exit_rx.clone()).await;
+                stderr_log.wait_drained(STDERR_WAIT).await;
+                return Err(LaunchError::BadHello {
+                    worker: id,
+                    pid,
+                    reason,
+                    stderr_tail: stderr_log.tail(),
+                });
+            }
+        };
+
+        let announced = usize::try_from(hello.max_concurrency).unwrap_or(usize::MAX).max(1);
+        let max_concurrency = cmd.max_concurrency.map_or(announced, |cap| cap.min(announced));
+        tracing::debug!(worker = %id, pid, max_concurrency, "worker ready");
+        let info = WorkerInfo {
+            id,
+            pid,
+            hello,
+            max_concurrency,
+        };
+        Ok(ProcessWorker::start(Spawned {
+            info,
+            max_frame: cmd.max_frame,
+            stdin,
+            frames,
+            exit_rx,
+            stderr: stderr_log,
+        }))
+    }
+}
+
+#[async_trait]
+impl Launcher for ProcessLauncher {
+    async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError> {
+        Ok(Box::new(self.spawn(id).await?))
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> WorkerExit {
+    use std::os::unix::process::ExitStatusExt;
+    WorkerExit {
+        code: status.code(),
+        signal: status.signal(),
+    }
+}
+
+/// Waits briefly for the worker to exit by itself, then kills its group and
+/// waits for the exit status.
+pub(crate) async fn reap(pid: Option<u32>, exit_rx: watch::Receiver<Option<WorkerExit>>) -> WorkerExit {
+    if let Some(exit) = wait_exit(&exit_rx, Duration::from_millis(200)).await {
+        return exit;
+    }
+    if let Some(pgid) = pid {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+    wait_exit(&exit_rx, REAP_WAIT).await.unwrap_or_default()
+}
+
+/// The worker's exit, if it comes within `limit`.
+pub(crate) async fn wait_exit(exit_rx: &watch::Receiver<Option<WorkerExit>>, limit: Duration) -> Option<WorkerExit> {
+    let mut exit_rx = exit_rx.clone();
+    let waited = tokio::time::timeout(limit, exit_rx.wait_for(Option::is_some)).await;
+    match waited {
+        Ok(Ok(exit)) => *exit,
+        _ => None,
+    }
+}

@@ -1,0 +1,11 @@
+//! The process implementation of the transport traits.
+
+mod command;
+mod launcher;
+mod signal;
+mod stderr;
+mod worker;
+
+pub use command::{find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_STDERR_TAIL_LINES};
+pub use launcher::ProcessLauncher;
+pub use worker::ProcessWorker;

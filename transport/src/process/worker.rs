@@ -1,0 +1,624 @@
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use nix::sys::signal::Signal;
+use portpool_protocol::{
+    encode_frame, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId, SessionClose, Shutdown,
+    Value,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::FramedRead;
+
+use super::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
+use super::signal::signal_group;
+use super::stderr::StderrLog;
+use crate::{CallError, CallRequest, CallStream, Worker, WorkerExit, WorkerInfo};
+
+/// After SIGTERM, how long a worker has before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(1);
+
+/// What the launcher hands over once the hello arrived.
+pub(crate) struct Spawned {
+    pub(crate) info: WorkerInfo,
+    pub(crate) max_frame: usize,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) frames: FramedRead<ChildStdout, MessageCodec>,
+    pub(crate) exit_rx: watch::Receiver<Option<WorkerExit>>,
+    pub(crate) stderr: Arc<StderrLog>,
+}
+
+/// A worker process: one writer task, one reader task demultiplexing replies
+/// by request id, one stderr task, one exit watcher.
+///
+/// Dropping it kills the worker's process group.
+pub struct ProcessWorker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProcessWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessWorker")
+            .field("id", &self.inner.info.id)
+            .field("pid", &self.inner.info.pid)
+            .field("in_flight", &self.in_flight())
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
+
+enum Outgoing {
+    Frame(Bytes),
+    /// Close stdin: the worker sees end of file.
+    Close,
+}
+
+enum Pending {
+    Call {
+        method: String,
+        reply: oneshot::Sender<Result<Value, CallError>>,
+    },
+    Stream {
+        method: String,
+        items: mpsc::UnboundedSender<Result<Value, CallError>>,
+    },
+    Ping(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<RequestId, Pending>,
+    /// Calls and streams among `pending` (pings excluded).
+    in_flight: usize,
+    /// Set once the worker is gone: every later call fails with it.
+    dead: Option<CallError>,
+}
+
+impl State {
+    fn insert(&mut self, id: RequestId, pending: Pending) {
+        if !matches!(pending, Pending::Ping(_)) {
+            self.in_flight += 1;
+        }
+        self.pending.insert(id, pending);
+    }
+
+    fn remove(&mut self, id: RequestId) -> Option<Pending> {
+        let removed = self.pending.remove(&id);
+        if matches!(removed, Some(Pending::Call { .. } | Pending::Stream { .. })) {
+            self.in_flight -= 1;
+        }
+        removed
+    }
+}
+
+struct Inner {
+    info: WorkerInfo,
+    max_frame: usize,
+    state: Mutex<State>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+    discarded: AtomicU64,
+    exit_rx: watch::Receiver<Option<WorkerExit>>,
+    dead_tx: watch::Sender<bool>,
+    stderr: Arc<StderrLog>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed_error(&self) -> CallError {
+        CallError::WorkerClosed {
+            worker: self.info.id,
+            pid: self.info.pid,
+        }
+    }
+
+    /// Registers a pending entry and sends its frame, atomically with respect
+    /// to the worker dying: either both happen or the death error returns.
+    fn send_registered(&self, id: RequestId, pending: Pending, frame: Bytes) -> Result<(), CallError> {
+        let mut state = self.state();
+        if let Some(dead) = &state.dead {
+            return Err(dead.clone());
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        state.insert(id, pending);
+        // The writer outlives every registration (it stops only after the
+        // reader failed them all), so a send error cannot strand this entry.
+        let _ = self.outbox.send(Outgoing::Frame(frame));
+        Ok(())
+    }
+
+    fn encode(&self, message: &Message, method: &str) -> Result<Bytes, CallError> {
+        encode_frame(message, self.max_frame)
+            .map(Bytes::from)
+            .map_err(|e| CallError::InvalidRequest {
+                worker: self.info.id,
+                method: method.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Forgets a call the caller gave up on and tells the worker.
+    fn abandon(&self, id: RequestId) {
+        let removed = self.state().remove(id);
+        if removed.is_some() {
+            if let Ok(frame) = encode_frame(&Message::Cancel(Cancel { id }), self.max_frame) {
+                let _ = self.outbox.send(Outgoing::Frame(Bytes::from(frame)));
+            }
+        }
+    }
+
+    fn send_control(&self, message: &Message) {
+        if let Ok(frame) = encode_frame(message, self.max_frame) {
+            let _ = self.outbox.send(Outgoing::Frame(Bytes::from(frame)));
+        }
+    }
+
+    fn discard(&self, what: &str, id: RequestId) {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("portpool_transport_discarded_replies_total").increment(1);
+        tracing::debug!(worker = %self.info.id, id, "discarded {what} for an unknown or cancelled request");
+    }
+
+    /// Routes one frame from the worker. Returns a protocol violation, if any.
+    fn dispatch(&self, message: Message) -> Result<(), String> {
+        match message {
+            Message::Response(response) => {
+                let removed = self.state().remove(response.id);
+                match removed {
+                    Some(Pending::Call { method, reply }) => {
+                        let outcome = response.outcome.map_err(|error| CallError::Remote {
+                            worker: self.info.id,
+                            method,
+                            error,
+                        });
+                        // The caller may have just gone; the reply is then moot.
+                        let _ = reply.send(outcome);
+                    }
+                    Some(Pending::Stream { method, items }) => {
+                        if let Err(error) = response.outcome {
+                            let _ = items.send(Err(CallError::Remote {
+                                worker: self.info.id,
+                                method,
+                                error,
+                            }));
+                        }
+                        // Dropping `items` ends the stream.
+                    }
+                    Some(Pending::Ping(_)) | None => self.discard("response", response.id),
+                }
+            }
+            Message::Chunk(chunk) => {
+                let state = self.state();
+                match state.pending.get(&chunk.id) {
+                    Some(Pending::Stream { items, .. }) => {
+                        let _ = items.send(Ok(chunk.data));
+                    }
+                    _ => {
+                        drop(state);
+                        self.discard("chunk", chunk.id);
+                    }
+                }
+            }
+            Message::Pong(pong) => {
+                let removed = self.state().remove(pong.id);
+                match removed {
+                    Some(Pending::Ping(reply)) => {
+                        let _ = reply.send(());
+                    }
+                    Some(other) => {
+                        // Not ours to take: put it back and count the stray pong.
+                        self.state().insert(pong.id, other);
+                        self.discard("pong", pong.id);
+                    }
+                    None => self.discard("pong", pong.id),
+                }
+            }
+            other => return Err(format!("unexpected {} message from the worker", other.kind())),
+        }
+        Ok(())
+    }
+
+    /// The worker is gone: kill what is left, learn how it ended, and fail
+    /// every pending call exactly once.
+    async fn fail(&self, reason: String) {
+        let pid = self.info.pid;
+        let exit = if self.closing.load(Ordering::Acquire) {
+            // A requested shutdown: give it the time `shutdown` is giving it.
+            match wait_exit(&self.exit_rx, REAP_WAIT).await {
+                Some(exit) => exit,
+                None => reap(pid, self.exit_rx.clone()).await,
+            }
+        } else {
+            if let Some(pgid) = pid {
+                signal_group(pgid, Signal::SIGKILL);
+            }
+            reap(pid, self.exit_rx.clone()).await
+        };
+        self.stderr.wait_drained(STDERR_WAIT).await;
+        let error = if self.closing.load(Ordering::Acquire) {
+            self.closed_error()
+        } else {
+            tracing::warn!(worker = %self.info.id, pid, %exit, "worker crashed: {reason}");
+            CallError::WorkerCrashed {
+                worker: self.info.id,
+                pid,
+                reason,
+                exit,
+                stderr_tail: self.stderr.tail(),
+            }
+        };
+        let pending = {
+            let mut state = self.state();
+            state.dead = Some(error.clone());
+            state.in_flight = 0;
+            std::mem::take(&mut state.pending)
+        };
+        for (_, entry) in pending {
+            match entry {
+                Pending::Call { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Pending::Stream { items, .. } => {
+                    let _ = items.send(Err(error.clone()));
+                }
+                Pending::Ping(_) => {}
+            }
+        }
+        let _ = self.outbox.send(Outgoing::Close);
+        self.dead_tx.send_replace(true);
+    }
+
+    fn dead_error(&self) -> CallError {
+        self.state().dead.clone().unwrap_or_else(|| self.closed_error())
+    }
+}
+
+async fn write_loop(stdin: ChildStdin, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
+    'outer: while let Some(first) = outbox.recv().await {
+        let mut next = Some(first);
+        // Write everything already queued, then flush once.
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Frame(frame) => {
+                    if stdin.write_all(&frame).await.is_err() {
+                        break 'outer;
+                    }
+                }
+                Outgoing::Close => break 'outer,
+            }
+            next = outbox.try_recv().ok();
+        }
+        if stdin.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = stdin.flush().await;
+    let _ = stdin.shutdown().await;
+}
+
+async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, MessageCodec>) {
+    let reason = loop {
+        match frames.next().await {
+            Some(Ok(message)) => {
+                if let Err(violation) = inner.dispatch(message) {
+                    break format!("protocol violation: {violation}");
+                }
+            }
+            Some(Err(ProtocolError::Io(e))) => break format!("reading stdout failed: {e}"),
+            Some(Err(e)) => break format!("protocol violation: {e}"),
+            None => break "stdout closed".to_string(),
+        }
+    };
+    inner.fail(reason).await;
+}
+
+impl ProcessWorker {
+    pub(crate) fn start(spawned: Spawned) -> Self {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            info: spawned.info,
+            max_frame: spawned.max_frame,
+            state: Mutex::new(State::default()),
+            outbox,
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            discarded: AtomicU64::new(0),
+            exit_rx: spawned.exit_rx,
+            dead_tx: watch::channel(false).0,
+            stderr: spawned.stderr,
+        });
+        tokio::spawn(write_loop(spawned.stdin, outbox_rx));
+        tokio::spawn(read_loop(inner.clone(), spawned.frames));
+        ProcessWorker { inner }
+    }
+
+    /// Replies and chunks that arrived for unknown or cancelled requests and
+    /// were dropped.
+    pub fn discarded_replies(&self) -> u64 {
+        self.inner.discarded.load(Ordering::Relaxed)
+    }
+
+    /// The last lines the worker wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.inner.stderr.tail()
+    }
+
+    fn next_id(&self) -> RequestId {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn request_frame(&self, id: RequestId, request: CallRequest) -> Result<(String, Bytes), CallError> {
+        let CallRequest {
+            method,
+            params,
+            session,
+            timeout,
+            trace,
+        } = request;
+        let message = Message::Request(Request {
+            id,
+            method,
+            params,
+            session,
+            deadline_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            trace,
+        });
+        let frame = self.inner.encode(&message, request_method(&message))?;
+        let Message::Request(Request { method, .. }) = message else {
+            unreachable!("built as a request above")
+        };
+        Ok((method, frame))
+    }
+}
+
+fn request_method(message: &Message) -> &str {
+    match message {
+        Message::Request(r) => &r.method,
+        _ => "",
+    }
+}
+
+/// Cancels a call when its future or stream is dropped before the end.
+struct CallGuard {
+    inner: Arc<Inner>,
+    id: RequestId,
+    armed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.abandon(self.id);
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for ProcessWorker {
+    fn info(&self) -> &WorkerInfo {
+        &self.inner.info
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.state().in_flight
+    }
+
+    fn is_alive(&self) -> bool {
+        !*self.inner.dead_tx.borrow() && !self.inner.closing.load(Ordering::Acquire)
+    }
+
+    fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.inner.info.pid?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
+        let id = self.next_id();
+        let timeout = request.timeout;
+        let (method, frame) = self.request_frame(id, request)?;
+        let (reply, rx) = oneshot::channel();
+        let span_method = method.clone();
+        self.inner.send_registered(id, Pending::Call { method, reply }, frame)?;
+        let mut guard = CallGuard {
+            inner: self.inner.clone(),
+            id,
+            armed: true,
+        };
+        let outcome = match timeout {
+            None => rx.await,
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(received) => received,
+                Err(_elapsed) => {
+                    // The guard cancels the call as it drops.
+                    return Err(CallError::Timeout {
+                        worker: self.inner.info.id,
+                        method: span_method,
+                        after: limit,
+                    });
+                }
+            },
+        };
+        guard.armed = false;
+        outcome.unwrap_or_else(|_| Err(self.inner.dead_error()))
+    }
+
+    async fn stream(&self, request: CallRequest) -> Result<CallStream, CallError> {
+        let id = self.next_id();
+        let timeout = request.timeout;
+        let (method, frame) = self.request_frame(id, request)?;
+        let (items, rx) = mpsc::unbounded_channel();
+        self.inner.send_registered(
+            id,
+            Pending::Stream {
+                method: method.clone(),
+                items,
+            },
+            frame,
+        )?;
+        Ok(Box::pin(ReplyStream {
+            guard: CallGuard {
+                inner: self.inner.clone(),
+                id,
+                armed: true,
+            },
+            items: rx,
+            deadline: timeout.map(|t| (Box::pin(tokio::time::sleep(t)), t)),
+            method,
+            done: false,
+        }))
+    }
+
+    async fn ping(&self, timeout: Duration) -> Result<Duration, CallError> {
+        let id = self.next_id();
+        let frame = self.inner.encode(&Message::Ping(Ping { id }), "ping")?;
+        let (reply, rx) = oneshot::channel();
+        let started = Instant::now();
+        self.inner.send_registered(id, Pending::Ping(reply), frame)?;
+        let guard = PingGuard {
+            inner: &self.inner,
+            id,
+        };
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        drop(guard);
+        match outcome {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(_)) => Err(self.inner.dead_error()),
+            Err(_) => Err(CallError::Timeout {
+                worker: self.inner.info.id,
+                method: "ping".into(),
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn close_session(&self, session: &str) -> Result<(), CallError> {
+        if let Some(dead) = &self.inner.state().dead {
+            return Err(dead.clone());
+        }
+        let message = Message::SessionClose(SessionClose {
+            session: session.to_string(),
+        });
+        let frame = self.inner.encode(&message, "session_close")?;
+        let _ = self.inner.outbox.send(Outgoing::Frame(frame));
+        Ok(())
+    }
+
+    async fn shutdown(&self, grace: Duration) -> WorkerExit {
+        let inner = &self.inner;
+        if !inner.closing.swap(true, Ordering::AcqRel) && inner.state().dead.is_none() {
+            inner.send_control(&Message::Shutdown(Shutdown {}));
+            let _ = inner.outbox.send(Outgoing::Close);
+        }
+        let mut exited = wait_exit(&inner.exit_rx, grace).await.is_some();
+        if !exited {
+            if let Some(pgid) = inner.info.pid {
+                tracing::debug!(worker = %inner.info.id, "worker ignored shutdown; sending SIGTERM");
+                signal_group(pgid, Signal::SIGTERM);
+            }
+            exited = wait_exit(&inner.exit_rx, TERM_GRACE).await.is_some();
+        }
+        if !exited {
+            if let Some(pgid) = inner.info.pid {
+                tracing::debug!(worker = %inner.info.id, "worker ignored SIGTERM; sending SIGKILL");
+                signal_group(pgid, Signal::SIGKILL);
+            }
+        }
+        self.closed().await
+    }
+
+    async fn closed(&self) -> WorkerExit {
+        let mut dead = self.inner.dead_tx.subscribe();
+        let _ = dead.wait_for(|d| *d).await;
+        let exit = *self.inner.exit_rx.borrow();
+        exit.unwrap_or_default()
+    }
+}
+
+struct PingGuard<'a> {
+    inner: &'a Inner,
+    id: RequestId,
+}
+
+impl Drop for PingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.state().remove(self.id);
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        // Last resort: nobody shut it down, so nothing may outlive us.
+        if !*self.inner.dead_tx.borrow() {
+            self.inner.closing.store(true, Ordering::Release);
+            if let Some(pgid) = self.inner.info.pid {
+                signal_group(pgid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The items of a streaming call; cancels the call when dropped early.
+struct ReplyStream {
+    guard: CallGuard,
+    items: mpsc::UnboundedReceiver<Result<Value, CallError>>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+    method: String,
+    done: bool,
+}
+
+impl Stream for ReplyStream {
+    type Item = Result<Value, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.items.poll_recv(cx) {
+            Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Err(error))) => {
+                this.done = true;
+                this.guard.armed = false;
+                return Poll::Ready(Some(Err(error)));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.guard.armed = false;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if let Some((sleep, after)) = &mut this.deadline {
+            if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                this.done = true;
+                // Still armed: abandon now, so the cancel goes out at once.
+                this.guard.inner.abandon(this.guard.id);
+                this.guard.armed = false;
+                return Poll::Ready(Some(Err(CallError::Timeout {
+                    worker: this.guard.inner.info.id,
+                    method: this.method.clone(),
+                    after: *after,
+                })));
+            }
+        }
+        Poll::Pending
+    }
+}

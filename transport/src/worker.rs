@@ -1,0 +1,123 @@
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use portpool_protocol::{Hello, Value};
+
+use crate::{CallError, LaunchError, WorkerExit, WorkerId};
+
+/// One call: a method, its params, and optional session, deadline and trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRequest {
+    /// The handler to run.
+    pub method: String,
+    /// Its argument.
+    pub params: Value,
+    /// The session whose state the handler sees.
+    pub session: Option<String>,
+    /// Give up (send `cancel`, return [`CallError::Timeout`]) after this long.
+    pub timeout: Option<Duration>,
+    /// Opaque trace context passed to the worker.
+    pub trace: Option<String>,
+}
+
+impl CallRequest {
+    /// A call of `method` with `params`, no session, no deadline.
+    pub fn new(method: impl Into<String>, params: impl Into<Value>) -> Self {
+        CallRequest {
+            method: method.into(),
+            params: params.into(),
+            session: None,
+            timeout: None,
+            trace: None,
+        }
+    }
+
+    /// Runs the call in `session`.
+    pub fn with_session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
+    /// Sets the call's deadline, counted from when it is sent.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Attaches a trace context.
+    pub fn with_trace(mut self, trace: impl Into<String>) -> Self {
+        self.trace = Some(trace.into());
+        self
+    }
+}
+
+/// What is known about a running worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    /// Its id, chosen by whoever launched it.
+    pub id: WorkerId,
+    /// Its process id, if it is a process.
+    pub pid: Option<u32>,
+    /// The hello it sent.
+    pub hello: Hello,
+    /// How many calls it runs at once: its hello's `max_concurrency`,
+    /// capped by the launcher's configuration.
+    pub max_concurrency: usize,
+}
+
+/// Items of a streaming call: each chunk's data, then the end of the stream.
+/// An error item (the handler raised, the worker crashed) is the last item.
+/// Dropping the stream before its end cancels the call.
+pub type CallStream = Pin<Box<dyn Stream<Item = Result<Value, CallError>> + Send>>;
+
+/// A running worker that many callers use at once.
+///
+/// Every call ends exactly once: with its result or one [`CallError`]; a
+/// caller never receives another call's reply. Dropping a call's future
+/// cancels the call.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Worker: Send + Sync + std::fmt::Debug {
+    /// Id, pid, hello and concurrency.
+    fn info(&self) -> &WorkerInfo;
+
+    /// Calls (and streams) sent and not yet finished.
+    fn in_flight(&self) -> usize;
+
+    /// False once the worker has died or been shut down.
+    fn is_alive(&self) -> bool;
+
+    /// Resident memory of the worker process in bytes, when known.
+    fn rss_bytes(&self) -> Option<u64>;
+
+    /// Runs one call to completion.
+    async fn call(&self, request: CallRequest) -> Result<Value, CallError>;
+
+    /// Starts a streaming call. Errors here mean the call was not sent.
+    async fn stream(&self, request: CallRequest) -> Result<CallStream, CallError>;
+
+    /// Sends a ping and waits up to `timeout` for the pong; returns the
+    /// round-trip time. A missed pong is [`CallError::Timeout`].
+    async fn ping(&self, timeout: Duration) -> Result<Duration, CallError>;
+
+    /// Tells the worker to drop the state of `session`.
+    async fn close_session(&self, session: &str) -> Result<(), CallError>;
+
+    /// Stops the worker: asks it to exit, waits up to `grace`, then
+    /// terminates and finally kills it. Returns how it ended. Idempotent.
+    async fn shutdown(&self, grace: Duration) -> WorkerExit;
+
+    /// Resolves when the worker has ended, for any reason.
+    async fn closed(&self) -> WorkerExit;
+}
+
+/// Starts workers.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Launcher: Send + Sync {
+    /// Starts worker `id` and returns it once it is ready (its hello
+    /// arrived), or the diagnosis of why it could not start.
+    async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError>;
+}
