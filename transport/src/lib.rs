@@ -1,5 +1,54 @@
-//! portpool transport: the [`Worker`] and [`Launcher`] traits, and their
-//! implementation over real processes.
+//! portpool transport: one external process as a [`Worker`] that many
+//! callers use at once.
+//!
+//! This crate provides:
+//! - the [`Worker`] and [`Launcher`] traits the pool schedules over
+//!   (object-safe; mockall mocks behind the `mock` feature);
+//! - [`ProcessLauncher`] / [`ProcessWorker`], the implementation over child
+//!   processes speaking the [`portpool_protocol`] frames on stdin/stdout;
+//! - [`WorkerCommand`], the explicit program, arguments, environment and
+//!   limits of a worker (no shell), with [`WorkerCommand::python`] for the
+//!   portpool Python runtime;
+//! - typed errors: [`LaunchError`] and [`CallError`], each naming the worker,
+//!   its pid and the tail of its stderr where that helps.
+//!
+//! Guarantees of [`ProcessWorker`]:
+//! - Ready means a valid `hello` arrived within the init timeout; nothing is
+//!   sent before it, and any other first frame is a [`LaunchError::BadHello`].
+//! - One reader task routes replies by request id; a reply for an unknown,
+//!   cancelled or timed-out id is dropped and counted
+//!   ([`ProcessWorker::discarded_replies`]), never given to another caller.
+//! - Dropping a call's future (or a stream) sends `cancel`.
+//! - End of stdout, a bad frame or the process exiting kills the process
+//!   group and fails every in-flight call exactly once with
+//!   [`CallError::WorkerCrashed`] (exit status or signal, stderr tail).
+//! - Each worker has its own process group. `shutdown(grace)` sends
+//!   `shutdown` and closes stdin, then SIGTERM, then SIGKILL to the group;
+//!   dropping the worker kills the group; the runtime exits on stdin EOF, so a
+//!   killed host leaves no orphans.
+//! - stderr is drained continuously into `tracing` (target
+//!   `portpool::worker`) and a bounded ring of lines.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use portpool_transport::{CallRequest, ProcessLauncher, Value, Worker, WorkerCommand, WorkerId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A Python file whose handlers are registered with `@app.handler`.
+//! let app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/basic.py");
+//! let launcher = ProcessLauncher::new(WorkerCommand::python(app));
+//! let worker = launcher.spawn(WorkerId(1)).await?;
+//!
+//! let reply = worker.call(CallRequest::new("echo", "hello")).await?;
+//! assert_eq!(reply, Value::from("hello"));
+//!
+//! worker.shutdown(Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 mod id;
@@ -8,6 +57,8 @@ mod worker;
 
 pub use error::{CallError, LaunchError};
 pub use id::{WorkerExit, WorkerId};
+#[cfg(feature = "mock")]
+pub use worker::{MockLauncher, MockWorker};
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
     find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_STDERR_TAIL_LINES,

@@ -50,9 +50,11 @@ EXIT_PROTOCOL_ERROR = 2  # malformed input from the host
 _STREAM_BACKPRESSURE_BYTES = 8 * 1024 * 1024
 # After stdin EOF / shutdown / a protocol error, the process exits no later than this
 # many seconds past the grace period even if the event loop is blocked by a handler.
-_WATCHDOG_SLACK = 5.0
+_WATCHDOG_SLACK = 1.0
 _CANCEL_SETTLE = 1.0  # after the grace period: how long cancelled handlers get to stop
-_FLUSH_TIMEOUT = 5.0  # how long the final flush of queued frames may take
+_FLUSH_TIMEOUT = 2.0  # how long the final flush of queued frames may take
+_ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean exit
+_MAX_GRACE = 24 * 3600.0
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -98,7 +100,7 @@ def _env_float(name: str, default: float) -> float:
     if not value >= 0:
         _log(f"ignoring {name}={raw!r}: negative")
         return default
-    return value
+    return min(value, _MAX_GRACE)
 
 
 # --------------------------------------------------------------------------- process setup
@@ -177,7 +179,9 @@ def _find_app(module: types.ModuleType) -> App:
     if not found:
         raise AppLoadError(f"module {module.__name__!r} defines no portpool.App instance (e.g. app = App())")
     names = ", ".join(sorted(attr for attr, _ in found.values()))
-    raise AppLoadError(f"module {module.__name__!r} defines several App instances ({names}); name one: APP:NAME")
+    raise AppLoadError(
+        f"module {module.__name__!r} defines several App instances ({names}); name one: APP:NAME"
+    )
 
 
 def load_app(spec: str) -> App:
@@ -475,19 +479,25 @@ class Runtime:
         elif kind == "shutdown":
             self._stop(_Stop.SHUTDOWN)
         else:
-            _log(f"protocol violation from the host: a {kind!r} message goes worker -> host; exiting with code 2")
+            _log(
+                f"protocol violation from the host: a {kind!r} message goes worker -> host; exiting with code 2"
+            )
             self._stop(_Stop.PROTOCOL_ERROR)
 
     def _on_request(self, msg: protocol.Message, received: float) -> None:
         id_: int = msg["id"]
         method: str = msg["method"]
         if id_ in self._requests:
-            _log(f"protocol violation from the host: request id {id_} is already in flight; exiting with code 2")
+            _log(
+                f"protocol violation from the host: request id {id_} is already in flight; exiting with code 2"
+            )
             self._stop(_Stop.PROTOCOL_ERROR)
             return
         if self._stop_reason is not None:
             self._writer.put(
-                self._error_frame_plain(id_, "ShuttingDown", "the worker is shutting down and takes no new requests")
+                self._error_frame_plain(
+                    id_, "ShuttingDown", "the worker is shutting down and takes no new requests"
+                )
             )
             return
         handler = self.app.get_handler(method)
@@ -721,7 +731,7 @@ def _run_exitfuncs() -> None:
 def _exit(code: int, *, run_atexit: bool = False) -> NoReturn:
     """Leaves the process without waiting for stray threads (a stuck handler must not block exit)."""
     if run_atexit:
-        Runtime._watchdog(_WATCHDOG_SLACK, code)
+        Runtime._watchdog(_ATEXIT_TIMEOUT, code)
         _run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -184,7 +184,7 @@ class App:
     @overload
     def handler(self, *, name: str) -> Callable[[F], F]: ...
 
-    def handler(self, func: Any = None, /, *, name: str | None = None) -> Any:
+    def handler(self, func: Any = None, *, name: Any = None) -> Any:
         """Registers a handler, as ``@app.handler``, ``@app.handler("name")`` or ``@app.handler(name=...)``."""
         if callable(func):
             self.add_handler(func, name)

@@ -1,0 +1,60 @@
+//! Metric names. Every metric carries a `pool` label (the pool's name).
+
+use std::time::Duration;
+
+/// Counter: finished calls and checkouts, label `outcome`.
+pub const CALLS: &str = "portpool_calls_total";
+/// Histogram (seconds): time a call spent on its worker.
+pub const CALL_DURATION: &str = "portpool_call_duration_seconds";
+/// Histogram (seconds): time a caller waited for a worker slot.
+pub const QUEUE_WAIT: &str = "portpool_queue_wait_seconds";
+/// Gauge: callers waiting.
+pub const QUEUE_DEPTH: &str = "portpool_queue_depth";
+/// Gauge: workers by `state` (starting, ready, leased, draining, backoff).
+pub const WORKERS: &str = "portpool_workers";
+/// Counter: worker replacements, label `reason` (crash, launch_failure,
+/// heartbeat, max_requests, max_lifetime, max_rss).
+pub const RESTARTS: &str = "portpool_worker_restarts_total";
+/// Histogram (seconds): launch duration, label `outcome` (ok, error).
+pub const START_DURATION: &str = "portpool_worker_start_duration_seconds";
+/// Gauge: breaker state (0 closed, 1 half-open, 2 open).
+pub const BREAKER_STATE: &str = "portpool_breaker_state";
+
+pub(crate) fn call(pool: &str, outcome: &'static str) {
+    metrics::counter!(CALLS, "pool" => pool.to_owned(), "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn call_duration(pool: &str, d: Duration) {
+    metrics::histogram!(CALL_DURATION, "pool" => pool.to_owned()).record(d.as_secs_f64());
+}
+
+pub(crate) fn queue_wait(pool: &str, d: Duration) {
+    metrics::histogram!(QUEUE_WAIT, "pool" => pool.to_owned()).record(d.as_secs_f64());
+}
+
+pub(crate) fn queue_depth(pool: &str, n: usize) {
+    metrics::gauge!(QUEUE_DEPTH, "pool" => pool.to_owned()).set(n as f64);
+}
+
+pub(crate) fn workers(pool: &str, state: &'static str, n: usize) {
+    metrics::gauge!(WORKERS, "pool" => pool.to_owned(), "state" => state).set(n as f64);
+}
+
+pub(crate) fn restart(pool: &str, reason: &'static str) {
+    metrics::counter!(RESTARTS, "pool" => pool.to_owned(), "reason" => reason).increment(1);
+}
+
+pub(crate) fn start_duration(pool: &str, ok: bool, d: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::histogram!(START_DURATION, "pool" => pool.to_owned(), "outcome" => outcome)
+        .record(d.as_secs_f64());
+}
+
+pub(crate) fn breaker(pool: &str, state: crate::BreakerState) {
+    let v = match state {
+        crate::BreakerState::Closed => 0.0,
+        crate::BreakerState::HalfOpen => 1.0,
+        crate::BreakerState::Open => 2.0,
+    };
+    metrics::gauge!(BREAKER_STATE, "pool" => pool.to_owned()).set(v);
+}

@@ -1,0 +1,103 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use portpool_transport::{LaunchError, WorkerId};
+
+use crate::BreakerState;
+
+/// What one worker (or worker slot) is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Being launched.
+    Starting,
+    /// Serving calls.
+    Ready,
+    /// Held by an exclusive lease.
+    Leased,
+    /// Being replaced or stopped: finishing its calls, taking no new ones.
+    Draining,
+    /// Waiting to restart after a crash or a failed start.
+    Backoff,
+}
+
+impl WorkerState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Leased => "leased",
+            WorkerState::Draining => "draining",
+            WorkerState::Backoff => "backoff",
+        }
+    }
+
+    pub(crate) const ALL: [WorkerState; 5] = [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Leased,
+        WorkerState::Draining,
+        WorkerState::Backoff,
+    ];
+}
+
+/// A snapshot of one worker, or of a slot whose worker is starting or
+/// backing off (then `id`, `pid` and `uptime` are `None`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The slot (a stable position in the pool; replacements keep it).
+    pub slot: u64,
+    /// The worker's id.
+    pub id: Option<WorkerId>,
+    /// The worker's process id.
+    pub pid: Option<u32>,
+    /// What it is doing.
+    pub state: WorkerState,
+    /// Calls it is running (as the worker counts them).
+    pub in_flight: usize,
+    /// Calls the pool lets it run at once.
+    pub capacity: usize,
+    /// Calls it has finished.
+    pub served: u64,
+    /// How often this slot's worker was replaced (crash, recycle).
+    pub restarts: u64,
+    /// Resident memory in bytes, when known.
+    pub rss_bytes: Option<u64>,
+    /// Time since it became ready.
+    pub uptime: Option<Duration>,
+    /// Whether the slot is crash-looping.
+    pub crash_loop: bool,
+    /// The slot's most recent start failure.
+    pub last_error: Option<Arc<LaunchError>>,
+}
+
+/// A snapshot of the whole pool, from [`crate::Pool::status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// The pool's name.
+    pub name: String,
+    /// Whether the pool is shut down or shutting down.
+    pub closed: bool,
+    /// Worker slots (running, starting or backing off).
+    pub size: usize,
+    /// Workers ready to take calls.
+    pub ready: usize,
+    /// Callers waiting for a worker.
+    pub queue_depth: usize,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Whether any slot is crash-looping.
+    pub crash_loop: bool,
+    /// The most recent start failure, if any.
+    pub last_error: Option<Arc<LaunchError>>,
+    /// Every worker and every slot without one.
+    pub workers: Vec<WorkerStatus>,
+}
+
+impl PoolStatus {
+    /// Workers in `state`.
+    pub fn count(&self, state: WorkerState) -> usize {
+        self.workers.iter().filter(|w| w.state == state).count()
+    }
+}

@@ -1,0 +1,118 @@
+"""Unit tests of portpool.protocol: framing and validation."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+
+from portpool import protocol
+
+
+def body(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def test_frame_reader_splits_and_joins() -> None:
+    frames = b"".join(protocol.encode(protocol.ping_message(i)) for i in range(5))
+    reader = protocol.FrameReader()
+    out = reader.feed(frames[:7]) + reader.feed(frames[7:30]) + reader.feed(frames[30:])
+    assert [protocol.unpack(b)["id"] for b in out] == [0, 1, 2, 3, 4]
+    assert reader.at_boundary
+    reader.eof()  # clean
+
+
+def test_frame_reader_rejects_oversize_header_before_body() -> None:
+    reader = protocol.FrameReader(max_frame=100)
+    assert reader.feed(struct.pack(">I", 100) + b"x" * 100) == [b"x" * 100]
+    with pytest.raises(protocol.FrameTooLarge) as info:
+        reader.feed(b"\xff\xff\xff\xff")
+    assert info.value.length == 0xFFFFFFFF
+    assert "4294967295" in str(info.value)
+
+
+def test_frame_reader_truncated() -> None:
+    reader = protocol.FrameReader()
+    reader.feed(struct.pack(">I", 10) + b"abc")
+    with pytest.raises(protocol.TruncatedFrame):
+        reader.eof()
+    reader = protocol.FrameReader()
+    reader.feed(b"\x00\x00")
+    with pytest.raises(protocol.TruncatedFrame):
+        reader.eof()
+
+
+def test_empty_body_frame() -> None:
+    assert protocol.FrameReader().feed(b"\x00\x00\x00\x00") == [b""]
+    with pytest.raises(protocol.Malformed):
+        protocol.unpack(b"")
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"\xc1", "not valid MessagePack"),
+        (b"\x81\xa4type", "not valid MessagePack"),  # truncated map
+        (body([1, 2]), "not a map"),
+        (body({"id": 1}), "no string 'type'"),
+        (body({"type": "explode"}), "unknown message type 'explode'"),
+        (body({"type": "request", "id": 1, "method": "m"}), "missing required key 'params'"),
+        (body({"type": "request", "id": -1, "method": "m", "params": 1}), "'id' must be u64"),
+        (body({"type": "request", "id": True, "method": "m", "params": 1}), "'id' must be u64"),
+        (body({"type": "request", "id": 1, "method": 5, "params": 1}), "'method' must be str"),
+        (body({"type": "request", "id": 1, "method": "m", "params": 1, "session": 3}), "'session'"),
+        (body({"type": "cancel"}), "missing required key 'id'"),
+        (body({"type": "session_close"}), "missing required key 'session'"),
+        (body({"type": "response", "id": 1}), "neither 'result' nor 'error'"),
+        (body({"type": "response", "id": 1, "error": {"type": "E"}}), "'message'"),
+        (body({"type": "ping", "id": 1}) + b"\x00", "not valid MessagePack"),  # trailing bytes
+    ],
+)
+def test_unpack_rejects(raw: bytes, fragment: str) -> None:
+    with pytest.raises(protocol.Malformed) as info:
+        protocol.unpack(raw)
+    assert fragment in str(info.value)
+
+
+def test_unpack_ignores_unknown_keys_and_normalizes_order() -> None:
+    raw = body({"params": [1], "x_private": 1, "method": "m", "id": 9, "type": "request", "trace": "t"})
+    msg = protocol.unpack(raw)
+    assert list(msg.items()) == [
+        ("type", "request"),
+        ("id", 9),
+        ("method", "m"),
+        ("params", [1]),
+        ("trace", "t"),
+    ]
+
+
+def test_unpack_error_response_keeps_data() -> None:
+    raw = protocol.pack(protocol.response_error_message(1, "E", "m", data=[1, b"\x00"]))
+    assert protocol.unpack(raw)["error"] == {"type": "E", "message": "m", "data": [1, b"\x00"]}
+
+
+def test_non_string_map_keys_in_params_are_accepted() -> None:
+    raw = body({"type": "request", "id": 1, "method": "m", "params": {1: "one"}})
+    assert protocol.unpack(raw)["params"] == {1: "one"}
+
+
+def test_optional_keys_omitted() -> None:
+    assert protocol.request_message(1, "m", None) == {
+        "type": "request",
+        "id": 1,
+        "method": "m",
+        "params": None,
+    }
+    assert "traceback" not in protocol.response_error_message(1, "E", "m")["error"]
+    assert protocol.response_ok_message(1, None) == {"type": "response", "id": 1, "result": None}
+
+
+def test_decode_frame_checks_length() -> None:
+    frame = protocol.encode(protocol.ping_message(1))
+    with pytest.raises(protocol.TruncatedFrame):
+        protocol.decode_frame(frame[:-1])
+    with pytest.raises(protocol.Malformed):
+        protocol.decode_frame(frame + b"\x00")
+    with pytest.raises(protocol.FrameTooLarge):
+        protocol.decode_frame(frame, max_frame=3)

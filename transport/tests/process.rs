@@ -1,0 +1,388 @@
+//! The process transport against the real Python runtime and small
+//! misbehaving programs.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use portpool_transport::*;
+
+fn app(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/apps").join(name)
+}
+
+fn basic() -> ProcessLauncher {
+    ProcessLauncher::new(WorkerCommand::python(app("basic.py")).init_timeout(Duration::from_secs(20)))
+}
+
+/// A plain Python program (not the runtime) given as `-c` source.
+fn script(source: &str) -> ProcessLauncher {
+    ProcessLauncher::new(
+        WorkerCommand::new(find_python())
+            .args(["-c", source])
+            .init_timeout(Duration::from_secs(5)),
+    )
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn eventually_gone(pid: u32, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if is_gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    is_gone(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_echo_errors_streams_and_sessions() {
+    let worker = basic().spawn(WorkerId(1)).await.expect("worker starts");
+    let info = worker.info();
+    assert_eq!(info.hello.runtime, "python");
+    assert_eq!(info.hello.pid, info.pid.unwrap());
+    assert!(info.hello.methods.contains(&"echo".to_string()));
+
+    let echoed = worker.call(CallRequest::new("echo", "hi")).await.unwrap();
+    assert_eq!(echoed, Value::from("hi"));
+    let bin = worker.call(CallRequest::new("echo", Value::Binary(vec![0, 255, 7]))).await.unwrap();
+    assert_eq!(bin, Value::Binary(vec![0, 255, 7]), "bin stays bin");
+
+    match worker.call(CallRequest::new("fail", 7)).await {
+        Err(CallError::Remote { error, method, worker: id }) => {
+            assert_eq!(id, WorkerId(1));
+            assert_eq!(method, "fail");
+            assert_eq!(error.kind, "ValueError");
+            assert_eq!(error.message, "bad input: 7");
+            assert!(error.traceback.as_deref().unwrap_or("").contains("in fail"), "{error:?}");
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    match worker.call(CallRequest::new("no_such_method", Value::Nil)).await {
+        Err(CallError::Remote { error, .. }) => assert!(error.message.contains("no_such_method"), "{error:?}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+
+    let items: Vec<_> = worker.stream(CallRequest::new("count", 5)).await.unwrap().collect().await;
+    let items: Vec<Value> = items.into_iter().map(Result::unwrap).collect();
+    assert_eq!(items, (0..5).map(Value::from).collect::<Vec<_>>());
+
+    for expected in 1..=3 {
+        let n = worker.call(CallRequest::new("counter", Value::Nil).with_session("s1")).await.unwrap();
+        assert_eq!(n, Value::from(expected));
+    }
+    worker.close_session("s1").await.unwrap();
+    let n = worker.call(CallRequest::new("counter", Value::Nil).with_session("s1")).await.unwrap();
+    assert_eq!(n, Value::from(1), "session_close dropped the state");
+
+    let rtt = worker.ping(Duration::from_secs(5)).await.unwrap();
+    assert!(rtt < Duration::from_secs(5));
+    assert!(worker.rss_bytes().unwrap() > 1024 * 1024);
+    assert_eq!(worker.in_flight(), 0);
+
+    let exit = worker.shutdown(Duration::from_secs(5)).await;
+    assert!(exit.success(), "{exit}");
+    assert!(!worker.is_alive());
+    assert!(matches!(
+        worker.call(CallRequest::new("echo", 1)).await,
+        Err(CallError::WorkerClosed { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_each_get_their_own_reply() {
+    let worker = std::sync::Arc::new(basic().spawn(WorkerId(1)).await.unwrap());
+    let calls = (0..1000u64).map(|i| {
+        let worker = worker.clone();
+        tokio::spawn(async move { (i, worker.call(CallRequest::new("jitter", i)).await) })
+    });
+    let results = futures::future::join_all(calls).await;
+    for joined in results {
+        let (i, result) = joined.unwrap();
+        assert_eq!(result.unwrap(), Value::from(i), "call {i} got another call's reply");
+    }
+    assert_eq!(worker.in_flight(), 0);
+    assert_eq!(worker.discarded_replies(), 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printing_to_stdout_does_not_corrupt_frames() {
+    let worker = basic().spawn(WorkerId(1)).await.unwrap();
+    for _ in 0..3 {
+        let reply = worker.call(CallRequest::new("noisy", Value::Nil)).await.unwrap();
+        assert_eq!(reply, Value::from("still framed"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(worker.stderr_tail().contains("printed to stdout by a handler"), "{}", worker.stderr_tail());
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_dropped_calls_cancel_and_late_replies_are_discarded() {
+    let worker = basic().spawn(WorkerId(1)).await.unwrap();
+
+    let timed_out = worker.call(CallRequest::new("cancellable", 2.0).with_timeout(Duration::from_millis(100))).await;
+    assert!(matches!(timed_out, Err(CallError::Timeout { ref method, .. }) if method == "cancellable"), "{timed_out:?}");
+
+    // A dropped future cancels too.
+    let dropped = tokio::time::timeout(Duration::from_millis(100), worker.call(CallRequest::new("cancellable", 2.0))).await;
+    assert!(dropped.is_err(), "the call was still running when dropped");
+    assert_eq!(worker.in_flight(), 0, "abandoned calls leave no slot behind");
+
+    // The next call gets its own reply, not a late one.
+    assert_eq!(worker.call(CallRequest::new("echo", "mine")).await.unwrap(), Value::from("mine"));
+
+    // The worker saw both cancels and answered them; those answers were dropped.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cancelled = worker.call(CallRequest::new("cancelled", Value::Nil)).await.unwrap();
+        if cancelled == Value::from(2) && worker.discarded_replies() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "cancelled={cancelled} discarded={}", worker.discarded_replies());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A dropped stream cancels as well.
+    let mut stream = worker.stream(CallRequest::new("count", 1_000_000)).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), Value::from(0));
+    drop(stream);
+    assert_eq!(worker.in_flight(), 0);
+    assert_eq!(worker.call(CallRequest::new("echo", 5)).await.unwrap(), Value::from(5));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_request_is_refused_without_harming_the_worker() {
+    let launcher = ProcessLauncher::new(WorkerCommand::python(app("basic.py")).max_frame(1024));
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    let err = worker
+        .call(CallRequest::new("echo", Value::Binary(vec![0; 4096])))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::InvalidRequest { .. }), "{err}");
+    assert!(err.to_string().contains("exceeds the maximum of 1024 bytes"), "{err}");
+    assert_eq!(worker.call(CallRequest::new("echo", 1)).await.unwrap(), Value::from(1));
+
+    // A reply over the maximum is a protocol violation: the worker dies and
+    // the call fails with the reason.
+    let err = worker.call(CallRequest::new("big", 4096)).await.unwrap_err();
+    match &err {
+        CallError::WorkerCrashed { reason, .. } => assert!(reason.contains("exceeds the maximum"), "{err}"),
+        other => panic!("expected WorkerCrashed, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_call_fails_every_in_flight_call_within_a_second() {
+    let worker = std::sync::Arc::new(basic().spawn(WorkerId(7)).await.unwrap());
+    let pid = worker.info().pid.unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.call(CallRequest::new("sleep", 30)).await })
+        })
+        .collect();
+    while worker.in_flight() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed_at = Instant::now();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    for call in calls {
+        match call.await.unwrap() {
+            Err(CallError::WorkerCrashed { worker: id, pid: p, exit, .. }) => {
+                assert_eq!(id, WorkerId(7));
+                assert_eq!(p, Some(pid));
+                assert_eq!(exit.signal, Some(9), "{exit}");
+            }
+            other => panic!("expected WorkerCrashed, got {other:?}"),
+        }
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(1), "took {:?}", killed_at.elapsed());
+    let exit = worker.closed().await;
+    assert!(exit.to_string().contains("SIGKILL"), "{exit}");
+    assert!(!worker.is_alive());
+    let after = worker.call(CallRequest::new("echo", 1)).await.unwrap_err();
+    assert!(matches!(after, CallError::WorkerCrashed { .. }), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_during_init_reports_the_code_and_traceback_quickly() {
+    let dir = std::env::temp_dir().join(format!("portpool-transport-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exits = dir.join("exits.py");
+    std::fs::write(&exits, "import sys\nsys.stderr.write('configuration missing\\n')\nraise SystemExit(3)\n").unwrap();
+    let imports = dir.join("imports.py");
+    std::fs::write(&imports, "import portpool\nimport no_such_module_xyz\napp = portpool.App()\n").unwrap();
+
+    let started = Instant::now();
+    match ProcessLauncher::new(WorkerCommand::python(&exits)).spawn(WorkerId(1)).await {
+        Err(LaunchError::ExitedDuringInit { exit, stderr_tail, pid, .. }) => {
+            assert_eq!(exit.code, Some(3));
+            assert!(pid.is_some());
+            assert!(stderr_tail.contains("configuration missing"), "{stderr_tail}");
+        }
+        other => panic!("expected ExitedDuringInit, got {other:?}"),
+    }
+    let err = ProcessLauncher::new(WorkerCommand::python(&imports)).spawn(WorkerId(2)).await.unwrap_err();
+    assert!(matches!(err, LaunchError::ExitedDuringInit { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("worker-2") && text.contains("exit code"), "{text}");
+    assert!(text.contains("Traceback") && text.contains("no_such_module_xyz"), "{text}");
+    // Both together, including interpreter start-up, well within a few seconds.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::new(find_python())
+            .args(["-c", "import sys, time\nsys.stderr.write('warming up forever\\n')\ntime.sleep(60)"])
+            .init_timeout(Duration::from_millis(500)),
+    );
+    let err = launcher.spawn(WorkerId(3)).await.unwrap_err();
+    match &err {
+        LaunchError::InitTimeout { after, stderr_tail, pid, .. } => {
+            assert_eq!(*after, Duration::from_millis(500));
+            assert!(stderr_tail.contains("warming up forever"), "{err}");
+            assert!(eventually_gone(pid.unwrap(), Duration::from_secs(2)).await, "killed");
+        }
+        other => panic!("expected InitTimeout, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_hellos_are_typed_errors_and_the_worker_is_killed() {
+    let cases = [
+        ("garbage", "import sys, time\nsys.stdout.buffer.write(b'Hello from a chatty import!\\n'); sys.stdout.flush()\ntime.sleep(60)", "exceeds the maximum"),
+        ("1 GiB header", "import sys, time\nsys.stdout.buffer.write(b'\\x40\\x00\\x00\\x00'); sys.stdout.flush()\ntime.sleep(60)", "frame of 1073741824 bytes exceeds"),
+        ("invalid msgpack", "import sys, time\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\xc1'); sys.stdout.flush()\ntime.sleep(60)", "malformed"),
+        ("wrong first message", "import sys, time, msgpack\nb = msgpack.packb({'type': 'pong', 'id': 1})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "expected hello first, got pong"),
+        ("protocol 2", "import sys, time, msgpack\nb = msgpack.packb({'type': 'hello', 'protocol_major': 2, 'protocol_minor': 0})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "we speak 1.0, the worker speaks 2.0"),
+    ];
+    for (name, source, expected) in cases {
+        let started = Instant::now();
+        let err = script(source).spawn(WorkerId(4)).await.unwrap_err();
+        match &err {
+            LaunchError::BadHello { reason, pid, .. } => {
+                assert!(reason.contains(expected), "{name}: {err}");
+                assert!(eventually_gone(pid.unwrap(), Duration::from_secs(2)).await, "{name}: killed");
+            }
+            other => panic!("{name}: expected BadHello, got {other}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(4), "{name}: no hang");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_failure_names_the_program() {
+    let err = ProcessLauncher::new(WorkerCommand::new("/nonexistent/portpool-python"))
+        .spawn(WorkerId(9))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LaunchError::Spawn { .. }));
+    assert!(err.to_string().contains("/nonexistent/portpool-python"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_kills_grandchildren_and_drop_kills_the_worker() {
+    let worker = basic().spawn(WorkerId(1)).await.unwrap();
+    let grandchild = worker.call(CallRequest::new("spawn_grandchild", Value::Nil)).await.unwrap();
+    let grandchild = u32::try_from(grandchild.as_u64().unwrap()).unwrap();
+    assert!(!is_gone(grandchild));
+    worker.shutdown(Duration::from_secs(5)).await;
+    assert!(eventually_gone(grandchild, Duration::from_secs(2)).await, "grandchild {grandchild} survived");
+
+    let worker = basic().spawn(WorkerId(2)).await.unwrap();
+    let pid = worker.info().pid.unwrap();
+    drop(worker);
+    assert!(eventually_gone(pid, Duration::from_secs(2)).await, "worker {pid} survived its handle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_escalates_when_the_worker_ignores_it() {
+    // Ignores the shutdown message and SIGTERM: only SIGKILL ends it.
+    let source = "import signal, sys, time, msgpack, os\n\
+signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+b = msgpack.packb({'type': 'hello', 'protocol_major': 1, 'protocol_minor': 0, 'pid': os.getpid(), 'max_concurrency': 1})\n\
+sys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\n\
+time.sleep(60)";
+    let worker = script(source).spawn(WorkerId(5)).await.unwrap();
+    let started = Instant::now();
+    let exit = worker.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(exit.signal, Some(9), "{exit}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_workers_launched_at_once_all_become_ready() {
+    let launcher = basic();
+    let workers = futures::future::join_all((0..16).map(|i| launcher.spawn(WorkerId(i)))).await;
+    let mut pids = HashSet::new();
+    for worker in &workers {
+        let worker = worker.as_ref().expect("every worker starts");
+        pids.insert(worker.info().pid.unwrap());
+        assert_eq!(worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap(), Value::from(worker.info().pid.unwrap()));
+    }
+    assert_eq!(pids.len(), 16);
+    futures::future::join_all(workers.iter().map(|w| w.as_ref().unwrap().shutdown(Duration::from_secs(5)))).await;
+}
+
+/// Run as a child process by `no_orphans_when_the_host_is_killed`: launches
+/// three workers, prints their pids, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_host_helper() {
+    if std::env::var_os("PORTPOOL_ORPHAN_HELPER").is_none() {
+        return;
+    }
+    let launcher = basic();
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(launcher.spawn(WorkerId(i)).await.unwrap());
+    }
+    let pids: Vec<String> = workers.iter().map(|w| w.info().pid.unwrap().to_string()).collect();
+    println!("PIDS {}", pids.join(" "));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_orphans_when_the_host_is_killed() {
+    use std::io::{BufRead, BufReader};
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "orphan_host_helper", "--nocapture", "--test-threads=1"])
+        .env("PORTPOOL_ORPHAN_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(host.stdout.take().unwrap());
+    let pids: Vec<u32> = tokio::task::spawn_blocking(move || {
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            // The test harness may print its own text before ours on the line.
+            if let Some((_, rest)) = line.split_once("PIDS ") {
+                return rest.split_whitespace().map(|p| p.parse().unwrap()).collect();
+            }
+        }
+        Vec::new()
+    })
+    .await
+    .unwrap();
+    assert_eq!(pids.len(), 3, "helper printed its workers");
+    host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
+    host.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for pid in pids {
+        assert!(is_gone(pid), "worker {pid} outlived its SIGKILLed host");
+    }
+}
