@@ -825,6 +825,7 @@ impl Shared {
                     pid: e.worker.info().pid,
                     state: e.state(),
                     in_flight: 0,
+                    held: e.in_use,
                     capacity: e.capacity,
                     served: e.served,
                     restarts: s.map_or(0, |s| s.restarts),
@@ -848,6 +849,7 @@ impl Shared {
                         WorkerState::Starting
                     },
                     in_flight: 0,
+                    held: 0,
                     capacity: 0,
                     served: 0,
                     restarts: s.restarts,
@@ -886,10 +888,4 @@ impl Shared {
         PoolStatus { workers, ..status }
     }
 
-    /// Internal accounting, for tests: (slots held, queued waiters).
-    #[cfg(test)]
-    pub(crate) fn accounting(&self) -> (usize, usize) {
-        let st = self.lock();
-        (st.entries.iter().map(|e| e.in_use).sum(), st.waiters.len())
-    }
 }

@@ -55,6 +55,8 @@ pub struct WorkerStatus {
     pub state: WorkerState,
     /// Calls it is running (as the worker counts them).
     pub in_flight: usize,
+    /// Slots the pool has handed out on it (calls, streams and leases).
+    pub held: usize,
     /// Calls the pool lets it run at once.
     pub capacity: usize,
     /// Calls it has finished.

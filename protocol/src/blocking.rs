@@ -37,7 +37,11 @@ pub fn read_message<R: Read>(reader: &mut R, max_frame: usize) -> Result<Option<
 }
 
 /// Encodes and writes one message as a frame, then flushes.
-pub fn write_message<W: Write>(writer: &mut W, message: &Message, max_frame: usize) -> Result<(), ProtocolError> {
+pub fn write_message<W: Write>(
+    writer: &mut W,
+    message: &Message,
+    max_frame: usize,
+) -> Result<(), ProtocolError> {
     let frame = encode_frame(message, max_frame)?;
     writer.write_all(&frame)?;
     writer.flush()?;

@@ -33,10 +33,7 @@ pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, Prot
 
 pub(crate) fn check_len(len: u64, max_frame: usize) -> Result<(), ProtocolError> {
     if len > max_frame as u64 {
-        return Err(ProtocolError::FrameTooLarge {
-            len,
-            max: max_frame,
-        });
+        return Err(ProtocolError::FrameTooLarge { len, max: max_frame });
     }
     Ok(())
 }
@@ -102,9 +99,7 @@ impl Decoder for MessageCodec {
         match self.decode(buf)? {
             Some(message) => Ok(Some(message)),
             None if buf.is_empty() => Ok(None),
-            None => Err(ProtocolError::TruncatedFrame {
-                buffered: buf.len(),
-            }),
+            None => Err(ProtocolError::TruncatedFrame { buffered: buf.len() }),
         }
     }
 }

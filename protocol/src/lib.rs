@@ -44,7 +44,8 @@ mod version;
 pub use codec::{decode_body, encode_body, encode_frame, MessageCodec, DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use error::ProtocolError;
 pub use message::{
-    Cancel, Chunk, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response, SessionClose, Shutdown,
+    Cancel, Chunk, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response, SessionClose,
+    Shutdown,
 };
 pub use rmpv::Value;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};

@@ -155,10 +155,7 @@ impl From<RawResponse> for Response {
             // A nil result decodes as None: both mean "returned nil".
             None => Ok(raw.result.unwrap_or(Value::Nil)),
         };
-        Response {
-            id: raw.id,
-            outcome,
-        }
+        Response { id: raw.id, outcome }
     }
 }
 

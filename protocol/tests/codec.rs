@@ -12,7 +12,9 @@ fn arb_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Boolean),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("NaN != NaN", |f| !f.is_nan()).prop_map(Value::F64),
+        any::<f64>()
+            .prop_filter("NaN != NaN", |f| !f.is_nan())
+            .prop_map(Value::F64),
         ".{0,20}".prop_map(|s| Value::from(s.as_str())),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Binary),
     ];
@@ -31,35 +33,67 @@ fn arb_opt_string() -> impl Strategy<Value = Option<String>> {
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), ".{0,8}", any::<u32>(), 1..1000u32, proptest::collection::vec("[a-z_]{1,10}", 0..5))
-            .prop_map(|(major, minor, runtime, pid, max_concurrency, methods)| Message::Hello(Hello {
-                protocol_major: major,
-                protocol_minor: minor,
-                runtime,
-                runtime_version: "3.11".into(),
-                pid,
-                max_concurrency,
-                methods,
-                capabilities: vec!["stream".into()],
-            })),
-        (any::<u64>(), "[a-z.]{1,12}", arb_value(), arb_opt_string(), proptest::option::of(any::<u64>()), arb_opt_string())
-            .prop_map(|(id, method, params, session, deadline_ms, trace)| Message::Request(Request {
-                id,
-                method,
-                params,
-                session,
-                deadline_ms,
-                trace
-            })),
+        (
+            any::<u16>(),
+            any::<u16>(),
+            ".{0,8}",
+            any::<u32>(),
+            1..1000u32,
+            proptest::collection::vec("[a-z_]{1,10}", 0..5)
+        )
+            .prop_map(
+                |(major, minor, runtime, pid, max_concurrency, methods)| Message::Hello(Hello {
+                    protocol_major: major,
+                    protocol_minor: minor,
+                    runtime,
+                    runtime_version: "3.11".into(),
+                    pid,
+                    max_concurrency,
+                    methods,
+                    capabilities: vec!["stream".into()],
+                })
+            ),
+        (
+            any::<u64>(),
+            "[a-z.]{1,12}",
+            arb_value(),
+            arb_opt_string(),
+            proptest::option::of(any::<u64>()),
+            arb_opt_string()
+        )
+            .prop_map(
+                |(id, method, params, session, deadline_ms, trace)| Message::Request(Request {
+                    id,
+                    method,
+                    params,
+                    session,
+                    deadline_ms,
+                    trace
+                })
+            ),
         // A nil result is the same on the wire as an absent one, so nil
         // results round-trip too.
         (any::<u64>(), arb_value()).prop_map(|(id, v)| Message::Response(Response::ok(id, v))),
-        (any::<u64>(), ".{0,10}", ".{0,30}", arb_opt_string(), proptest::option::of(arb_value()))
-            .prop_filter("data: Some(Nil) decodes as None", |(_, _, _, _, d)| d != &Some(Value::Nil))
-            .prop_map(|(id, kind, message, traceback, data)| Message::Response(Response::err(
-                id,
-                RemoteError { kind, message, traceback, data }
-            ))),
+        (
+            any::<u64>(),
+            ".{0,10}",
+            ".{0,30}",
+            arb_opt_string(),
+            proptest::option::of(arb_value())
+        )
+            .prop_filter("data: Some(Nil) decodes as None", |(_, _, _, _, d)| d
+                != &Some(Value::Nil))
+            .prop_map(
+                |(id, kind, message, traceback, data)| Message::Response(Response::err(
+                    id,
+                    RemoteError {
+                        kind,
+                        message,
+                        traceback,
+                        data
+                    }
+                ))
+            ),
         (any::<u64>(), arb_value()).prop_map(|(id, data)| Message::Chunk(Chunk { id, data })),
         any::<u64>().prop_map(|id| Message::Cancel(Cancel { id })),
         any::<u64>().prop_map(|id| Message::Ping(Ping { id })),
@@ -118,18 +152,31 @@ fn header_announcing_4_gib_fails_at_once() {
         }
         other => panic!("expected FrameTooLarge, got {other:?}"),
     }
-    assert_eq!(buf.capacity(), capacity_before, "nothing was reserved for the body");
+    assert_eq!(
+        buf.capacity(),
+        capacity_before,
+        "nothing was reserved for the body"
+    );
 
     let err = read_message(&mut &[0xffu8, 0xff, 0xff, 0xff, 1, 2][..], DEFAULT_MAX_FRAME).unwrap_err();
-    assert!(matches!(err, ProtocolError::FrameTooLarge { len: 4294967295, .. }), "{err}");
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { len: 4294967295, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn encoding_over_the_maximum_is_refused() {
     let mut codec = MessageCodec::new(16);
-    let message = Message::Chunk(Chunk { id: 1, data: Value::Binary(vec![0; 100]) });
+    let message = Message::Chunk(Chunk {
+        id: 1,
+        data: Value::Binary(vec![0; 100]),
+    });
     let err = codec.encode(&message, &mut BytesMut::new()).unwrap_err();
-    assert!(matches!(err, ProtocolError::FrameTooLarge { max: 16, .. }), "{err}");
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { max: 16, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("exceeds the maximum of 16 bytes"));
 }
 
@@ -161,12 +208,18 @@ fn truncated_frame_at_eof_is_an_error_and_clean_eof_is_none() {
     let mut codec = MessageCodec::default();
     let mut partial = BytesMut::from(&[0, 0, 0, 10, 1, 2][..]);
     assert!(codec.decode(&mut partial).unwrap().is_none());
-    assert!(matches!(codec.decode_eof(&mut partial), Err(ProtocolError::TruncatedFrame { .. })));
+    assert!(matches!(
+        codec.decode_eof(&mut partial),
+        Err(ProtocolError::TruncatedFrame { .. })
+    ));
     assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
 
     assert!(read_message(&mut &[][..], DEFAULT_MAX_FRAME).unwrap().is_none());
     let err = read_message(&mut &[0u8, 0, 0, 10, 1][..], DEFAULT_MAX_FRAME).unwrap_err();
-    assert!(matches!(err, ProtocolError::TruncatedFrame { buffered: 5 }), "{err}");
+    assert!(
+        matches!(err, ProtocolError::TruncatedFrame { buffered: 5 }),
+        "{err}"
+    );
 }
 
 fn hello(major: u16, minor: u16) -> Hello {
@@ -184,10 +237,15 @@ fn hello(major: u16, minor: u16) -> Hello {
 
 #[test]
 fn version_rule_major_must_match_minor_may_differ() {
-    assert!(hello(PROTOCOL_VERSION.major, PROTOCOL_VERSION.minor + 7).validate().is_ok());
+    assert!(hello(PROTOCOL_VERSION.major, PROTOCOL_VERSION.minor + 7)
+        .validate()
+        .is_ok());
     let err = hello(PROTOCOL_VERSION.major + 1, 0).validate().unwrap_err();
     assert!(matches!(err, ProtocolError::VersionMismatch { .. }));
-    assert_eq!(err.to_string(), "protocol version mismatch: we speak 1.0, the worker speaks 2.0");
+    assert_eq!(
+        err.to_string(),
+        "protocol version mismatch: we speak 1.0, the worker speaks 2.0"
+    );
     let mut zero = hello(1, 0);
     zero.max_concurrency = 0;
     assert!(zero.validate().is_err());
@@ -200,9 +258,19 @@ fn typed_values_convert_both_ways() {
         x: i32,
         label: String,
     }
-    let value = to_value(&Point { x: -2, label: "a".into() }).unwrap();
+    let value = to_value(&Point {
+        x: -2,
+        label: "a".into(),
+    })
+    .unwrap();
     let back: Point = from_value(value).unwrap();
-    assert_eq!(back, Point { x: -2, label: "a".into() });
+    assert_eq!(
+        back,
+        Point {
+            x: -2,
+            label: "a".into()
+        }
+    );
     let err = from_value::<Point>(Value::from(3)).unwrap_err();
     assert!(err.to_string().contains("cannot decode value"), "{err}");
 }

@@ -26,7 +26,11 @@ fn from_json(json: &serde_json::Value) -> Value {
                     return Value::Binary(hex::decode(hex).unwrap());
                 }
             }
-            Value::Map(map.iter().map(|(k, v)| (Value::from(k.as_str()), from_json(v))).collect())
+            Value::Map(
+                map.iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), from_json(v)))
+                    .collect(),
+            )
         }
     }
 }
@@ -72,14 +76,27 @@ fn every_vector_round_trips_byte_exactly() {
             (Some(meaning), _) => {
                 // The typed message re-encodes to the very same bytes...
                 let encoded = encode_frame(&message, DEFAULT_MAX_FRAME).unwrap();
-                assert_eq!(hex::encode(&encoded), hex::encode(&vector.frame), "{}", vector.name);
+                assert_eq!(
+                    hex::encode(&encoded),
+                    hex::encode(&vector.frame),
+                    "{}",
+                    vector.name
+                );
                 // ...and the JSON meaning encodes to them too.
                 let mut expected = Vec::new();
                 rmpv::encode::write_value(&mut expected, &from_json(meaning)).unwrap();
-                assert_eq!(hex::encode(&expected), hex::encode(body), "{}: meaning", vector.name);
+                assert_eq!(
+                    hex::encode(&expected),
+                    hex::encode(body),
+                    "{}: meaning",
+                    vector.name
+                );
             }
             (None, Some(other)) => {
-                let target = all.iter().find(|v| &v.name == other).expect("named vector exists");
+                let target = all
+                    .iter()
+                    .find(|v| &v.name == other)
+                    .expect("named vector exists");
                 let expected: Message = decode_body(&target.frame[4..]).unwrap();
                 assert_eq!(message, expected, "{} decodes as {}", vector.name, other);
             }

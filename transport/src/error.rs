@@ -127,7 +127,7 @@ pub enum CallError {
         /// The method called.
         method: String,
         /// The structured error (type, message, traceback, data).
-        error: RemoteError,
+        error: Box<RemoteError>,
     },
     /// The call's deadline passed; a `cancel` was sent and any late reply
     /// will be discarded.

@@ -57,10 +57,11 @@ mod worker;
 
 pub use error::{CallError, LaunchError};
 pub use id::{WorkerExit, WorkerId};
-#[cfg(feature = "mock")]
-pub use worker::{MockLauncher, MockWorker};
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
-    find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_STDERR_TAIL_LINES,
+    find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT,
+    DEFAULT_STDERR_TAIL_LINES,
 };
 pub use worker::{CallRequest, CallStream, Launcher, Worker, WorkerInfo};
+#[cfg(feature = "mock")]
+pub use worker::{MockLauncher, MockWorker};

@@ -14,6 +14,9 @@ async fn mock_launcher_and_worker_can_be_scripted() {
         Ok(Box::new(worker))
     });
     let worker = launcher.launch(WorkerId(1)).await.unwrap();
-    assert_eq!(worker.call(CallRequest::new("echo", 3)).await.unwrap(), Value::from(3));
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 3)).await.unwrap(),
+        Value::from(3)
+    );
     assert_eq!(worker.in_flight(), 0);
 }

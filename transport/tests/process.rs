@@ -9,7 +9,9 @@ use futures::StreamExt;
 use portpool_transport::*;
 
 fn app(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/apps").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps")
+        .join(name)
 }
 
 fn basic() -> ProcessLauncher {
@@ -29,7 +31,10 @@ fn script(source: &str) -> ProcessLauncher {
 fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -54,34 +59,57 @@ async fn hello_echo_errors_streams_and_sessions() {
 
     let echoed = worker.call(CallRequest::new("echo", "hi")).await.unwrap();
     assert_eq!(echoed, Value::from("hi"));
-    let bin = worker.call(CallRequest::new("echo", Value::Binary(vec![0, 255, 7]))).await.unwrap();
+    let bin = worker
+        .call(CallRequest::new("echo", Value::Binary(vec![0, 255, 7])))
+        .await
+        .unwrap();
     assert_eq!(bin, Value::Binary(vec![0, 255, 7]), "bin stays bin");
 
     match worker.call(CallRequest::new("fail", 7)).await {
-        Err(CallError::Remote { error, method, worker: id }) => {
+        Err(CallError::Remote {
+            error,
+            method,
+            worker: id,
+        }) => {
             assert_eq!(id, WorkerId(1));
             assert_eq!(method, "fail");
             assert_eq!(error.kind, "ValueError");
             assert_eq!(error.message, "bad input: 7");
-            assert!(error.traceback.as_deref().unwrap_or("").contains("in fail"), "{error:?}");
+            assert!(
+                error.traceback.as_deref().unwrap_or("").contains("in fail"),
+                "{error:?}"
+            );
         }
         other => panic!("expected a remote error, got {other:?}"),
     }
     match worker.call(CallRequest::new("no_such_method", Value::Nil)).await {
-        Err(CallError::Remote { error, .. }) => assert!(error.message.contains("no_such_method"), "{error:?}"),
+        Err(CallError::Remote { error, .. }) => {
+            assert!(error.message.contains("no_such_method"), "{error:?}")
+        }
         other => panic!("expected a remote error, got {other:?}"),
     }
 
-    let items: Vec<_> = worker.stream(CallRequest::new("count", 5)).await.unwrap().collect().await;
+    let items: Vec<_> = worker
+        .stream(CallRequest::new("count", 5))
+        .await
+        .unwrap()
+        .collect()
+        .await;
     let items: Vec<Value> = items.into_iter().map(Result::unwrap).collect();
     assert_eq!(items, (0..5).map(Value::from).collect::<Vec<_>>());
 
     for expected in 1..=3 {
-        let n = worker.call(CallRequest::new("counter", Value::Nil).with_session("s1")).await.unwrap();
+        let n = worker
+            .call(CallRequest::new("counter", Value::Nil).with_session("s1"))
+            .await
+            .unwrap();
         assert_eq!(n, Value::from(expected));
     }
     worker.close_session("s1").await.unwrap();
-    let n = worker.call(CallRequest::new("counter", Value::Nil).with_session("s1")).await.unwrap();
+    let n = worker
+        .call(CallRequest::new("counter", Value::Nil).with_session("s1"))
+        .await
+        .unwrap();
     assert_eq!(n, Value::from(1), "session_close dropped the state");
 
     let rtt = worker.ping(Duration::from_secs(5)).await.unwrap();
@@ -108,7 +136,11 @@ async fn a_thousand_concurrent_calls_each_get_their_own_reply() {
     let results = futures::future::join_all(calls).await;
     for joined in results {
         let (i, result) = joined.unwrap();
-        assert_eq!(result.unwrap(), Value::from(i), "call {i} got another call's reply");
+        assert_eq!(
+            result.unwrap(),
+            Value::from(i),
+            "call {i} got another call's reply"
+        );
     }
     assert_eq!(worker.in_flight(), 0);
     assert_eq!(worker.discarded_replies(), 0);
@@ -123,7 +155,11 @@ async fn printing_to_stdout_does_not_corrupt_frames() {
         assert_eq!(reply, Value::from("still framed"));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(worker.stderr_tail().contains("printed to stdout by a handler"), "{}", worker.stderr_tail());
+    assert!(
+        worker.stderr_tail().contains("printed to stdout by a handler"),
+        "{}",
+        worker.stderr_tail()
+    );
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -131,25 +167,44 @@ async fn printing_to_stdout_does_not_corrupt_frames() {
 async fn timeouts_and_dropped_calls_cancel_and_late_replies_are_discarded() {
     let worker = basic().spawn(WorkerId(1)).await.unwrap();
 
-    let timed_out = worker.call(CallRequest::new("cancellable", 2.0).with_timeout(Duration::from_millis(100))).await;
-    assert!(matches!(timed_out, Err(CallError::Timeout { ref method, .. }) if method == "cancellable"), "{timed_out:?}");
+    let timed_out = worker
+        .call(CallRequest::new("cancellable", 2.0).with_timeout(Duration::from_millis(100)))
+        .await;
+    assert!(
+        matches!(timed_out, Err(CallError::Timeout { ref method, .. }) if method == "cancellable"),
+        "{timed_out:?}"
+    );
 
     // A dropped future cancels too.
-    let dropped = tokio::time::timeout(Duration::from_millis(100), worker.call(CallRequest::new("cancellable", 2.0))).await;
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        worker.call(CallRequest::new("cancellable", 2.0)),
+    )
+    .await;
     assert!(dropped.is_err(), "the call was still running when dropped");
     assert_eq!(worker.in_flight(), 0, "abandoned calls leave no slot behind");
 
     // The next call gets its own reply, not a late one.
-    assert_eq!(worker.call(CallRequest::new("echo", "mine")).await.unwrap(), Value::from("mine"));
+    assert_eq!(
+        worker.call(CallRequest::new("echo", "mine")).await.unwrap(),
+        Value::from("mine")
+    );
 
     // The worker saw both cancels and answered them; those answers were dropped.
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let cancelled = worker.call(CallRequest::new("cancelled", Value::Nil)).await.unwrap();
+        let cancelled = worker
+            .call(CallRequest::new("cancelled", Value::Nil))
+            .await
+            .unwrap();
         if cancelled == Value::from(2) && worker.discarded_replies() >= 2 {
             break;
         }
-        assert!(Instant::now() < until, "cancelled={cancelled} discarded={}", worker.discarded_replies());
+        assert!(
+            Instant::now() < until,
+            "cancelled={cancelled} discarded={}",
+            worker.discarded_replies()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -158,7 +213,10 @@ async fn timeouts_and_dropped_calls_cancel_and_late_replies_are_discarded() {
     assert_eq!(stream.next().await.unwrap().unwrap(), Value::from(0));
     drop(stream);
     assert_eq!(worker.in_flight(), 0);
-    assert_eq!(worker.call(CallRequest::new("echo", 5)).await.unwrap(), Value::from(5));
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 5)).await.unwrap(),
+        Value::from(5)
+    );
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -171,8 +229,14 @@ async fn oversize_request_is_refused_without_harming_the_worker() {
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::InvalidRequest { .. }), "{err}");
-    assert!(err.to_string().contains("exceeds the maximum of 1024 bytes"), "{err}");
-    assert_eq!(worker.call(CallRequest::new("echo", 1)).await.unwrap(), Value::from(1));
+    assert!(
+        err.to_string().contains("exceeds the maximum of 1024 bytes"),
+        "{err}"
+    );
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 1)).await.unwrap(),
+        Value::from(1)
+    );
 
     // A reply over the maximum is a protocol violation: the worker dies and
     // the call fails with the reason.
@@ -198,10 +262,18 @@ async fn kill_9_mid_call_fails_every_in_flight_call_within_a_second() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let killed_at = Instant::now();
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     for call in calls {
         match call.await.unwrap() {
-            Err(CallError::WorkerCrashed { worker: id, pid: p, exit, .. }) => {
+            Err(CallError::WorkerCrashed {
+                worker: id,
+                pid: p,
+                exit,
+                ..
+            }) => {
                 assert_eq!(id, WorkerId(7));
                 assert_eq!(p, Some(pid));
                 assert_eq!(exit.signal, Some(9), "{exit}");
@@ -209,7 +281,11 @@ async fn kill_9_mid_call_fails_every_in_flight_call_within_a_second() {
             other => panic!("expected WorkerCrashed, got {other:?}"),
         }
     }
-    assert!(killed_at.elapsed() < Duration::from_secs(1), "took {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        killed_at.elapsed()
+    );
     let exit = worker.closed().await;
     assert!(exit.to_string().contains("SIGKILL"), "{exit}");
     assert!(!worker.is_alive());
@@ -222,41 +298,78 @@ async fn exit_during_init_reports_the_code_and_traceback_quickly() {
     let dir = std::env::temp_dir().join(format!("portpool-transport-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exits = dir.join("exits.py");
-    std::fs::write(&exits, "import sys\nsys.stderr.write('configuration missing\\n')\nraise SystemExit(3)\n").unwrap();
+    std::fs::write(
+        &exits,
+        "import sys\nsys.stderr.write('configuration missing\\n')\nraise SystemExit(3)\n",
+    )
+    .unwrap();
     let imports = dir.join("imports.py");
-    std::fs::write(&imports, "import portpool\nimport no_such_module_xyz\napp = portpool.App()\n").unwrap();
+    std::fs::write(
+        &imports,
+        "import portpool\nimport no_such_module_xyz\napp = portpool.App()\n",
+    )
+    .unwrap();
 
     let started = Instant::now();
-    match ProcessLauncher::new(WorkerCommand::python(&exits)).spawn(WorkerId(1)).await {
-        Err(LaunchError::ExitedDuringInit { exit, stderr_tail, pid, .. }) => {
+    match ProcessLauncher::new(WorkerCommand::python(&exits))
+        .spawn(WorkerId(1))
+        .await
+    {
+        Err(LaunchError::ExitedDuringInit {
+            exit,
+            stderr_tail,
+            pid,
+            ..
+        }) => {
             assert_eq!(exit.code, Some(3));
             assert!(pid.is_some());
             assert!(stderr_tail.contains("configuration missing"), "{stderr_tail}");
         }
         other => panic!("expected ExitedDuringInit, got {other:?}"),
     }
-    let err = ProcessLauncher::new(WorkerCommand::python(&imports)).spawn(WorkerId(2)).await.unwrap_err();
+    let err = ProcessLauncher::new(WorkerCommand::python(&imports))
+        .spawn(WorkerId(2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LaunchError::ExitedDuringInit { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("worker-2") && text.contains("exit code"), "{text}");
-    assert!(text.contains("Traceback") && text.contains("no_such_module_xyz"), "{text}");
+    assert!(
+        text.contains("Traceback") && text.contains("no_such_module_xyz"),
+        "{text}"
+    );
     // Both together, including interpreter start-up, well within a few seconds.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
     let launcher = ProcessLauncher::new(
         WorkerCommand::new(find_python())
-            .args(["-c", "import sys, time\nsys.stderr.write('warming up forever\\n')\ntime.sleep(60)"])
+            .args([
+                "-c",
+                "import sys, time\nsys.stderr.write('warming up forever\\n')\ntime.sleep(60)",
+            ])
             .init_timeout(Duration::from_millis(500)),
     );
     let err = launcher.spawn(WorkerId(3)).await.unwrap_err();
     match &err {
-        LaunchError::InitTimeout { after, stderr_tail, pid, .. } => {
+        LaunchError::InitTimeout {
+            after,
+            stderr_tail,
+            pid,
+            ..
+        } => {
             assert_eq!(*after, Duration::from_millis(500));
             assert!(stderr_tail.contains("warming up forever"), "{err}");
-            assert!(eventually_gone(pid.unwrap(), Duration::from_secs(2)).await, "killed");
+            assert!(
+                eventually_gone(pid.unwrap(), Duration::from_secs(2)).await,
+                "killed"
+            );
         }
         other => panic!("expected InitTimeout, got {other}"),
     }
@@ -277,7 +390,10 @@ async fn bad_hellos_are_typed_errors_and_the_worker_is_killed() {
         match &err {
             LaunchError::BadHello { reason, pid, .. } => {
                 assert!(reason.contains(expected), "{name}: {err}");
-                assert!(eventually_gone(pid.unwrap(), Duration::from_secs(2)).await, "{name}: killed");
+                assert!(
+                    eventually_gone(pid.unwrap(), Duration::from_secs(2)).await,
+                    "{name}: killed"
+                );
             }
             other => panic!("{name}: expected BadHello, got {other}"),
         }
@@ -298,16 +414,25 @@ async fn spawn_failure_names_the_program() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_kills_grandchildren_and_drop_kills_the_worker() {
     let worker = basic().spawn(WorkerId(1)).await.unwrap();
-    let grandchild = worker.call(CallRequest::new("spawn_grandchild", Value::Nil)).await.unwrap();
+    let grandchild = worker
+        .call(CallRequest::new("spawn_grandchild", Value::Nil))
+        .await
+        .unwrap();
     let grandchild = u32::try_from(grandchild.as_u64().unwrap()).unwrap();
     assert!(!is_gone(grandchild));
     worker.shutdown(Duration::from_secs(5)).await;
-    assert!(eventually_gone(grandchild, Duration::from_secs(2)).await, "grandchild {grandchild} survived");
+    assert!(
+        eventually_gone(grandchild, Duration::from_secs(2)).await,
+        "grandchild {grandchild} survived"
+    );
 
     let worker = basic().spawn(WorkerId(2)).await.unwrap();
     let pid = worker.info().pid.unwrap();
     drop(worker);
-    assert!(eventually_gone(pid, Duration::from_secs(2)).await, "worker {pid} survived its handle");
+    assert!(
+        eventually_gone(pid, Duration::from_secs(2)).await,
+        "worker {pid} survived its handle"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,10 +458,18 @@ async fn sixteen_workers_launched_at_once_all_become_ready() {
     for worker in &workers {
         let worker = worker.as_ref().expect("every worker starts");
         pids.insert(worker.info().pid.unwrap());
-        assert_eq!(worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap(), Value::from(worker.info().pid.unwrap()));
+        assert_eq!(
+            worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap(),
+            Value::from(worker.info().pid.unwrap())
+        );
     }
     assert_eq!(pids.len(), 16);
-    futures::future::join_all(workers.iter().map(|w| w.as_ref().unwrap().shutdown(Duration::from_secs(5)))).await;
+    futures::future::join_all(
+        workers
+            .iter()
+            .map(|w| w.as_ref().unwrap().shutdown(Duration::from_secs(5))),
+    )
+    .await;
 }
 
 /// Run as a child process by `no_orphans_when_the_host_is_killed`: launches
@@ -351,7 +484,10 @@ async fn orphan_host_helper() {
     for i in 0..3 {
         workers.push(launcher.spawn(WorkerId(i)).await.unwrap());
     }
-    let pids: Vec<String> = workers.iter().map(|w| w.info().pid.unwrap().to_string()).collect();
+    let pids: Vec<String> = workers
+        .iter()
+        .map(|w| w.info().pid.unwrap().to_string())
+        .collect();
     println!("PIDS {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(60)).await;
 }

@@ -66,7 +66,14 @@ fn setup(root: &Path) -> Result<PathBuf, String> {
         "pip",
     ]))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-e",
+        ])
         .arg(format!("{}[test]", root.join("python").display())))?;
     std::fs::write(&stamp_path, stamp).map_err(|e| format!("cannot write {}: {e}", stamp_path.display()))?;
     Ok(python)
@@ -114,11 +121,18 @@ fn ci(root: &Path) -> Result<(), String> {
     });
     let python = python.unwrap_or_else(|| venv_python(root));
 
-    step("cargo fmt", &mut || run(cargo().current_dir(root).args(["fmt", "--all", "--check"])));
+    step("cargo fmt", &mut || {
+        run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))
+    });
     step("cargo clippy", &mut || {
-        run(cargo()
-            .current_dir(root)
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        run(cargo().current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
     });
     step("cargo test", &mut || {
         run(cargo()

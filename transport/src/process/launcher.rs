@@ -146,7 +146,9 @@ impl ProcessLauncher {
             }
         };
 
-        let announced = usize::try_from(hello.max_concurrency).unwrap_or(usize::MAX).max(1);
+        let announced = usize::try_from(hello.max_concurrency)
+            .unwrap_or(usize::MAX)
+            .max(1);
         let max_concurrency = cmd.max_concurrency.map_or(announced, |cap| cap.min(announced));
         tracing::debug!(worker = %id, pid, max_concurrency, "worker ready");
         let info = WorkerInfo {
@@ -194,7 +196,10 @@ pub(crate) async fn reap(pid: Option<u32>, exit_rx: watch::Receiver<Option<Worke
 }
 
 /// The worker's exit, if it comes within `limit`.
-pub(crate) async fn wait_exit(exit_rx: &watch::Receiver<Option<WorkerExit>>, limit: Duration) -> Option<WorkerExit> {
+pub(crate) async fn wait_exit(
+    exit_rx: &watch::Receiver<Option<WorkerExit>>,
+    limit: Duration,
+) -> Option<WorkerExit> {
     let mut exit_rx = exit_rx.clone();
     let waited = tokio::time::timeout(limit, exit_rx.wait_for(Option::is_some)).await;
     match waited {

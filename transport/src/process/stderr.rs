@@ -62,7 +62,12 @@ impl StderrLog {
     }
 
     /// Reads `stderr` until end of file, line by line.
-    pub(crate) async fn drain<R: AsyncRead + Unpin>(&self, mut stderr: R, worker: WorkerId, pid: Option<u32>) {
+    pub(crate) async fn drain<R: AsyncRead + Unpin>(
+        &self,
+        mut stderr: R,
+        worker: WorkerId,
+        pid: Option<u32>,
+    ) {
         let mut buf = Vec::with_capacity(MAX_LINE);
         let mut chunk = [0u8; 4096];
         loop {

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nix::sys::signal::Signal;
 use portpool_protocol::{
-    encode_frame, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId, SessionClose, Shutdown,
-    Value,
+    encode_frame, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId, SessionClose,
+    Shutdown, Value,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
@@ -183,7 +183,7 @@ impl Inner {
                         let outcome = response.outcome.map_err(|error| CallError::Remote {
                             worker: self.info.id,
                             method,
-                            error,
+                            error: Box::new(error),
                         });
                         // The caller may have just gone; the reply is then moot.
                         let _ = reply.send(outcome);
@@ -193,7 +193,7 @@ impl Inner {
                             let _ = items.send(Err(CallError::Remote {
                                 worker: self.info.id,
                                 method,
-                                error,
+                                error: Box::new(error),
                             }));
                         }
                         // Dropping `items` ends the stream.
@@ -436,7 +436,8 @@ impl Worker for ProcessWorker {
         let (method, frame) = self.request_frame(id, request)?;
         let (reply, rx) = oneshot::channel();
         let span_method = method.clone();
-        self.inner.send_registered(id, Pending::Call { method, reply }, frame)?;
+        self.inner
+            .send_registered(id, Pending::Call { method, reply }, frame)?;
         let mut guard = CallGuard {
             inner: self.inner.clone(),
             id,

@@ -1,0 +1,208 @@
+//! One supervisor task per worker slot: launch, watch, restart with
+//! backoff, heartbeat, recycle (make-before-break), drain and stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portpool_transport::Worker;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::shared::{Shared, SlotId, SlotPhase};
+
+type Stop = watch::Receiver<Option<Instant>>;
+
+/// Resolves with the shutdown deadline once the pool is told to stop.
+async fn stopped(stop: &mut Stop) -> Instant {
+    match stop.wait_for(Option::is_some).await {
+        Ok(v) => v.unwrap_or_else(Instant::now),
+        Err(_) => Instant::now(),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum End {
+    Crashed { uptime: Duration },
+    Stopped,
+    Retired,
+}
+
+pub(crate) async fn run_slot(shared: Arc<Shared>, slot: SlotId) {
+    let mut stop = shared.stop.subscribe();
+    let mut streak = 0u32;
+    loop {
+        if stop.borrow().is_some() {
+            break;
+        }
+        shared.set_phase(slot, SlotPhase::Starting);
+        let launched = tokio::select! {
+            r = shared.launch(slot) => r,
+            _ = stopped(&mut stop) => break,
+        };
+        match launched {
+            Err(e) => {
+                streak += 1;
+                shared.on_launch_failed(slot, e, true);
+            }
+            Ok(worker) => {
+                shared.on_ready(slot, worker.clone());
+                match supervise(&shared, slot, worker, &mut stop).await {
+                    End::Crashed { uptime } => {
+                        streak = if uptime >= shared.config.restart.reset_after {
+                            1
+                        } else {
+                            streak + 1
+                        };
+                    }
+                    End::Stopped => break,
+                    End::Retired => return,
+                }
+            }
+        }
+        let delay = shared.config.restart.jittered(streak);
+        shared.set_phase(slot, SlotPhase::Backoff);
+        tracing::debug!(pool = %shared.config.name, slot, ?delay, "restart backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    shared.remove_slot(slot);
+}
+
+fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'static str)> {
+    let policy = &shared.config.recycle;
+    let life = policy.max_lifetime?;
+    let r: f64 = rand::random();
+    Some((from + life.mul_f64(1.0 - policy.lifetime_jitter * r), "max_lifetime"))
+}
+
+async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worker>, stop: &mut Stop) -> End {
+    let cfg = &shared.config;
+    let mut started = Instant::now();
+    let mut recycle_at = lifetime_deadline(shared, started);
+    let period = cfg.tick();
+    let mut tick = tokio::time::interval_at(started + period, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut misses = 0u32;
+    let notify = shared.recycle_notify(slot);
+    loop {
+        let id = worker.info().id;
+        let reason: Option<&'static str> = tokio::select! {
+            exit = worker.closed() => {
+                tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited; restarting");
+                let uptime = started.elapsed();
+                shared.on_crash(slot, id, exit);
+                return End::Crashed { uptime };
+            }
+            deadline = stopped(stop) => {
+                drain_and_stop(shared, worker, deadline, None).await;
+                return End::Stopped;
+            }
+            _ = sleep_until_opt(recycle_at.map(|(at, _)| at)) => recycle_at.map(|(_, why)| why),
+            _ = notify.notified() => {
+                let max = cfg.recycle.max_requests.unwrap_or(u64::MAX);
+                (shared.served(id) >= max).then_some("max_requests")
+            }
+            _ = tick.tick() => {
+                if shared.try_retire(slot, id) {
+                    tracing::info!(pool = %cfg.name, worker = %id, "stopping idle worker");
+                    worker.shutdown(cfg.stop_grace).await;
+                    shared.remove_entry(id);
+                    return End::Retired;
+                }
+                maintenance(shared, &worker, &mut misses).await
+            }
+        };
+        let Some(reason) = reason else { continue };
+        tracing::info!(pool = %cfg.name, worker = %id, reason, "recycling worker");
+        let launched = tokio::select! {
+            r = shared.launch(slot) => r,
+            deadline = stopped(stop) => {
+                drain_and_stop(shared, worker, deadline, None).await;
+                return End::Stopped;
+            }
+        };
+        match launched {
+            Ok(new) => {
+                // Make before break: the replacement serves before the old
+                // worker drains.
+                shared.on_replaced(slot, reason);
+                shared.on_ready(slot, new.clone());
+                let old = std::mem::replace(&mut worker, new);
+                shared.mark_draining(old.info().id);
+                let drain = tokio::spawn({
+                    let shared = shared.clone();
+                    let deadline = Instant::now() + cfg.drain_timeout;
+                    async move { drain_and_stop(&shared, old, deadline, Some(cfg_grace(&shared))).await }
+                });
+                shared.track(drain);
+                started = Instant::now();
+                recycle_at = lifetime_deadline(shared, started);
+                misses = 0;
+            }
+            Err(e) => {
+                // Keep the old worker serving; try again after a backoff.
+                shared.on_launch_failed(slot, e, false);
+                recycle_at = Some((Instant::now() + cfg.restart.jittered(1), reason));
+            }
+        }
+    }
+}
+
+fn cfg_grace(shared: &Shared) -> Duration {
+    shared.config.stop_grace
+}
+
+/// Heartbeat and RSS checks; returns a recycle reason.
+async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32) -> Option<&'static str> {
+    let cfg = &shared.config;
+    if let Some(max) = cfg.recycle.max_rss_bytes {
+        if worker.rss_bytes().is_some_and(|rss| rss > max) {
+            return Some("max_rss");
+        }
+    }
+    let hb = cfg.heartbeat?;
+    if !shared.idle(worker.info().id) {
+        return None;
+    }
+    match tokio::time::timeout(hb.timeout, worker.ping(hb.timeout)).await {
+        Ok(Ok(_)) => {
+            *misses = 0;
+            None
+        }
+        _ if !worker.is_alive() => None,
+        _ => {
+            *misses += 1;
+            tracing::warn!(pool = %cfg.name, worker = %worker.info().id, misses = *misses, "missed heartbeat");
+            (*misses >= hb.max_misses).then_some("heartbeat")
+        }
+    }
+}
+
+/// Stops taking calls on `worker`, waits until its calls finish (or the
+/// deadline, or the pool's shutdown deadline), then shuts it down.
+async fn drain_and_stop(shared: &Shared, worker: Arc<dyn Worker>, deadline: Instant, grace: Option<Duration>) {
+    let id = worker.info().id;
+    shared.mark_draining(id);
+    let mut stop = shared.stop.subscribe();
+    let idle = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || e.in_use == 0);
+    let deadline = tokio::select! {
+        _ = shared.wait_until(Some(deadline), idle) => deadline,
+        d = stopped(&mut stop) => {
+            let d = d.min(deadline);
+            shared.wait_until(Some(d), idle).await;
+            d
+        }
+    };
+    let grace = grace.unwrap_or_else(|| deadline.saturating_duration_since(Instant::now()));
+    let exit = worker.shutdown(grace).await;
+    tracing::debug!(pool = %shared.config.name, worker = %id, %exit, "worker stopped");
+    shared.remove_entry(id);
+}
