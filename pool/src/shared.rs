@@ -213,6 +213,11 @@ impl SlotGuard {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+
+    /// Takes the half-open probe token, if this checkout holds it.
+    pub(crate) fn take_probe(&self) -> bool {
+        self.probe.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl Drop for SlotGuard {
@@ -511,10 +516,9 @@ impl Shared {
     }
 
     /// Records a finished call: breaker, served count, max-requests recycle.
-    pub(crate) fn finish_call(&self, g: &SlotGuard, res: &Result<Value, CallError>) {
+    pub(crate) fn finish_call(&self, worker: WorkerId, probe: bool, res: &Result<Value, CallError>) {
         let now = Instant::now();
         let mut st = self.lock();
-        let probe = g.probe.swap(false, Ordering::AcqRel);
         let neutral = matches!(
             res,
             Err(CallError::WorkerClosed { .. } | CallError::InvalidRequest { .. })
@@ -532,7 +536,7 @@ impl Shared {
             metrics::breaker(self.name(), st.breaker.state(now));
         }
         let mut recycle = None;
-        if let Some(e) = st.entry_mut(g.id) {
+        if let Some(e) = st.entry_mut(worker) {
             e.served += 1;
             if self.config.recycle.max_requests.is_some_and(|max| e.served >= max) {
                 recycle = Some(e.slot);

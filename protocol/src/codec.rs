@@ -46,6 +46,9 @@ pub(crate) fn check_len(len: u64, max_frame: usize) -> Result<(), ProtocolError>
 pub struct MessageCodec {
     frames: LengthDelimitedCodec,
     max_frame: usize,
+    /// The inner codec consumed a header and waits for the body, so the
+    /// buffer now starts with body bytes, not a header.
+    in_body: bool,
 }
 
 impl Default for MessageCodec {
@@ -64,7 +67,11 @@ impl MessageCodec {
             .big_endian()
             .max_frame_length(max_frame)
             .new_codec();
-        MessageCodec { frames, max_frame }
+        MessageCodec {
+            frames,
+            max_frame,
+            in_body: false,
+        }
     }
 
     /// The configured maximum body size.
@@ -76,11 +83,15 @@ impl MessageCodec {
     pub fn decode_raw(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
         // Check the announced length ourselves first so an oversize header is
         // a typed error, reported before anything is allocated for it.
-        if src.len() >= HEADER_LEN {
+        let header_present = !self.in_body && src.len() >= HEADER_LEN;
+        if header_present {
             let announced = (&src[..HEADER_LEN]).get_u32() as u64;
             check_len(announced, self.max_frame)?;
         }
-        Ok(self.frames.decode(src)?)
+        let frame = self.frames.decode(src)?;
+        // Without a whole frame, the inner codec keeps the header it read.
+        self.in_body = frame.is_none() && (self.in_body || header_present);
+        Ok(frame)
     }
 }
 

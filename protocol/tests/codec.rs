@@ -274,3 +274,44 @@ fn typed_values_convert_both_ways() {
     let err = from_value::<Point>(Value::from(3)).unwrap_err();
     assert!(err.to_string().contains("cannot decode value"), "{err}");
 }
+
+proptest! {
+    /// Frames arriving in arbitrary pieces decode exactly as when whole
+    /// (a header check once misread body bytes as the next header).
+    #[test]
+    fn frames_split_anywhere_decode_the_same(
+        messages in proptest::collection::vec(arb_message(), 1..6),
+        cuts in proptest::collection::vec(1usize..64, 1..40),
+    ) {
+        let mut wire = BytesMut::new();
+        let mut codec = MessageCodec::default();
+        for m in &messages {
+            codec.encode(m, &mut wire).unwrap();
+        }
+        let mut decoder = MessageCodec::default();
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        let mut cuts = cuts.into_iter().cycle();
+        while !wire.is_empty() {
+            let n = cuts.next().unwrap().min(wire.len());
+            buf.extend_from_slice(&wire.split_to(n));
+            while let Some(m) = decoder.decode(&mut buf).unwrap() {
+                decoded.push(m);
+            }
+        }
+        prop_assert_eq!(decoded, messages);
+    }
+}
+
+#[test]
+fn a_body_starting_like_a_huge_header_is_not_mistaken_for_one() {
+    // Body bytes 0x83 0xa4 ... read as a header would announce 2.2 GB.
+    let message = Message::Cancel(Cancel { id: 1 });
+    let mut wire = BytesMut::new();
+    MessageCodec::default().encode(&message, &mut wire).unwrap();
+    let mut decoder = MessageCodec::new(1024);
+    let mut buf = BytesMut::from(&wire[..HEADER_LEN + 1]);
+    assert!(decoder.decode(&mut buf).unwrap().is_none());
+    buf.extend_from_slice(&wire[HEADER_LEN + 1..]);
+    assert_eq!(decoder.decode(&mut buf).unwrap(), Some(message));
+}

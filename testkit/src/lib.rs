@@ -61,7 +61,7 @@
 //! assert_eq!(worker.info().max_concurrency, 4);
 //! assert_eq!(worker.call(CallRequest::new("echo", 7)).await.unwrap(), Value::from(7));
 //! assert!(matches!(
-//!     worker.call(CallRequest::new("fail", ())).await,
+//!     worker.call(CallRequest::new("fail", Value::Nil)).await,
 //!     Err(CallError::Remote { .. })
 //! ));
 //!

@@ -1,0 +1,234 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use futures::Stream;
+use portpool_transport::{CallError, CallRequest, CallStream, Value, Worker, WorkerId, WorkerInfo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::error::call_outcome;
+use crate::shared::{Shared, SlotGuard};
+use crate::{metrics, PoolError};
+
+/// What a checkout holds. An enum, so an invalid kind does not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Checkout {
+    /// The whole worker: no other caller uses it until the lease is
+    /// dropped. For multi-call conversations with per-process state.
+    #[default]
+    Exclusive,
+    /// One of the worker's concurrency slots: other callers may run on the
+    /// same worker at the same time, but calls through the lease always go
+    /// to this worker.
+    Shared,
+}
+
+/// A checked-out worker (see [`crate::Pool::checkout`]). Calls through it
+/// all go to the same worker. Dropping the lease returns the worker, also
+/// on panic and when the owning future is cancelled.
+pub struct Lease {
+    guard: SlotGuard,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("worker", &self.guard.id)
+            .field("pid", &self.pid())
+            .field("kind", &self.guard.kind)
+            .finish()
+    }
+}
+
+impl Lease {
+    pub(crate) fn new(guard: SlotGuard) -> Self {
+        Lease { guard }
+    }
+
+    /// The leased worker's id.
+    pub fn worker_id(&self) -> WorkerId {
+        self.guard.id
+    }
+
+    /// The leased worker's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.worker.info().pid
+    }
+
+    /// What the lease holds.
+    pub fn kind(&self) -> Checkout {
+        self.guard.kind
+    }
+
+    /// The leased worker's hello and limits.
+    pub fn worker_info(&self) -> &WorkerInfo {
+        self.guard.worker.info()
+    }
+
+    /// Whether the leased worker is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.guard.worker.is_alive()
+    }
+
+    /// Calls `method` on the leased worker with serde-typed params and result.
+    pub async fn call<P, R>(&self, method: &str, params: &P) -> Result<R, PoolError>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let request = CallRequest::new(method, encode(method, params)?);
+        decode(method, self.call_raw(request).await?)
+    }
+
+    /// Calls on the leased worker with a raw request.
+    pub async fn call_raw(&self, request: CallRequest) -> Result<Value, PoolError> {
+        let span = call_span(&self.guard.shared().config.name, &request.method);
+        tracing::Instrument::instrument(run_call(&self.guard, request), span).await
+    }
+
+    /// Starts a streaming call on the leased worker.
+    pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
+        let guard = &self.guard;
+        open_stream(guard.shared().clone(), guard.worker.clone(), guard.id, None, request).await
+    }
+}
+
+pub(crate) fn call_span(pool: &str, method: &str) -> tracing::Span {
+    tracing::info_span!("portpool.call", pool = %pool, method = %method, worker = tracing::field::Empty)
+}
+
+pub(crate) fn encode<P: Serialize + ?Sized>(method: &str, params: &P) -> Result<Value, PoolError> {
+    portpool_protocol::to_value(params).map_err(|e| PoolError::Encode {
+        method: method.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<R: DeserializeOwned>(method: &str, value: Value) -> Result<R, PoolError> {
+    portpool_protocol::from_value(value).map_err(|e| PoolError::Decode {
+        method: method.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs one call on the guard's worker, with the default call time-out,
+/// and records its outcome (breaker, served count, metrics).
+pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Result<Value, PoolError> {
+    let shared = guard.shared();
+    let cfg = &shared.config;
+    if request.timeout.is_none() {
+        request.timeout = cfg.call_timeout;
+    }
+    tracing::Span::current().record("worker", tracing::field::display(guard.id));
+    let t0 = Instant::now();
+    let res = match request.timeout {
+        Some(after) => {
+            let method = request.method.clone();
+            match tokio::time::timeout(after, guard.worker.call(request)).await {
+                Ok(res) => res,
+                Err(_) => Err(CallError::Timeout {
+                    worker: guard.id,
+                    method,
+                    after,
+                }),
+            }
+        }
+        None => guard.worker.call(request).await,
+    };
+    shared.finish_call(guard.id, guard.take_probe(), &res);
+    metrics::call_duration(&cfg.name, t0.elapsed());
+    metrics::call(&cfg.name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
+    if let Err(e) = &res {
+        tracing::debug!(error = %e, "call failed");
+    }
+    res.map_err(PoolError::Call)
+}
+
+pub(crate) async fn open_stream(
+    shared: Arc<Shared>,
+    on: Arc<dyn Worker>,
+    worker: WorkerId,
+    owned: Option<SlotGuard>,
+    mut request: CallRequest,
+) -> Result<PoolStream, PoolError> {
+    if request.timeout.is_none() {
+        request.timeout = shared.config.call_timeout;
+    }
+    match on.stream(request).await {
+        Ok(inner) => Ok(PoolStream {
+            inner: Some(inner),
+            guard: owned,
+            shared,
+            worker,
+            started: Instant::now(),
+        }),
+        Err(e) => {
+            let res = Err(e);
+            let probe = owned.as_ref().is_some_and(SlotGuard::take_probe);
+            shared.finish_call(worker, probe, &res);
+            metrics::call(&shared.config.name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
+            res.map_err(PoolError::Call)
+        }
+    }
+}
+
+/// The chunks of a streaming call. It holds its worker slot until the
+/// stream ends or is dropped; dropping it early cancels the call.
+pub struct PoolStream {
+    inner: Option<CallStream>,
+    guard: Option<SlotGuard>,
+    shared: Arc<Shared>,
+    worker: WorkerId,
+    started: Instant,
+}
+
+impl std::fmt::Debug for PoolStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolStream")
+            .field("worker", &self.worker)
+            .field("done", &self.inner.is_none())
+            .finish()
+    }
+}
+
+impl PoolStream {
+    /// The worker producing the stream.
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker
+    }
+
+    fn finish(&mut self, res: &Result<Value, CallError>) {
+        self.inner = None;
+        let probe = self.guard.as_ref().is_some_and(SlotGuard::take_probe);
+        self.shared.finish_call(self.worker, probe, res);
+        let name = &self.shared.config.name;
+        metrics::call_duration(name, self.started.elapsed());
+        metrics::call(name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
+        self.guard = None;
+    }
+}
+
+impl Stream for PoolStream {
+    type Item = Result<Value, PoolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(inner.as_mut().poll_next(cx)) {
+            Some(Ok(v)) => Poll::Ready(Some(Ok(v))),
+            Some(Err(e)) => {
+                let res = Err(e);
+                this.finish(&res);
+                Poll::Ready(res.err().map(|e| Err(PoolError::Call(e))))
+            }
+            None => {
+                this.finish(&Ok(Value::Nil));
+                Poll::Ready(None)
+            }
+        }
+    }
+}
