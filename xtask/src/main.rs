@@ -129,6 +129,7 @@ fn ci(root: &Path) -> Result<(), String> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--",
             "-D",
             "warnings",
@@ -138,13 +139,13 @@ fn ci(root: &Path) -> Result<(), String> {
         run(cargo()
             .current_dir(root)
             .env("PORTPOOL_PYTHON", &python)
-            .args(["test", "--workspace"]))
+            .args(["test", "--workspace", "--all-features"]))
     });
     step("cargo doc", &mut || {
         run(cargo()
             .current_dir(root)
             .env("RUSTDOCFLAGS", "-D warnings")
-            .args(["doc", "--workspace", "--no-deps"]))
+            .args(["doc", "--workspace", "--no-deps", "--all-features"]))
     });
     step("pytest", &mut || {
         run(Command::new(&python)
