@@ -8,7 +8,8 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -84,8 +85,9 @@ def test_missing_file_and_usage() -> None:
 
 
 def test_module_attr_form(spawn: Callable[..., Worker], write_app: Callable[..., Any]) -> None:
-    path = write_app("import portpool\nworker_app = portpool.App(max_concurrency=2)\n"
-                     "@worker_app.handler\ndef hi(p):\n    return 'hi ' + p\n", name="named_mod.py")  # fmt: skip
+    source = "import portpool\nworker_app = portpool.App(max_concurrency=2)\n"
+    source += "@worker_app.handler\ndef hi(p):\n    return 'hi ' + p\n"
+    path = write_app(source, name="named_mod.py")
     w = spawn(f"{path}:worker_app")
     assert w.hello is not None and w.hello["methods"] == ["hi"] and w.hello["max_concurrency"] == 2
     assert w.result("hi", "there") == "hi there"

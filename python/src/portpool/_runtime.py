@@ -185,7 +185,7 @@ def _find_app(module: types.ModuleType) -> App:
 
 
 def load_app(spec: str) -> App:
-    """Imports the app named by ``spec``: ``path/to/file.py``, ``module``, ``module:attr``, ``file.py:attr``."""
+    """Imports the app named by ``spec``: ``file.py``, ``module``, ``module:attr`` or ``file.py:attr``."""
     target, attr = spec, ""
     if ":" in spec:
         left, _, right = spec.rpartition(":")
@@ -330,6 +330,7 @@ class Runtime:
         self._sessions: dict[str, dict[str, Any]] = {}
         self._emit_lock = threading.Lock()
         self._stop_reason: _Stop | None = None
+        self._start_more = True  # False once the grace period is over: queued requests never start
         self._writer = _Writer(out_fd, self._output_failed)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=app.max_concurrency, thread_name_prefix="portpool-handler"
@@ -375,6 +376,7 @@ class Runtime:
         if not self._requests:
             return
         _log(f"{len(self._requests)} request(s) still in flight after {self.shutdown_grace:g}s; cancelling")
+        self._start_more = False
         while self._queue:
             req = self._queue.popleft()
             self._finish(req, self._cancelled_frame(req, "the worker is shutting down"))
@@ -388,6 +390,7 @@ class Runtime:
 
     def _abandon_all(self, why: str) -> None:
         """Answers every request still in flight with a Cancelled error (their handlers may still run)."""
+        self._start_more = False
         for req in list(self._requests.values()):
             req.ctx.cancelled.set()
             self._finish(req, self._cancelled_frame(req, why))
@@ -480,7 +483,7 @@ class Runtime:
             self._stop(_Stop.SHUTDOWN)
         else:
             _log(
-                f"protocol violation from the host: a {kind!r} message goes worker -> host; exiting with code 2"
+                f"protocol violation from the host: {kind!r} is a worker -> host message; exiting with code 2"
             )
             self._stop(_Stop.PROTOCOL_ERROR)
 
@@ -488,9 +491,7 @@ class Runtime:
         id_: int = msg["id"]
         method: str = msg["method"]
         if id_ in self._requests:
-            _log(
-                f"protocol violation from the host: request id {id_} is already in flight; exiting with code 2"
-            )
+            _log(f"protocol violation from the host: request id {id_} is already in flight; exiting (code 2)")
             self._stop(_Stop.PROTOCOL_ERROR)
             return
         if self._stop_reason is not None:
@@ -549,7 +550,7 @@ class Runtime:
         """Starts queued requests, in arrival order, while slots are free."""
         loop = self._loop
         assert loop is not None
-        while self._queue and self._running < self.app.max_concurrency:
+        while self._start_more and self._queue and self._running < self.app.max_concurrency:
             req = self._queue.popleft()
             req.state = _State.RUNNING
             self._running += 1

@@ -109,7 +109,7 @@ def _kind_of(func: Callable[..., Any]) -> HandlerKind:
     # callable objects, look at their __call__ method.
     candidates: list[Any] = [func]
     if not (inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type)):
-        candidates.append(getattr(func, "__call__", None))
+        candidates.append(getattr(func, "__call__", None))  # noqa: B004
     for target in candidates:
         if inspect.isasyncgenfunction(target):
             return HandlerKind.ASYNC_GEN
@@ -185,7 +185,7 @@ class App:
     def handler(self, *, name: str) -> Callable[[F], F]: ...
 
     def handler(self, func: Any = None, *, name: Any = None) -> Any:
-        """Registers a handler, as ``@app.handler``, ``@app.handler("name")`` or ``@app.handler(name=...)``."""
+        """Registers a handler: ``@app.handler``, ``@app.handler("name")``, ``@app.handler(name="name")``."""
         if callable(func):
             self.add_handler(func, name)
             return func
