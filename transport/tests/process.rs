@@ -238,11 +238,40 @@ async fn oversize_request_is_refused_without_harming_the_worker() {
         Value::from(1)
     );
 
-    // A reply over the maximum is a protocol violation: the worker dies and
-    // the call fails with the reason.
+    // The worker was told the limit (PORTPOOL_MAX_FRAME): an oversize reply
+    // is its typed error, and the worker lives on.
     let err = worker.call(CallRequest::new("big", 4096)).await.unwrap_err();
     match &err {
-        CallError::WorkerCrashed { reason, .. } => assert!(reason.contains("exceeds the maximum"), "{err}"),
+        CallError::Remote { error, .. } => assert_eq!(error.kind, "EncodeError", "{err}"),
+        other => panic!("expected an EncodeError, got {other}"),
+    }
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 2)).await.unwrap(),
+        Value::from(2)
+    );
+
+    // A worker that ignores the limit commits a protocol violation: it is
+    // killed and the call fails with the reason.
+    let source = "import os, sys, time, msgpack\n\
+hello = msgpack.packb({'type': 'hello', 'protocol_major': 1, 'protocol_minor': 0, 'pid': os.getpid(), 'max_concurrency': 1})\n\
+sys.stdout.buffer.write(len(hello).to_bytes(4, 'big') + hello); sys.stdout.flush()\n\
+sys.stdin.buffer.read(4)\n\
+sys.stdout.buffer.write((1 << 20).to_bytes(4, 'big')); sys.stdout.flush()\n\
+time.sleep(60)";
+    let rogue = ProcessLauncher::new(
+        WorkerCommand::new(find_python())
+            .args(["-c", source])
+            .max_frame(1024),
+    );
+    let worker = rogue.spawn(WorkerId(2)).await.unwrap();
+    let err = worker.call(CallRequest::new("anything", 1)).await.unwrap_err();
+    match &err {
+        CallError::WorkerCrashed { reason, .. } => {
+            assert!(
+                reason.contains("frame of 1048576 bytes exceeds the maximum of 1024"),
+                "{err}"
+            )
+        }
         other => panic!("expected WorkerCrashed, got {other}"),
     }
 }

@@ -60,6 +60,9 @@ impl ProcessLauncher {
         for key in &cmd.env_remove {
             command.env_remove(key);
         }
+        // Tell the worker our frame limit, so an oversize reply becomes its
+        // own typed error instead of a frame we would have to refuse.
+        command.env("PORTPOOL_MAX_FRAME", cmd.max_frame.to_string());
         command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &cmd.cwd {
             command.current_dir(dir);
