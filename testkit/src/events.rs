@@ -31,7 +31,7 @@ pub struct Recorded<E> {
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let events = EventRecorder::new();
+/// let events: EventRecorder = EventRecorder::new(); // events are Strings by default
 /// events.record("started");
 /// tokio::time::sleep(Duration::from_secs(2)).await;
 /// events.record("stopped");
@@ -130,7 +130,11 @@ impl<E: Clone> EventRecorder<E> {
 
     /// The events that match `pred`, in order.
     pub fn matching(&self, pred: impl Fn(&E) -> bool) -> Vec<Recorded<E>> {
-        lock(&self.inner.events).iter().filter(|r| pred(&r.event)).cloned().collect()
+        lock(&self.inner.events)
+            .iter()
+            .filter(|r| pred(&r.event))
+            .cloned()
+            .collect()
     }
 
     /// Waits until an event matching `pred` has been recorded (possibly

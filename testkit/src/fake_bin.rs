@@ -268,7 +268,8 @@ impl FakeWorkerArgs {
             args: &mut impl Iterator<Item = String>,
         ) -> Result<T, String> {
             let raw = args.next().ok_or_else(|| format!("--{name} needs a value"))?;
-            raw.parse().map_err(|_| format!("--{name}: invalid value {raw:?}"))
+            raw.parse()
+                .map_err(|_| format!("--{name}: invalid value {raw:?}"))
         }
         let mut parsed = FakeWorkerArgs::default();
         let mut args = args.into_iter().map(|a| a.into().to_string_lossy().into_owned());
@@ -329,7 +330,10 @@ mod tests {
             exit_on_eof: false,
         };
         assert_eq!(FakeWorkerArgs::parse(all.to_args()).unwrap(), all);
-        assert_eq!(FakeWorkerArgs::parse(Vec::<String>::new()).unwrap(), FakeWorkerArgs::default());
+        assert_eq!(
+            FakeWorkerArgs::parse(Vec::<String>::new()).unwrap(),
+            FakeWorkerArgs::default()
+        );
         assert!(FakeWorkerArgs::default().to_args().is_empty());
     }
 
@@ -338,9 +342,15 @@ mod tests {
         let parsed = FakeWorkerArgs::parse(["--crash-after=4", "--exit-on-eof=false"]).unwrap();
         assert_eq!(parsed.crash_after, Some(4));
         assert!(!parsed.exit_on_eof);
-        assert!(FakeWorkerArgs::parse(["--bogus"]).unwrap_err().contains("unknown argument"));
-        assert!(FakeWorkerArgs::parse(["--crash-after"]).unwrap_err().contains("needs a value"));
-        assert!(FakeWorkerArgs::parse(["--crash-after", "x"]).unwrap_err().contains("invalid value"));
+        assert!(FakeWorkerArgs::parse(["--bogus"])
+            .unwrap_err()
+            .contains("unknown argument"));
+        assert!(FakeWorkerArgs::parse(["--crash-after"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(FakeWorkerArgs::parse(["--crash-after", "x"])
+            .unwrap_err()
+            .contains("invalid value"));
     }
 
     #[test]
@@ -350,6 +360,9 @@ mod tests {
         };
         let message = error.to_string();
         assert!(message.contains("/nope/fake-worker"), "{message}");
-        assert!(message.contains("cargo build -p portpool-testkit --bin fake-worker"), "{message}");
+        assert!(
+            message.contains("cargo build -p portpool-testkit --bin fake-worker"),
+            "{message}"
+        );
     }
 }

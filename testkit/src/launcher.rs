@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portpool_transport::{
-    Hello, LaunchError, Launcher, Value, Worker, WorkerExit, WorkerId, WorkerInfo,
-};
+use portpool_transport::{Hello, LaunchError, Launcher, Value, Worker, WorkerExit, WorkerId, WorkerInfo};
 use tokio::sync::watch;
 use tokio::time::sleep;
 
@@ -120,7 +118,7 @@ impl FakeLauncher {
                     handlers: Handlers::new(),
                     max_concurrency: 1,
                     launch_delay: Duration::ZERO,
-                    init_timeout: Some(Duration::from_secs(30)),
+                    init_timeout: Some(portpool_transport::DEFAULT_INIT_TIMEOUT),
                     script: None,
                     scripts_by_id: HashMap::new(),
                 }),
@@ -205,7 +203,8 @@ impl FakeLauncher {
     }
 
     /// How long a [`WorkerScript::no_hello`] launch waits before failing
-    /// with `LaunchError::InitTimeout`; `None`: it never ends. Default 30 s.
+    /// with `LaunchError::InitTimeout`; `None`: it never ends. Default
+    /// [`DEFAULT_INIT_TIMEOUT`](portpool_transport::DEFAULT_INIT_TIMEOUT) (30 s), like the process launcher.
     pub fn init_timeout(self, timeout: Option<Duration>) -> Self {
         self.configure(|c| c.init_timeout = timeout)
     }
@@ -237,7 +236,9 @@ impl FakeLauncher {
             st.launches += 1;
             st.launches - 1
         };
-        self.inner.events.record(FakeEvent::LaunchStarted { worker: id, n });
+        self.inner
+            .events
+            .record(FakeEvent::LaunchStarted { worker: id, n });
         self.bump();
         let (script, handlers, max_concurrency, launch_delay, init_timeout) = {
             let config = lock(&self.inner.config);
@@ -361,12 +362,19 @@ impl FakeLauncher {
 
     /// The workers that are alive (not dead, not shutting down).
     pub fn live_workers(&self) -> Vec<FakeWorkerHandle> {
-        self.workers().into_iter().filter(FakeWorkerHandle::is_alive).collect()
+        self.workers()
+            .into_iter()
+            .filter(FakeWorkerHandle::is_alive)
+            .collect()
     }
 
     /// The worker launched with `id`, if its launch succeeded.
     pub fn worker(&self, id: WorkerId) -> Option<FakeWorkerHandle> {
-        lock(&self.inner.state).workers.iter().find(|w| w.id() == id).cloned()
+        lock(&self.inner.state)
+            .workers
+            .iter()
+            .find(|w| w.id() == id)
+            .cloned()
     }
 
     /// Every call any worker received, with its worker.

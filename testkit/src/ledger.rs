@@ -66,11 +66,14 @@ impl CallLedger {
     pub fn start_id(&self, id: u64, label: impl Into<String>) {
         let mut inner = lock(&self.inner);
         let label = label.into();
-        if inner.calls.contains_key(&id) {
-            inner.problems.push(format!("call {id} ({label}) started twice"));
-        } else {
-            inner.calls.insert(id, (label, Vec::new()));
-            inner.next_id = inner.next_id.max(id + 1);
+        match inner.calls.entry(id) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                inner.problems.push(format!("call {id} ({label}) started twice"));
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((label, Vec::new()));
+                inner.next_id = inner.next_id.max(id + 1);
+            }
         }
     }
 
@@ -80,7 +83,9 @@ impl CallLedger {
         let mut inner = lock(&self.inner);
         match inner.calls.get_mut(&id) {
             Some((_, ends)) => ends.push(outcome),
-            None => inner.problems.push(format!("call {id} was never started but ended with {outcome:?}")),
+            None => inner
+                .problems
+                .push(format!("call {id} was never started but ended with {outcome:?}")),
         }
     }
 
@@ -115,7 +120,12 @@ impl CallLedger {
 
     /// The ids of calls started and not ended yet.
     pub fn open(&self) -> Vec<u64> {
-        lock(&self.inner).calls.iter().filter(|(_, (_, ends))| ends.is_empty()).map(|(id, _)| *id).collect()
+        lock(&self.inner)
+            .calls
+            .iter()
+            .filter(|(_, (_, ends))| ends.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Every problem found, one per line: calls never ended, ended twice or
@@ -169,12 +179,18 @@ mod tests {
         ledger.end(99, "ok");
         let report = ledger.report();
         assert!(report.contains(&format!("call {c} (c) never ended")), "{report}");
-        assert!(report.contains(&format!("call {b} (b) ended 2 times: ok, timeout")), "{report}");
+        assert!(
+            report.contains(&format!("call {b} (b) ended 2 times: ok, timeout")),
+            "{report}"
+        );
         assert!(report.contains("call 99 was never started"), "{report}");
         assert_eq!(ledger.open(), vec![c]);
         let panic = std::panic::catch_unwind(|| ledger.assert_each_call_ended_once()).unwrap_err();
         let message = panic.downcast_ref::<String>().unwrap();
-        assert!(message.contains("not every call ended exactly once (3 started)"), "{message}");
+        assert!(
+            message.contains("not every call ended exactly once (3 started)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum Fault {
     /// The worker crashes when the call arrives: this call and every other
     /// in-flight call fail with `CallError::WorkerCrashed`.
     Crash,
+    /// The worker writes garbage on stdout when the call arrives: like the
+    /// process transport, the host sees a protocol violation and kills it,
+    /// so every in-flight call fails with `CallError::WorkerCrashed` whose
+    /// reason starts with "protocol violation" (exit by signal 9).
+    Garbage,
 }
 
 /// Which calls a [`Fault`] applies to.
@@ -100,6 +105,7 @@ pub(crate) enum Action {
     Fail(RemoteError),
     Hang,
     Crash,
+    Garbage,
 }
 
 impl WorkerScript {
@@ -243,7 +249,7 @@ impl WorkerScript {
     }
 
     /// The worker ignores the shutdown request: `shutdown(grace)` always
-    /// waits the whole grace, then kills it (exit by signal 9).
+    /// waits the whole grace, then terminates it (exit by signal 15).
     pub fn ignore_shutdown(mut self) -> Self {
         self.ignore_shutdown = true;
         self
@@ -301,6 +307,9 @@ impl WorkerScript {
                 }
                 Fault::Crash => {
                     action.get_or_insert(Action::Crash);
+                }
+                Fault::Garbage => {
+                    action.get_or_insert(Action::Garbage);
                 }
             }
         }

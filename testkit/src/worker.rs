@@ -19,10 +19,16 @@ use crate::record::{CallOutcome, FakeEvent, ReceivedCall};
 use crate::script::{Action, Plan, WorkerScript};
 use crate::{lock, remote_error, EventRecorder};
 
-/// Exit of a worker killed by the host (SIGKILL).
+/// Exit of a worker killed by the host (SIGKILL), e.g. when dropped.
 const KILLED: WorkerExit = WorkerExit {
     code: None,
     signal: Some(9),
+};
+
+/// Exit of a worker terminated when a shutdown's grace ran out (SIGTERM).
+const TERMINATED: WorkerExit = WorkerExit {
+    code: None,
+    signal: Some(15),
 };
 
 /// Default exit of a crashed fake worker.
@@ -205,8 +211,23 @@ impl Shared {
             method: request.method.clone(),
             ended: false,
         };
-        if plan.action == Action::Crash {
-            self.crash(format!("stdout closed (scripted crash on call {index}, {})", request.method));
+        match plan.action {
+            Action::Crash => {
+                self.crash(format!(
+                    "stdout closed (scripted crash on call {index}, {})",
+                    request.method
+                ));
+            }
+            Action::Garbage => {
+                self.die(Death::Crashed {
+                    reason: format!(
+                        "protocol violation: malformed message: garbage on stdout (scripted on call {index}, {})",
+                        request.method
+                    ),
+                    exit: KILLED,
+                });
+            }
+            _ => {}
         }
         let ctx = CallContext {
             worker: self.id(),
@@ -223,7 +244,10 @@ impl Shared {
             let mut st = lock(&self.state);
             st.in_flight -= 1;
             let call = &mut st.calls[index as usize];
-            assert!(call.outcome.is_none(), "fake worker bug: call {index} ended twice");
+            assert!(
+                call.outcome.is_none(),
+                "fake worker bug: call {index} ended twice"
+            );
             call.outcome = Some(outcome.clone());
             call.method.clone()
         };
@@ -239,7 +263,11 @@ impl Shared {
     /// Runs `work` unless the worker dies or the deadline passes first. A
     /// death wins over work finishing in the same poll; work wins over a
     /// deadline passing in the same poll (like `tokio::time::timeout`).
-    async fn race<T>(&self, work: impl Future<Output = T>, deadline: Option<Instant>) -> Result<T, Interrupt> {
+    async fn race<T>(
+        &self,
+        work: impl Future<Output = T>,
+        deadline: Option<Instant>,
+    ) -> Result<T, Interrupt> {
         tokio::select! {
             biased;
             death = self.wait_death() => Err(Interrupt::Died(death)),
@@ -257,7 +285,10 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 fn no_method(method: &str) -> HandlerResult {
-    Err(remote_error("MethodNotFound", format!("no method named {method:?}")))
+    Err(remote_error(
+        "MethodNotFound",
+        format!("no method named {method:?}"),
+    ))
 }
 
 /// Runs a handler for `call`; a streaming handler's items are collected into
@@ -266,15 +297,22 @@ async fn run_call(handler: Option<Handler>, ctx: CallContext, params: Value) -> 
     match handler {
         None => no_method(&ctx.method),
         Some(Handler::Call(f)) => f(ctx, params).await,
-        Some(Handler::Stream(f)) => f(ctx, params).into_iter().collect::<Result<Vec<_>, _>>().map(Value::Array),
+        Some(Handler::Stream(f)) => f(ctx, params)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
     }
 }
 
-/// Runs a handler for `stream`; a plain handler's result is the only chunk.
+/// Runs a handler for `stream`. Like the process transport, a plain
+/// handler's result is not a chunk: the stream ends empty (or with its error).
 async fn run_stream(handler: Option<Handler>, ctx: CallContext, params: Value) -> Vec<HandlerResult> {
     match handler {
         None => vec![no_method(&ctx.method)],
-        Some(Handler::Call(f)) => vec![f(ctx, params).await],
+        Some(Handler::Call(f)) => match f(ctx, params).await {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![Err(error)],
+        },
         Some(Handler::Stream(f)) => f(ctx, params),
     }
 }
@@ -305,7 +343,7 @@ impl CallGuard {
         CallError::Remote {
             worker: self.shared.id(),
             method: self.method.clone(),
-            error,
+            error: Box::new(error),
         }
     }
 
@@ -361,10 +399,13 @@ impl StreamCall {
                 match plan.action {
                     Action::Run => run_stream(handler, ctx, params).await,
                     Action::Fail(error) => vec![Err(error)],
-                    Action::Hang | Action::Crash => std::future::pending().await,
+                    Action::Hang | Action::Crash | Action::Garbage => std::future::pending().await,
                 }
             };
-            shared.race(work, self.deadline).await.map(|items| self.items = items.into())
+            shared
+                .race(work, self.deadline)
+                .await
+                .map(|items| self.items = items.into())
         } else {
             let interval = shared.script.chunk_interval;
             let work = async move {
@@ -408,7 +449,9 @@ pub struct FakeWorker {
 
 impl fmt::Debug for FakeWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakeWorker").field("id", &self.shared.id()).finish_non_exhaustive()
+        f.debug_struct("FakeWorker")
+            .field("id", &self.shared.id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -495,7 +538,7 @@ impl Worker for FakeWorker {
             match plan.action {
                 Action::Run => run_call(handler, ctx, params).await,
                 Action::Fail(error) => Err(error),
-                Action::Hang | Action::Crash => std::future::pending().await,
+                Action::Hang | Action::Crash | Action::Garbage => std::future::pending().await,
             }
         };
         match shared.race(work, deadline).await {
@@ -558,8 +601,9 @@ impl Worker for FakeWorker {
         let shared = &self.shared;
         {
             let mut st = lock(&shared.state);
-            if let Some(error) = shared.refuse(&st) {
-                return Err(error);
+            // Like the process transport: refused once dead, not while closing.
+            if let Some(death) = &st.death {
+                return Err(shared.death_error(death));
             }
             st.session_closes.push(session.to_owned());
         }
@@ -601,7 +645,9 @@ impl Worker for FakeWorker {
                 // exits 0 by itself, even if this future is dropped.
                 let shared = Arc::clone(shared);
                 tokio::spawn(async move {
-                    shared.wait_state(|st| st.in_flight == 0 || st.death.is_some()).await;
+                    shared
+                        .wait_state(|st| st.in_flight == 0 || st.death.is_some())
+                        .await;
                     shared.die(exited);
                 });
             }
@@ -611,8 +657,8 @@ impl Worker for FakeWorker {
             death = shared.wait_death() => death.exit(),
             () = sleep(grace) => {
                 shared.die(Death::Closed {
-                    reason: format!("killed after a shutdown grace of {grace:?}"),
-                    exit: KILLED,
+                    reason: format!("terminated after a shutdown grace of {grace:?}"),
+                    exit: TERMINATED,
                 });
                 shared.wait_death().await.exit()
             }
@@ -633,7 +679,9 @@ pub struct FakeWorkerHandle {
 
 impl fmt::Debug for FakeWorkerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakeWorkerHandle").field("id", &self.shared.id()).finish_non_exhaustive()
+        f.debug_struct("FakeWorkerHandle")
+            .field("id", &self.shared.id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -655,13 +703,22 @@ impl FakeWorkerHandle {
 
     /// The methods of the calls it received, in order.
     pub fn methods(&self) -> Vec<String> {
-        lock(&self.shared.state).calls.iter().map(|c| c.method.clone()).collect()
+        lock(&self.shared.state)
+            .calls
+            .iter()
+            .map(|c| c.method.clone())
+            .collect()
     }
 
     /// The calls the real transport would have sent a `cancel` for: dropped
     /// by their caller or timed out.
     pub fn cancelled(&self) -> Vec<ReceivedCall> {
-        lock(&self.shared.state).calls.iter().filter(|c| c.was_cancelled()).cloned().collect()
+        lock(&self.shared.state)
+            .calls
+            .iter()
+            .filter(|c| c.was_cancelled())
+            .cloned()
+            .collect()
     }
 
     /// How many pings it received.
