@@ -17,6 +17,7 @@ pub struct CallRequest {
     /// The session whose state the handler sees.
     pub session: Option<String>,
     /// Give up (send `cancel`, return [`CallError::Timeout`]) after this long.
+    /// For a stream the deadline covers the whole stream.
     pub timeout: Option<Duration>,
     /// Opaque trace context passed to the worker.
     pub trace: Option<String>,
@@ -69,6 +70,8 @@ pub struct WorkerInfo {
 
 /// Items of a streaming call: each chunk's data, then the end of the stream.
 /// An error item (the handler raised, the worker crashed) is the last item.
+/// The final response's result is not an item (it is nil for generator
+/// handlers), so streaming a plain handler yields no items.
 /// Dropping the stream before its end cancels the call.
 pub type CallStream = Pin<Box<dyn Stream<Item = Result<Value, CallError>> + Send>>;
 
