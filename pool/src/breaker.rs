@@ -16,7 +16,8 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// A stable lower-case name (`ready`, `half_open`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",

@@ -17,7 +17,9 @@ pub struct PoolBuilder {
 
 impl std::fmt::Debug for PoolBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolBuilder").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("PoolBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +187,7 @@ impl PoolBuilder {
             .wait_until(None, |st| {
                 initial
                     .iter()
-                    .all(|id| st.slots.iter().find(|s| s.id == *id).is_none_or(|s| s.attempts > 0))
+                    .all(|id| !st.slots.iter().any(|s| s.id == *id && s.attempts == 0))
             })
             .await;
         let errors = {

@@ -91,7 +91,14 @@ impl Lease {
     /// Starts a streaming call on the leased worker.
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
         let guard = &self.guard;
-        open_stream(guard.shared().clone(), guard.worker.clone(), guard.id, None, request).await
+        open_stream(
+            guard.shared().clone(),
+            guard.worker.clone(),
+            guard.id,
+            None,
+            request,
+        )
+        .await
     }
 }
 
@@ -165,11 +172,10 @@ pub(crate) async fn open_stream(
             started: Instant::now(),
         }),
         Err(e) => {
-            let res = Err(e);
             let probe = owned.as_ref().is_some_and(SlotGuard::take_probe);
-            shared.finish_call(worker, probe, &res);
-            metrics::call(&shared.config.name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
-            res.map_err(PoolError::Call)
+            metrics::call(&shared.config.name, call_outcome(&e));
+            shared.finish_call(worker, probe, &Err(e.clone()));
+            Err(PoolError::Call(e))
         }
     }
 }

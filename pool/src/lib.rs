@@ -26,8 +26,53 @@
 //!
 //! # Example
 //!
+//! With the in-process fake launcher of `portpool-testkit`; in production
+//! the launcher is a `ProcessLauncher` running a Python app.
+//!
 //! ```
-//! # DOCTEST
+//! use std::time::Duration;
+//!
+//! use portpool_pool::{Checkout, Pool, PoolError};
+//! use portpool_testkit::FakeLauncher;
+//! use portpool_transport::Value;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), PoolError> {
+//! let launcher = FakeLauncher::new()
+//!     .handler("add", |params: Value| {
+//!         let xs: Vec<i64> = portpool_protocol::from_value(params).unwrap_or_default();
+//!         Ok(Value::from(xs.iter().sum::<i64>()))
+//!     })
+//!     .max_concurrency(2);
+//!
+//! let pool = Pool::builder(launcher)
+//!     .name("adders")
+//!     .workers(2)
+//!     .checkout_timeout(Duration::from_secs(1))
+//!     .build()
+//!     .await?;
+//!
+//! // Typed call on the least-loaded worker.
+//! let sum: i64 = pool.call("add", &[1, 2, 3]).await?;
+//! assert_eq!(sum, 6);
+//!
+//! // An exclusive lease: every call goes to the same worker, which is
+//! // returned to the pool when the lease is dropped.
+//! {
+//!     let lease = pool.checkout().await?;
+//!     assert_eq!(lease.kind(), Checkout::Exclusive);
+//!     let again: i64 = lease.call("add", &[40, 2]).await?;
+//!     assert_eq!(again, 42);
+//! }
+//!
+//! let status = pool.status();
+//! assert_eq!(status.ready, 2);
+//! assert_eq!(status.workers.iter().map(|w| w.served).sum::<u64>(), 2);
+//!
+//! pool.shutdown(Duration::from_secs(1)).await;
+//! assert!(matches!(pool.call::<_, i64>("add", &[1]).await, Err(PoolError::PoolClosed { .. })));
+//! # Ok(())
+//! # }
 //! ```
 
 mod breaker;

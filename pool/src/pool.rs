@@ -31,7 +31,9 @@ impl Drop for Handle {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.name()).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
     }
 }
 

@@ -328,7 +328,11 @@ impl Shared {
 
     /// Waits until `cond` holds (re-checked on every state change) or the
     /// deadline passes; returns whether it holds.
-    pub(crate) async fn wait_until(&self, deadline: Option<Instant>, mut cond: impl FnMut(&State) -> bool) -> bool {
+    pub(crate) async fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        mut cond: impl FnMut(&State) -> bool,
+    ) -> bool {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -538,7 +542,12 @@ impl Shared {
         let mut recycle = None;
         if let Some(e) = st.entry_mut(worker) {
             e.served += 1;
-            if self.config.recycle.max_requests.is_some_and(|max| e.served >= max) {
+            if self
+                .config
+                .recycle
+                .max_requests
+                .is_some_and(|max| e.served >= max)
+            {
                 recycle = Some(e.slot);
             }
         }
@@ -592,12 +601,16 @@ impl Shared {
             let t0 = Instant::now();
             let fut = self.launcher.launch(id);
             let res = match self.config.init_timeout {
-                Some(after) => tokio::time::timeout(after, fut).await.unwrap_or(Err(LaunchError::InitTimeout {
-                    worker: id,
-                    pid: None,
-                    after,
-                    stderr_tail: String::new(),
-                })),
+                Some(after) => {
+                    tokio::time::timeout(after, fut)
+                        .await
+                        .unwrap_or(Err(LaunchError::InitTimeout {
+                            worker: id,
+                            pid: None,
+                            after,
+                            stderr_tail: String::new(),
+                        }))
+                }
                 None => fut.await,
             };
             metrics::start_duration(self.name(), res.is_ok(), t0.elapsed());
@@ -615,7 +628,10 @@ impl Shared {
         let now = Instant::now();
         let info = worker.info();
         let hello_cap = info.max_concurrency.max(1);
-        let capacity = self.config.worker_concurrency.map_or(hello_cap, |c| c.min(hello_cap));
+        let capacity = self
+            .config
+            .worker_concurrency
+            .map_or(hello_cap, |c| c.min(hello_cap));
         let mut st = self.lock();
         if let Some(s) = st.slot_mut(slot) {
             s.phase = SlotPhase::Running;
@@ -841,7 +857,11 @@ impl Shared {
                 Some(e.worker.clone()),
             ));
         }
-        for s in st.slots.iter().filter(|s| !st.entries.iter().any(|e| e.slot == s.id)) {
+        for s in st
+            .slots
+            .iter()
+            .filter(|s| !st.entries.iter().any(|e| e.slot == s.id))
+        {
             workers.push((
                 WorkerStatus {
                     slot: s.id,
@@ -869,7 +889,11 @@ impl Shared {
             name: cfg.name.clone(),
             closed: st.closed,
             size: st.slots.len(),
-            ready: st.entries.iter().filter(|e| !e.draining && e.worker.is_alive()).count(),
+            ready: st
+                .entries
+                .iter()
+                .filter(|e| !e.draining && e.worker.is_alive())
+                .count(),
             queue_depth: st.waiters.len(),
             breaker: st.breaker.state(now),
             crash_loop: st.slots.iter().any(|s| s.crash_looping(now, cfg)),
@@ -891,5 +915,4 @@ impl Shared {
         workers.sort_by_key(|w| (w.slot, w.id));
         PoolStatus { workers, ..status }
     }
-
 }

@@ -21,7 +21,8 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// A stable lower-case name (`ready`, `half_open`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
             WorkerState::Ready => "ready",

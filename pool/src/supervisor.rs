@@ -80,7 +80,10 @@ fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'stati
     let policy = &shared.config.recycle;
     let life = policy.max_lifetime?;
     let r: f64 = rand::random();
-    Some((from + life.mul_f64(1.0 - policy.lifetime_jitter * r), "max_lifetime"))
+    Some((
+        from + life.mul_f64(1.0 - policy.lifetime_jitter * r),
+        "max_lifetime",
+    ))
 }
 
 async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worker>, stop: &mut Stop) -> End {
@@ -188,7 +191,12 @@ async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32
 
 /// Stops taking calls on `worker`, waits until its calls finish (or the
 /// deadline, or the pool's shutdown deadline), then shuts it down.
-async fn drain_and_stop(shared: &Shared, worker: Arc<dyn Worker>, deadline: Instant, grace: Option<Duration>) {
+async fn drain_and_stop(
+    shared: &Shared,
+    worker: Arc<dyn Worker>,
+    deadline: Instant,
+    grace: Option<Duration>,
+) {
     let id = worker.info().id;
     shared.mark_draining(id);
     let mut stop = shared.stop.subscribe();

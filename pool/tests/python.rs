@@ -1,0 +1,185 @@
+//! The pool over real Python workers (`python -m portpool APP`): parallel
+//! start, kill -9 under load, and an app that cannot import.
+//!
+//! Skipped (with a message) when no interpreter with the `portpool`
+//! package is found (`PORTPOOL_PYTHON`, else `.venv/bin/python` upwards).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use portpool_pool::{Pool, PoolError};
+use portpool_testkit::CallLedger;
+use portpool_transport::{find_python, CallError, ProcessLauncher, WorkerCommand};
+
+fn python() -> Option<PathBuf> {
+    let python = find_python();
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import portpool"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: {} cannot import portpool", python.display());
+    }
+    ok.then_some(python)
+}
+
+/// Writes `source` to a fresh app file.
+fn app(name: &str, source: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portpool-pool-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.py"));
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+fn launcher(python: PathBuf, app: PathBuf) -> ProcessLauncher {
+    ProcessLauncher::new(WorkerCommand::python_with(python, app).init_timeout(Duration::from_secs(20)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_imports_start_in_parallel() {
+    let Some(python) = python() else { return };
+    let app = app(
+        "slow_import",
+        "import time\ntime.sleep(1)\nimport portpool\napp = portpool.App()\n\n@app.handler\ndef echo(x):\n    return x\n",
+    );
+    let t0 = Instant::now();
+    let pool = Pool::builder(launcher(python, app))
+        .name("slow-import")
+        .workers(8)
+        .startup_concurrency(8)
+        .build()
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(pool.status().ready, 8);
+    // 8 workers that each take 1 s to import: about 1 s in parallel, 8 s in
+    // sequence. Generous bound for a loaded 2-core machine.
+    assert!(took < Duration::from_secs(4), "8 workers took {took:?} to start");
+    let v: i64 = pool.call("echo", &5).await.unwrap();
+    assert_eq!(v, 5);
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_every_call_ends_once_and_the_pool_heals() {
+    let Some(python) = python() else { return };
+    let app = app(
+        "echo_app",
+        "import time\nimport portpool\napp = portpool.App(max_concurrency=4)\n\n@app.handler\ndef echo(x):\n    time.sleep(0.001)\n    return x\n",
+    );
+    let pool = Pool::builder(launcher(python, app))
+        .name("kill9")
+        .workers(4)
+        .breaker(None)
+        .crash_loop(1000, Duration::from_secs(60))
+        .checkout_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let ledger = CallLedger::new();
+    let crashed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let (pool, done) = (pool.clone(), done.clone());
+        async move {
+            let mut kills = 0;
+            while !done.load(Ordering::Relaxed) && kills < 8 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+                if pids.is_empty() {
+                    continue;
+                }
+                let pid = pids[rand_index(pids.len())];
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+                kills += 1;
+            }
+            kills
+        }
+    });
+    let results: Vec<()> = futures::stream::iter(0..2_000i64)
+        .map(|i| {
+            let (pool, ledger, crashed) = (pool.clone(), ledger.clone(), crashed.clone());
+            async move {
+                let id = ledger.start(format!("echo {i}"));
+                match pool.call::<_, i64>("echo", &i).await {
+                    Ok(v) => {
+                        assert_eq!(v, i, "a caller got another call's reply");
+                        ledger.end(id, "ok");
+                    }
+                    Err(PoolError::Call(CallError::WorkerCrashed { .. })) => {
+                        crashed.fetch_add(1, Ordering::Relaxed);
+                        ledger.end(id, "crashed");
+                    }
+                    Err(e) => panic!("call {i}: unexpected error {e}"),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    done.store(true, Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    assert_eq!(results.len(), 2_000);
+    ledger.assert_each_call_ended_once();
+    assert_eq!(ledger.started(), 2_000);
+    eprintln!(
+        "{kills} kills, {} calls ended with WorkerCrashed",
+        crashed.load(Ordering::Relaxed)
+    );
+    // The pool returns to full size.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = pool.status();
+        if st.ready == 4 && st.workers.len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool did not heal: {st:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: i64 = pool.call("echo", &-1).await.unwrap();
+    assert_eq!(v, -1);
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
+fn rand_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n as u64);
+    (h.finish() % n as u64) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_import_fails_build_fast_with_the_import_error() {
+    let Some(python) = python() else { return };
+    let app = app(
+        "broken_import",
+        "import portpool\nraise ImportError(\"cannot import name 'frobnicate' from 'numpy'\")\n",
+    );
+    let t0 = Instant::now();
+    let err = Pool::builder(launcher(python, app))
+        .name("broken")
+        .workers(2)
+        .build()
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    let PoolError::Build { errors, .. } = &err else {
+        panic!("expected Build, got {err}");
+    };
+    assert_eq!(errors.len(), 2);
+    let text = err.to_string();
+    assert!(
+        text.contains("ImportError") && text.contains("frobnicate"),
+        "{text}"
+    );
+    // Fast: the process exits during init; nobody waits for the 20 s init
+    // time-out.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
