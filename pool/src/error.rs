@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portpool_transport::{CallError, LaunchError};
+use portpool_transport::{CallError, LaunchError, WorkerId};
 
 /// Everything a pool operation can fail with. Every call ends with exactly
 /// one result or exactly one `PoolError`.
@@ -50,6 +50,24 @@ pub enum PoolError {
         /// When the breaker will let a probe call through; zero while a
         /// half-open probe is in flight.
         retry_after: Duration,
+    },
+    /// A call for one particular worker (session affinity) found it busy
+    /// and was asked not to wait.
+    #[error("pool {pool}: worker {worker} has no free slot")]
+    WorkerBusy {
+        /// The pool's name.
+        pool: String,
+        /// The worker asked for.
+        worker: WorkerId,
+    },
+    /// A call for one particular worker found it gone (crashed, recycled or
+    /// stopped).
+    #[error("pool {pool}: worker {worker} is no longer in the pool")]
+    WorkerGone {
+        /// The pool's name.
+        pool: String,
+        /// The worker asked for.
+        worker: WorkerId,
     },
     /// The call reached a worker and failed there (handler exception,
     /// crash, call time-out, ...). Carries the worker id, pid and stderr tail.
@@ -104,6 +122,8 @@ impl PoolError {
             PoolError::PoolClosed { .. } => "pool_closed",
             PoolError::Unavailable { .. } => "unavailable",
             PoolError::CircuitOpen { .. } => "circuit_open",
+            PoolError::WorkerBusy { .. } => "worker_busy",
+            PoolError::WorkerGone { .. } => "worker_gone",
             PoolError::Call(e) => call_outcome(e),
             PoolError::Encode { .. } => "encode_error",
             PoolError::Decode { .. } => "decode_error",

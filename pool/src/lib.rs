@@ -91,6 +91,6 @@ pub use builder::PoolBuilder;
 pub use config::{Backoff, BreakerConfig, CrashLoop, Heartbeat, PoolConfig, RecyclePolicy, StartMode};
 pub use error::PoolError;
 pub use lease::{Checkout, Lease, PoolStream};
-pub use pool::Pool;
-pub use portpool_transport::{CallRequest, Value};
+pub use pool::{Pool, Wait};
+pub use portpool_transport::{CallRequest, Value, WorkerId};
 pub use status::{PoolStatus, WorkerState, WorkerStatus};

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portpool_transport::{CallRequest, Launcher, Value};
+use portpool_transport::{CallRequest, Launcher, Value, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -9,6 +9,17 @@ use tokio::time::Instant;
 use crate::lease::{call_span, decode, encode, open_stream, run_call};
 use crate::shared::Shared;
 use crate::{metrics, Checkout, Lease, PoolBuilder, PoolConfig, PoolError, PoolStatus, PoolStream};
+
+/// How a call for one particular worker ([`Pool::call_on`]) waits when that
+/// worker has no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wait {
+    /// Queue for the worker, up to the checkout time-out.
+    #[default]
+    Queue,
+    /// Fail at once with [`PoolError::WorkerBusy`].
+    FailFast,
+}
 
 /// A pool of workers. A cheap, cloneable handle: clones share the same
 /// workers. When the last handle is dropped the pool shuts down in the
@@ -114,6 +125,60 @@ impl Pool {
     /// Checks out a worker with the given [`Checkout`] kind.
     pub async fn checkout_with(&self, kind: Checkout) -> Result<Lease, PoolError> {
         self.acquire(kind).await.map(Lease::new)
+    }
+
+    /// Runs one raw request on one particular worker (session affinity).
+    /// With [`Wait::Queue`] it waits its turn for a slot on that worker
+    /// (bounded by the checkout time-out); with [`Wait::FailFast`] a busy
+    /// worker is [`PoolError::WorkerBusy`] at once. A worker that is no
+    /// longer in the pool is [`PoolError::WorkerGone`]. A draining worker
+    /// still serves these calls.
+    pub async fn call_on(&self, worker: WorkerId, request: CallRequest, wait: Wait) -> Result<Value, PoolError> {
+        let shared = self.shared();
+        let span = call_span(&shared.config.name, &request.method);
+        let fut = async {
+            let guard = shared
+                .acquire_on(Checkout::Shared, Some(worker), wait == Wait::FailFast)
+                .await
+                .inspect_err(|e| metrics::call(&shared.config.name, e.outcome()))?;
+            run_call(&guard, request).await
+        };
+        tracing::Instrument::instrument(fut, span).await
+    }
+
+    /// Workers ready for new work (not starting, draining or gone).
+    pub fn ready_workers(&self) -> Vec<WorkerId> {
+        self.shared().ready_workers()
+    }
+
+    /// Whether `worker` is in the pool and alive (ready, leased or draining).
+    pub fn is_serving(&self, worker: WorkerId) -> bool {
+        self.shared().is_serving(worker)
+    }
+
+    /// Asks the pool to defer recycling `worker` (up to its drain time-out)
+    /// while the pin is held; for state that lives in the worker, such as
+    /// bound sessions. Returns false if the worker is not in the pool.
+    /// Each `pin` must be matched by one [`Pool::unpin`].
+    pub fn pin(&self, worker: WorkerId) -> bool {
+        self.shared().pin(worker, true)
+    }
+
+    /// Releases one [`Pool::pin`].
+    pub fn unpin(&self, worker: WorkerId) {
+        self.shared().pin(worker, false);
+    }
+
+    /// Tells `worker` to drop the state of `session`.
+    pub async fn close_session_on(&self, worker: WorkerId, session: &str) -> Result<(), PoolError> {
+        let shared = self.shared();
+        let Some(handle) = shared.worker(worker) else {
+            return Err(PoolError::WorkerGone {
+                pool: shared.config.name.clone(),
+                worker,
+            });
+        };
+        Ok(handle.close_session(session).await?)
     }
 
     async fn acquire(&self, kind: Checkout) -> Result<crate::shared::SlotGuard, PoolError> {

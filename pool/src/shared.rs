@@ -58,6 +58,9 @@ pub(crate) struct Entry {
     pub(crate) exclusive: bool,
     pub(crate) draining: bool,
     pub(crate) served: u64,
+    /// Holders (bound sessions) that ask recycling to wait, up to the
+    /// drain time-out.
+    pub(crate) pins: usize,
     pub(crate) ready_at: Instant,
     pub(crate) last_used: Instant,
 }
@@ -81,6 +84,8 @@ impl Entry {
 struct Waiter {
     id: u64,
     kind: Checkout,
+    /// Only this worker will do (session affinity).
+    target: Option<WorkerId>,
     probe: bool,
     tx: oneshot::Sender<Result<SlotGuard, PoolError>>,
 }
@@ -118,6 +123,38 @@ impl State {
                 .min_by_key(|(_, e)| (e.served, e.id))
                 .map(|(i, _)| i),
         }
+    }
+
+    /// The entry of `target` if it can take a checkout of `kind` now.
+    /// A draining worker still serves targeted calls: its sessions may
+    /// finish while it drains.
+    fn pick_target(&self, kind: Checkout, target: WorkerId) -> Option<usize> {
+        let (idx, e) = self.entries.iter().enumerate().find(|(_, e)| e.id == target)?;
+        let free = match kind {
+            Checkout::Shared => e.in_use < e.capacity,
+            Checkout::Exclusive => e.in_use == 0,
+        };
+        (free && !e.exclusive && e.worker.is_alive()).then_some(idx)
+    }
+
+    fn serving(&self, target: WorkerId) -> bool {
+        self.entries.iter().any(|e| e.id == target && e.worker.is_alive())
+    }
+
+    /// Fails the waiters queued for `worker`, which is gone.
+    fn fail_targeted(&mut self, worker: WorkerId, err: &PoolError) {
+        let mut kept = VecDeque::with_capacity(self.waiters.len());
+        while let Some(w) = self.waiters.pop_front() {
+            if w.target == Some(worker) {
+                if w.probe {
+                    self.breaker.cancel_probe();
+                }
+                let _ = w.tx.send(Err(err.clone()));
+            } else {
+                kept.push_back(w);
+            }
+        }
+        self.waiters = kept;
     }
 
     /// No worker can serve and every slot is failing to start (or
@@ -357,6 +394,17 @@ impl Shared {
     /// else in FIFO order. Cancel-safe: dropping the future at any point
     /// leaves no waiter, slot or probe behind.
     pub(crate) async fn acquire(self: &Arc<Self>, kind: Checkout) -> Result<SlotGuard, PoolError> {
+        self.acquire_on(kind, None, false).await
+    }
+
+    /// Like [`Shared::acquire`], restricted to `target` when given. With
+    /// `fail_fast`, a busy target is `WorkerBusy` at once instead of a wait.
+    pub(crate) async fn acquire_on(
+        self: &Arc<Self>,
+        kind: Checkout,
+        target: Option<WorkerId>,
+        fail_fast: bool,
+    ) -> Result<SlotGuard, PoolError> {
         let start = Instant::now();
         let cfg = &self.config;
         let (waiter_id, mut rx) = {
@@ -373,15 +421,31 @@ impl Shared {
                     })
                 }
             };
-            if st.waiters.is_empty() {
-                if let Some(idx) = st.pick(kind) {
+            // Nobody queued ahead of us could take what we would take.
+            let ahead = st.waiters.iter().any(|w| w.target.is_none() || w.target == target);
+            if !ahead {
+                let picked = match target {
+                    Some(t) => st.pick_target(kind, t),
+                    None => st.pick(kind),
+                };
+                if let Some(idx) = picked {
                     let guard = self.grant(&mut st, idx, kind, probe, start);
                     drop(st);
                     metrics::queue_wait(self.name(), Duration::ZERO);
                     return Ok(guard);
                 }
             }
-            let refuse = if let Some((last_error, crash_loop)) = st.unavailable(cfg, start) {
+            let refuse = if let Some(worker) = target.filter(|t| !st.serving(*t)) {
+                Some(PoolError::WorkerGone {
+                    pool: cfg.name.clone(),
+                    worker,
+                })
+            } else if let (Some(worker), true) = (target, fail_fast) {
+                Some(PoolError::WorkerBusy {
+                    pool: cfg.name.clone(),
+                    worker,
+                })
+            } else if let (None, Some((last_error, crash_loop))) = (target, st.unavailable(cfg, start)) {
                 Some(PoolError::Unavailable {
                     pool: cfg.name.clone(),
                     last_error,
@@ -404,9 +468,17 @@ impl Shared {
             let (tx, rx) = oneshot::channel();
             let id = st.next_waiter;
             st.next_waiter += 1;
-            st.waiters.push_back(Waiter { id, kind, probe, tx });
+            st.waiters.push_back(Waiter {
+                id,
+                kind,
+                target,
+                probe,
+                tx,
+            });
             metrics::queue_depth(self.name(), st.waiters.len());
-            self.maybe_scale_up(&mut st);
+            if target.is_none() {
+                self.maybe_scale_up(&mut st);
+            }
             (id, rx)
         };
         let mut cleanup = WaiterCleanup {
@@ -481,9 +553,24 @@ impl Shared {
     fn dispatch(self: &Arc<Self>, st: &mut State) {
         let now = Instant::now();
         let before = st.waiters.len();
-        while let Some(front) = st.waiters.front() {
-            let Some(idx) = st.pick(front.kind) else { break };
-            let Some(w) = st.waiters.pop_front() else { break };
+        // FIFO for callers that take any worker (the first that cannot be
+        // served stops the rest, so an exclusive waiter is not starved);
+        // callers waiting for one particular worker never block others.
+        let mut any_blocked = false;
+        let mut i = 0;
+        while i < st.waiters.len() {
+            let (kind, target) = (st.waiters[i].kind, st.waiters[i].target);
+            let picked = match target {
+                Some(t) => st.pick_target(kind, t),
+                None if any_blocked => None,
+                None => st.pick(kind),
+            };
+            let Some(idx) = picked else {
+                any_blocked |= target.is_none();
+                i += 1;
+                continue;
+            };
+            let Some(w) = st.waiters.remove(i) else { break };
             let guard = self.grant(st, idx, w.kind, w.probe, now);
             if let Err(Ok(mut guard)) = w.tx.send(Ok(guard)) {
                 guard.armed = false;
@@ -569,6 +656,52 @@ impl Shared {
         }
     }
 
+    fn gone_error(&self, worker: WorkerId) -> PoolError {
+        PoolError::WorkerGone {
+            pool: self.config.name.clone(),
+            worker,
+        }
+    }
+
+    /// Ready (not draining) workers, for binding new sessions.
+    pub(crate) fn ready_workers(&self) -> Vec<WorkerId> {
+        let st = self.lock();
+        st.entries
+            .iter()
+            .filter(|e| !e.draining && e.worker.is_alive())
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Whether `worker` is in the pool and alive (ready, leased or draining).
+    pub(crate) fn is_serving(&self, worker: WorkerId) -> bool {
+        self.lock().serving(worker)
+    }
+
+    /// The worker's handle, if it is in the pool.
+    pub(crate) fn worker(&self, worker: WorkerId) -> Option<Arc<dyn Worker>> {
+        let st = self.lock();
+        st.entries.iter().find(|e| e.id == worker).map(|e| e.worker.clone())
+    }
+
+    /// Adds (`+1`) or removes (`-1`) a pin on `worker`; returns whether the
+    /// worker is in the pool.
+    pub(crate) fn pin(&self, worker: WorkerId, add: bool) -> bool {
+        let mut st = self.lock();
+        let Some(e) = st.entry_mut(worker) else { return false };
+        if add {
+            e.pins += 1;
+        } else {
+            e.pins = e.pins.saturating_sub(1);
+        }
+        let unpinned = e.pins == 0;
+        drop(st);
+        if unpinned {
+            self.changed.notify_waiters();
+        }
+        true
+    }
+
     pub(crate) fn closed_error(&self) -> PoolError {
         PoolError::PoolClosed {
             pool: self.config.name.clone(),
@@ -648,6 +781,7 @@ impl Shared {
             exclusive: false,
             draining: false,
             served: 0,
+            pins: 0,
             ready_at: now,
             last_used: now,
         });
@@ -696,6 +830,7 @@ impl Shared {
         let now = Instant::now();
         let mut st = self.lock();
         st.entries.retain(|e| e.id != worker);
+        st.fail_targeted(worker, &self.gone_error(worker));
         let cfg = &self.config;
         if let Some(s) = st.slot_mut(slot) {
             s.restarts += 1;
@@ -741,6 +876,7 @@ impl Shared {
     pub(crate) fn remove_entry(&self, worker: WorkerId) {
         let mut st = self.lock();
         st.entries.retain(|e| e.id != worker);
+        st.fail_targeted(worker, &self.gone_error(worker));
         self.publish(&st);
         drop(st);
         self.changed.notify_waiters();
@@ -777,7 +913,7 @@ impl Shared {
         }
         let retire = st
             .entry_mut(worker)
-            .is_some_and(|e| e.in_use == 0 && now.saturating_duration_since(e.last_used) >= idle);
+            .is_some_and(|e| e.in_use == 0 && e.pins == 0 && now.saturating_duration_since(e.last_used) >= idle);
         if retire {
             st.slots.retain(|s| s.id != slot);
             if let Some(e) = st.entry_mut(worker) {

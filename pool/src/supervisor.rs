@@ -200,7 +200,8 @@ async fn drain_and_stop(
     let id = worker.info().id;
     shared.mark_draining(id);
     let mut stop = shared.stop.subscribe();
-    let idle = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || e.in_use == 0);
+    // Idle: no call running and (until the deadline) no pinned session.
+    let idle = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || (e.in_use == 0 && e.pins == 0));
     let deadline = tokio::select! {
         _ = shared.wait_until(Some(deadline), idle) => deadline,
         d = stopped(&mut stop) => {

@@ -1,1 +1,65 @@
-//! portpool session layer (work in progress).
+//! portpool session: session affinity for stateful calls over a pool.
+//!
+//! A session id binds to one worker on its first call; every later call of
+//! the session carries the id and goes to that worker, so the state a Python
+//! handler keeps in `ctx.session` stays local to one process.
+//!
+//! This crate provides:
+//! - [`SessionPool`], wrapping a [`Pool`](portpool_pool::Pool), and
+//!   [`Session`], a handle on one session;
+//! - [`Affinity`] modes: `Strict` (queue for the bound worker), `FailFast`
+//!   (bound worker full: [`SessionError::WorkerBusy`] at once), `Hint`
+//!   (prefer it, fall back to any worker);
+//! - binding of new sessions to the worker with the fewest sessions,
+//!   `max_sessions` with least-recently-used eviction, idle TTL expiry;
+//!   closing, expiring or evicting a session sends `session_close` so the
+//!   worker frees the state;
+//! - lost-worker handling ([`OnLost`]): the next call fails once with
+//!   [`SessionError::SessionLost`] and the one after starts fresh, or the
+//!   session rebinds silently. While a worker holds bound sessions the pool
+//!   defers recycling it, up to its drain time-out;
+//! - a [`SessionStore`] trait with the in-memory [`MemoryStore`] default;
+//! - validated [`SessionId`]s (1-128 of `A-Z a-z 0-9 - _ . :`) and random
+//!   128-bit ones from [`SessionId::new`].
+//!
+//! # Example
+//!
+//! ```
+//! use portpool_pool::Pool;
+//! use portpool_session::{SessionConfig, SessionPool};
+//! use portpool_testkit::FakeLauncher;
+//! use portpool_transport::Value;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Each fake worker answers "whoami" with its own id.
+//! let launcher = FakeLauncher::new();
+//! let pool = Pool::builder(launcher).workers(3).build().await?;
+//! let sessions = SessionPool::new(pool, SessionConfig::default())?;
+//!
+//! let chat = sessions.open();
+//! let first = chat.call_raw(portpool_transport::CallRequest::new("echo", 1)).await?;
+//! assert_eq!(first, Value::from(1));
+//! let bound = sessions.binding(chat.id()).await.expect("bound on first call");
+//! // Every later call of the session runs on the same worker.
+//! for _ in 0..5 {
+//!     chat.call_raw(portpool_transport::CallRequest::new("echo", 1)).await?;
+//!     assert_eq!(sessions.binding(chat.id()).await.unwrap().worker, bound.worker);
+//! }
+//! chat.close().await?;
+//! assert!(sessions.is_empty().await);
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod id;
+mod pool;
+mod store;
+
+pub use config::{Affinity, OnLost, SessionConfig};
+pub use error::SessionError;
+pub use id::{SessionId, MAX_SESSION_ID_LEN};
+pub use pool::{Session, SessionPool};
+pub use store::{Binding, MemoryStore, SessionStore};

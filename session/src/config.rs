@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+/// Where a session's calls may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Affinity {
+    /// Always on the bound worker; wait for a free slot there (bounded by
+    /// the pool's checkout time-out).
+    #[default]
+    Strict,
+    /// Always on the bound worker; if it has no free slot, fail at once
+    /// with [`SessionError::WorkerBusy`](crate::SessionError::WorkerBusy).
+    FailFast,
+    /// Prefer the bound worker; if it is busy, run on any ready worker
+    /// (which does not see the session's state).
+    Hint,
+}
+
+/// What happens when the worker holding a session dies or is recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLost {
+    /// The next call fails once with
+    /// [`SessionError::SessionLost`](crate::SessionError::SessionLost); the
+    /// call after it starts a fresh session on another worker.
+    #[default]
+    Report,
+    /// Rebind to another worker silently (the state starts empty).
+    Rebind,
+}
+
+/// Settings of a [`SessionPool`](crate::SessionPool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Routing of a session's calls. Default [`Affinity::Strict`].
+    pub affinity: Affinity,
+    /// Handling of a lost worker. Default [`OnLost::Report`].
+    pub on_lost: OnLost,
+    /// Sessions unused this long are closed (their worker drops the state).
+    /// Default 30 minutes; `None` keeps sessions until closed.
+    pub idle_ttl: Option<Duration>,
+    /// At most this many bound sessions; binding one more evicts the least
+    /// recently used idle session. Default 10,000.
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            affinity: Affinity::Strict,
+            on_lost: OnLost::Report,
+            idle_ttl: Some(Duration::from_secs(30 * 60)),
+            max_sessions: 10_000,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Sets the affinity mode.
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    /// Sets the lost-worker handling.
+    pub fn on_lost(mut self, on_lost: OnLost) -> Self {
+        self.on_lost = on_lost;
+        self
+    }
+
+    /// Sets (or with `None` disables) the idle time-to-live.
+    pub fn idle_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Sets the maximum number of bound sessions.
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::SessionError> {
+        if self.max_sessions == 0 {
+            return Err(crate::SessionError::Config {
+                field: "max_sessions",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.idle_ttl == Some(Duration::ZERO) {
+            return Err(crate::SessionError::Config {
+                field: "idle_ttl",
+                reason: "must be positive (use None to disable)".into(),
+            });
+        }
+        Ok(())
+    }
+}
