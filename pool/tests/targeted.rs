@@ -1,0 +1,145 @@
+//! Calls for one particular worker (the session layer's affinity), pins and
+//! session_close, with fake workers and paused time.
+
+mod common;
+
+use common::*;
+use portpool_pool::{PoolError, Wait, WorkerState};
+use portpool_testkit::WorkerScript;
+use portpool_transport::{CallRequest, Value, WorkerId};
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn call_on_runs_on_the_named_worker() {
+    let l = launcher();
+    let pool = builder(&l).workers(3).build().await.unwrap();
+    for _ in 0..4 {
+        let v = pool
+            .call_on(WorkerId(2), CallRequest::new("echo", 7), Wait::Queue)
+            .await
+            .unwrap();
+        assert_eq!(v, Value::from(7));
+    }
+    assert_eq!(l.worker(WorkerId(2)).unwrap().calls().len(), 4);
+    assert!(l.worker(WorkerId(0)).unwrap().calls().is_empty());
+    assert_eq!(pool.ready_workers().len(), 3);
+    pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
+    let l = launcher(); // one slot per worker
+    let pool = builder(&l).workers(2).build().await.unwrap();
+    let busy = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_on(WorkerId(0), CallRequest::new("sleep", 1_000), Wait::Queue).await }
+    });
+    settle().await;
+
+    let t0 = Instant::now();
+    let err = pool
+        .call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::FailFast)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::WorkerBusy { worker: WorkerId(0), .. }), "{err}");
+    assert_eq!(t0.elapsed(), ms(0), "at once");
+
+    // Queued for worker 0, it runs after the sleep; meanwhile worker 1
+    // serves untargeted calls: the targeted waiter blocks nobody.
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_on(WorkerId(0), CallRequest::new("echo", 2), Wait::Queue).await }
+    });
+    settle().await;
+    assert_eq!(pool.status().queue_depth, 1);
+    let v: u32 = pool.call("echo", &3).await.unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(t0.elapsed(), ms(0), "untargeted call did not wait behind it");
+    assert_eq!(l.worker(WorkerId(1)).unwrap().calls().len(), 1);
+
+    assert_eq!(busy.await.unwrap().unwrap(), Value::from(1_000));
+    assert_eq!(queued.await.unwrap().unwrap(), Value::from(2));
+    assert_eq!(t0.elapsed(), ms(1_000));
+    assert_eq!(l.worker(WorkerId(0)).unwrap().calls().len(), 2);
+    pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
+    let l = launcher().script(|n| {
+        if n == 0 {
+            WorkerScript::default().crash_at(ms(500))
+        } else {
+            WorkerScript::default()
+        }
+    });
+    let pool = builder(&l).workers(1).build().await.unwrap();
+    let err = pool
+        .call_on(WorkerId(42), CallRequest::new("echo", 1), Wait::Queue)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::WorkerGone { worker: WorkerId(42), .. }), "{err}");
+
+    // One call holds worker 0's slot, another waits for it; the crash
+    // fails the first with WorkerCrashed and the waiter with WorkerGone.
+    let running = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_on(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue).await }
+    });
+    settle().await;
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue).await }
+    });
+    settle().await;
+    assert!(matches!(running.await.unwrap(), Err(PoolError::Call(_))));
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, PoolError::WorkerGone { worker: WorkerId(0), .. }), "{err}");
+    assert!(!pool.is_serving(WorkerId(0)));
+    wait_status(&pool, |s| s.ready == 1).await;
+    assert!(pool.is_serving(WorkerId(1)));
+    pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targeted_calls() {
+    let l = launcher();
+    let pool = builder(&l).workers(1).max_requests(1).drain_timeout(secs(60)).build().await.unwrap();
+    assert!(pool.pin(WorkerId(0)));
+    pool.call::<_, u32>("echo", &1).await.unwrap(); // reaches max_requests
+    wait_status(&pool, |s| s.count(WorkerState::Draining) == 1 && s.ready == 1).await;
+
+    // Pinned: it stays, draining, and still answers calls made for it.
+    tokio::time::sleep(secs(10)).await;
+    assert!(l.worker(WorkerId(0)).unwrap().is_alive());
+    let v = pool
+        .call_on(WorkerId(0), CallRequest::new("echo", 5), Wait::Queue)
+        .await
+        .unwrap();
+    assert_eq!(v, Value::from(5));
+    assert!(!pool.ready_workers().contains(&WorkerId(0)), "not offered to new sessions");
+
+    pool.close_session_on(WorkerId(0), "s-1").await.unwrap();
+    assert_eq!(l.worker(WorkerId(0)).unwrap().session_closes(), vec!["s-1".to_string()]);
+
+    pool.unpin(WorkerId(0));
+    wait_status(&pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))).await;
+    assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
+    pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_defers_recycling_only_up_to_the_drain_timeout() {
+    let l = launcher();
+    let pool = builder(&l).workers(1).max_requests(1).drain_timeout(secs(5)).build().await.unwrap();
+    assert!(pool.pin(WorkerId(0)));
+    let t0 = Instant::now();
+    pool.call::<_, u32>("echo", &1).await.unwrap();
+    wait_status(&pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))).await;
+    assert!(t0.elapsed() >= secs(5), "held until the drain time-out");
+    assert!(t0.elapsed() < secs(7));
+    let err = pool.close_session_on(WorkerId(0), "s").await.unwrap_err();
+    assert!(matches!(err, PoolError::WorkerGone { .. }), "{err}");
+    pool.unpin(WorkerId(0)); // unknown by now: harmless
+    pool.shutdown(secs(1)).await;
+}
