@@ -133,7 +133,12 @@ impl Pool {
     /// worker is [`PoolError::WorkerBusy`] at once. A worker that is no
     /// longer in the pool is [`PoolError::WorkerGone`]. A draining worker
     /// still serves these calls.
-    pub async fn call_on(&self, worker: WorkerId, request: CallRequest, wait: Wait) -> Result<Value, PoolError> {
+    pub async fn call_on(
+        &self,
+        worker: WorkerId,
+        request: CallRequest,
+        wait: Wait,
+    ) -> Result<Value, PoolError> {
         let shared = self.shared();
         let span = call_span(&shared.config.name, &request.method);
         let fut = async {

@@ -422,7 +422,10 @@ impl Shared {
                 }
             };
             // Nobody queued ahead of us could take what we would take.
-            let ahead = st.waiters.iter().any(|w| w.target.is_none() || w.target == target);
+            let ahead = st
+                .waiters
+                .iter()
+                .any(|w| w.target.is_none() || w.target == target);
             if !ahead {
                 let picked = match target {
                     Some(t) => st.pick_target(kind, t),
@@ -681,14 +684,19 @@ impl Shared {
     /// The worker's handle, if it is in the pool.
     pub(crate) fn worker(&self, worker: WorkerId) -> Option<Arc<dyn Worker>> {
         let st = self.lock();
-        st.entries.iter().find(|e| e.id == worker).map(|e| e.worker.clone())
+        st.entries
+            .iter()
+            .find(|e| e.id == worker)
+            .map(|e| e.worker.clone())
     }
 
     /// Adds (`+1`) or removes (`-1`) a pin on `worker`; returns whether the
     /// worker is in the pool.
     pub(crate) fn pin(&self, worker: WorkerId, add: bool) -> bool {
         let mut st = self.lock();
-        let Some(e) = st.entry_mut(worker) else { return false };
+        let Some(e) = st.entry_mut(worker) else {
+            return false;
+        };
         if add {
             e.pins += 1;
         } else {
@@ -911,9 +919,9 @@ impl Shared {
         if st.closed || st.slots.len() <= self.config.min_workers {
             return false;
         }
-        let retire = st
-            .entry_mut(worker)
-            .is_some_and(|e| e.in_use == 0 && e.pins == 0 && now.saturating_duration_since(e.last_used) >= idle);
+        let retire = st.entry_mut(worker).is_some_and(|e| {
+            e.in_use == 0 && e.pins == 0 && now.saturating_duration_since(e.last_used) >= idle
+        });
         if retire {
             st.slots.retain(|s| s.id != slot);
             if let Some(e) = st.entry_mut(worker) {

@@ -201,12 +201,18 @@ async fn drain_and_stop(
     shared.mark_draining(id);
     let mut stop = shared.stop.subscribe();
     // Idle: no call running and (until the deadline) no pinned session.
-    let idle = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || (e.in_use == 0 && e.pins == 0));
+    let idle = |st: &crate::shared::State| {
+        st.entries
+            .iter()
+            .all(|e| e.id != id || (e.in_use == 0 && e.pins == 0))
+    };
+    // When the whole pool stops, pins no longer matter: only running calls.
+    let calls_done = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || e.in_use == 0);
     let deadline = tokio::select! {
         _ = shared.wait_until(Some(deadline), idle) => deadline,
         d = stopped(&mut stop) => {
             let d = d.min(deadline);
-            shared.wait_until(Some(d), idle).await;
+            shared.wait_until(Some(d), calls_done).await;
             d
         }
     };

@@ -1,8 +1,8 @@
 //! The pool over real Python workers (`python -m portpool APP`): parallel
 //! start, kill -9 under load, and an app that cannot import.
 //!
-//! Skipped (with a message) when no interpreter with the `portpool`
-//! package is found (`PORTPOOL_PYTHON`, else `.venv/bin/python` upwards).
+//! They need an interpreter with the `portpool` package (`PORTPOOL_PYTHON`,
+//! else `.venv/bin/python` upwards): `cargo xtask setup` makes one.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,10 +21,12 @@ fn python() -> Option<PathBuf> {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: {} cannot import portpool", python.display());
-    }
-    ok.then_some(python)
+    assert!(
+        ok,
+        "{} cannot import portpool: run `cargo xtask setup` (or set PORTPOOL_PYTHON)",
+        python.display()
+    );
+    Some(python)
 }
 
 /// Writes `source` to a fresh app file.

@@ -32,7 +32,10 @@ async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
     let pool = builder(&l).workers(2).build().await.unwrap();
     let busy = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.call_on(WorkerId(0), CallRequest::new("sleep", 1_000), Wait::Queue).await }
+        async move {
+            pool.call_on(WorkerId(0), CallRequest::new("sleep", 1_000), Wait::Queue)
+                .await
+        }
     });
     settle().await;
 
@@ -41,14 +44,26 @@ async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
         .call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::FailFast)
         .await
         .unwrap_err();
-    assert!(matches!(err, PoolError::WorkerBusy { worker: WorkerId(0), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PoolError::WorkerBusy {
+                worker: WorkerId(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(t0.elapsed(), ms(0), "at once");
 
     // Queued for worker 0, it runs after the sleep; meanwhile worker 1
     // serves untargeted calls: the targeted waiter blocks nobody.
     let queued = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.call_on(WorkerId(0), CallRequest::new("echo", 2), Wait::Queue).await }
+        async move {
+            pool.call_on(WorkerId(0), CallRequest::new("echo", 2), Wait::Queue)
+                .await
+        }
     });
     settle().await;
     assert_eq!(pool.status().queue_depth, 1);
@@ -78,23 +93,47 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
         .call_on(WorkerId(42), CallRequest::new("echo", 1), Wait::Queue)
         .await
         .unwrap_err();
-    assert!(matches!(err, PoolError::WorkerGone { worker: WorkerId(42), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PoolError::WorkerGone {
+                worker: WorkerId(42),
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     // One call holds worker 0's slot, another waits for it; the crash
     // fails the first with WorkerCrashed and the waiter with WorkerGone.
     let running = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.call_on(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue).await }
+        async move {
+            pool.call_on(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue)
+                .await
+        }
     });
     settle().await;
     let waiting = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue).await }
+        async move {
+            pool.call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue)
+                .await
+        }
     });
     settle().await;
     assert!(matches!(running.await.unwrap(), Err(PoolError::Call(_))));
     let err = waiting.await.unwrap().unwrap_err();
-    assert!(matches!(err, PoolError::WorkerGone { worker: WorkerId(0), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PoolError::WorkerGone {
+                worker: WorkerId(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!pool.is_serving(WorkerId(0)));
     wait_status(&pool, |s| s.ready == 1).await;
     assert!(pool.is_serving(WorkerId(1)));
@@ -104,7 +143,13 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
 #[tokio::test(start_paused = true)]
 async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targeted_calls() {
     let l = launcher();
-    let pool = builder(&l).workers(1).max_requests(1).drain_timeout(secs(60)).build().await.unwrap();
+    let pool = builder(&l)
+        .workers(1)
+        .max_requests(1)
+        .drain_timeout(secs(60))
+        .build()
+        .await
+        .unwrap();
     assert!(pool.pin(WorkerId(0)));
     pool.call::<_, u32>("echo", &1).await.unwrap(); // reaches max_requests
     wait_status(&pool, |s| s.count(WorkerState::Draining) == 1 && s.ready == 1).await;
@@ -117,13 +162,22 @@ async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targete
         .await
         .unwrap();
     assert_eq!(v, Value::from(5));
-    assert!(!pool.ready_workers().contains(&WorkerId(0)), "not offered to new sessions");
+    assert!(
+        !pool.ready_workers().contains(&WorkerId(0)),
+        "not offered to new sessions"
+    );
 
     pool.close_session_on(WorkerId(0), "s-1").await.unwrap();
-    assert_eq!(l.worker(WorkerId(0)).unwrap().session_closes(), vec!["s-1".to_string()]);
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec!["s-1".to_string()]
+    );
 
     pool.unpin(WorkerId(0));
-    wait_status(&pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))).await;
+    wait_status(&pool, |s| {
+        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
+    })
+    .await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
     pool.shutdown(secs(1)).await;
 }
@@ -131,15 +185,36 @@ async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targete
 #[tokio::test(start_paused = true)]
 async fn a_pin_defers_recycling_only_up_to_the_drain_timeout() {
     let l = launcher();
-    let pool = builder(&l).workers(1).max_requests(1).drain_timeout(secs(5)).build().await.unwrap();
+    let pool = builder(&l)
+        .workers(1)
+        .max_requests(1)
+        .drain_timeout(secs(5))
+        .build()
+        .await
+        .unwrap();
     assert!(pool.pin(WorkerId(0)));
     let t0 = Instant::now();
     pool.call::<_, u32>("echo", &1).await.unwrap();
-    wait_status(&pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))).await;
+    wait_status(&pool, |s| {
+        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
+    })
+    .await;
     assert!(t0.elapsed() >= secs(5), "held until the drain time-out");
     assert!(t0.elapsed() < secs(7));
     let err = pool.close_session_on(WorkerId(0), "s").await.unwrap_err();
     assert!(matches!(err, PoolError::WorkerGone { .. }), "{err}");
     pool.unpin(WorkerId(0)); // unknown by now: harmless
     pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pins_do_not_delay_pool_shutdown() {
+    let l = launcher();
+    let pool = builder(&l).workers(2).build().await.unwrap();
+    assert!(pool.pin(WorkerId(0)));
+    assert!(pool.pin(WorkerId(1)));
+    let t0 = Instant::now();
+    pool.shutdown(secs(10)).await;
+    assert!(t0.elapsed() < secs(1), "took {:?}", t0.elapsed());
+    assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
 }

@@ -20,7 +20,10 @@ impl SessionId {
         let reason = if id.is_empty() {
             Some("is empty".to_string())
         } else if id.len() > MAX_SESSION_ID_LEN {
-            Some(format!("is {} bytes long, the maximum is {MAX_SESSION_ID_LEN}", id.len()))
+            Some(format!(
+                "is {} bytes long, the maximum is {MAX_SESSION_ID_LEN}",
+                id.len()
+            ))
         } else {
             id.chars()
                 .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))

@@ -27,26 +27,28 @@
 //! ```
 //! use portpool_pool::Pool;
 //! use portpool_session::{SessionConfig, SessionPool};
-//! use portpool_testkit::FakeLauncher;
+//! use portpool_testkit::{CallContext, FakeLauncher};
 //! use portpool_transport::Value;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Each fake worker answers "whoami" with its own id.
-//! let launcher = FakeLauncher::new();
+//! // A counter kept in worker memory per session, like a Python handler's
+//! // `ctx.session["n"] += 1`.
+//! let launcher = FakeLauncher::new().handler_ctx("count", |ctx: CallContext, _| {
+//!     let n = ctx.session_state().and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+//!     ctx.set_session_state(Value::from(n));
+//!     Ok(Value::from(n))
+//! });
 //! let pool = Pool::builder(launcher).workers(3).build().await?;
 //! let sessions = SessionPool::new(pool, SessionConfig::default())?;
 //!
 //! let chat = sessions.open();
-//! let first = chat.call_raw(portpool_transport::CallRequest::new("echo", 1)).await?;
-//! assert_eq!(first, Value::from(1));
-//! let bound = sessions.binding(chat.id()).await.expect("bound on first call");
-//! // Every later call of the session runs on the same worker.
-//! for _ in 0..5 {
-//!     chat.call_raw(portpool_transport::CallRequest::new("echo", 1)).await?;
-//!     assert_eq!(sessions.binding(chat.id()).await.unwrap().worker, bound.worker);
+//! for expected in 1..=5u64 {
+//!     // Every call of the session runs on the worker holding its state.
+//!     let n: u64 = chat.call("count", &()).await?;
+//!     assert_eq!(n, expected);
 //! }
-//! chat.close().await?;
+//! chat.close().await?; // the worker drops the state
 //! assert!(sessions.is_empty().await);
 //! # Ok(())
 //! # }

@@ -141,7 +141,11 @@ impl SessionPool {
     }
 
     /// Runs one raw request in `session`.
-    pub async fn call_raw(&self, session: &SessionId, mut request: CallRequest) -> Result<Value, SessionError> {
+    pub async fn call_raw(
+        &self,
+        session: &SessionId,
+        mut request: CallRequest,
+    ) -> Result<Value, SessionError> {
         request.session = Some(session.to_string());
         let _active = self.activate(session);
         // Only `Rebind` retries (once, when the worker vanished between the
@@ -176,7 +180,8 @@ impl SessionPool {
                 worker,
             }),
             Err(gone @ PoolError::WorkerGone { .. }) => {
-                self.lost(session, worker, "is no longer in the pool".into()).await?;
+                self.lost(session, worker, "is no longer in the pool".into())
+                    .await?;
                 Err(SessionError::Pool(gone))
             }
             Err(PoolError::Call(error @ CallError::WorkerCrashed { .. })) if error.worker() == worker => {
@@ -240,7 +245,8 @@ impl SessionPool {
             if inner.pool.is_serving(binding.worker) {
                 return Ok(binding.worker);
             }
-            self.lost(session, binding.worker, "is no longer in the pool".into()).await?;
+            self.lost(session, binding.worker, "is no longer in the pool".into())
+                .await?;
         }
         self.bind(session).await
     }
@@ -285,7 +291,10 @@ impl SessionPool {
             .ok_or_else(|| SessionError::NoWorker {
                 session: session.to_string(),
             })?;
-        let binding = inner.store.bind_if_absent(session, Binding::new(worker, Instant::now())).await;
+        let binding = inner
+            .store
+            .bind_if_absent(session, Binding::new(worker, Instant::now()))
+            .await;
         if binding.worker == worker {
             inner.pool.pin(worker);
         }
@@ -308,7 +317,13 @@ impl SessionPool {
                 max: self.inner.config.max_sessions,
             });
         };
-        if self.inner.store.remove_if_bound_to(&victim, binding.worker).await.is_some() {
+        if self
+            .inner
+            .store
+            .remove_if_bound_to(&victim, binding.worker)
+            .await
+            .is_some()
+        {
             metrics::counter!("portpool_sessions_evicted_total", "pool" => self.inner.pool.name().to_string())
                 .increment(1);
             self.release(&victim, binding.worker, "evicted").await;
@@ -353,7 +368,13 @@ impl SessionPool {
             if busy.contains(&session) || now.duration_since(binding.last_used) < ttl {
                 continue;
             }
-            if self.inner.store.remove_if_bound_to(&session, binding.worker).await.is_some() {
+            if self
+                .inner
+                .store
+                .remove_if_bound_to(&session, binding.worker)
+                .await
+                .is_some()
+            {
                 metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.pool.name().to_string())
                     .increment(1);
                 self.release(&session, binding.worker, "expired").await;

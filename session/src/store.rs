@@ -50,6 +50,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self) -> Vec<(SessionId, Binding)>;
     /// How many sessions are bound.
     async fn len(&self) -> usize;
+    /// Whether no session is bound.
+    async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
 }
 
 /// The default store: a map in this process.

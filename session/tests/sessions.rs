@@ -1,0 +1,396 @@
+//! Session affinity rules with fake workers and paused time.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use portpool_pool::{Backoff, Pool, PoolError};
+use portpool_session::*;
+use portpool_testkit::{CallContext, FakeLauncher};
+use portpool_transport::{CallRequest, Value, WorkerId};
+use tokio::time::Instant;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `count` increments per-session state on the worker and returns it;
+/// `whoami` returns the worker id; `sleep` sleeps params milliseconds.
+fn launcher() -> FakeLauncher {
+    FakeLauncher::new()
+        .handler_ctx("count", |ctx: CallContext, _| {
+            let n = ctx.session_state().and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+            ctx.set_session_state(Value::from(n));
+            Ok(Value::from(n))
+        })
+        .handler_ctx("whoami", |ctx: CallContext, _| Ok(Value::from(ctx.worker.0)))
+        .async_handler("sleep", |v: Value| async move {
+            tokio::time::sleep(Duration::from_millis(v.as_u64().unwrap_or(0))).await;
+            Ok(v)
+        })
+}
+
+async fn pool(l: &FakeLauncher, workers: usize) -> Pool {
+    Pool::builder(l.clone())
+        .name("sessions")
+        .workers(workers)
+        .heartbeat(None)
+        .breaker(None)
+        .checkout_timeout(Duration::from_secs(5))
+        .restart_backoff(Backoff {
+            base: ms(100),
+            cap: ms(1_000),
+            jitter: 0.0,
+            reset_after: Duration::from_secs(10),
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn count(sessions: &SessionPool, id: &SessionId) -> Result<u64, SessionError> {
+    sessions.call(id, "count", &()).await
+}
+
+async fn whoami(sessions: &SessionPool, id: &SessionId) -> u64 {
+    sessions.call(id, "whoami", &()).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_binds_on_first_use_and_keeps_its_worker_and_state() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 3).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    assert!(sessions.binding(&id).await.is_none());
+    for expected in 1..=5 {
+        assert_eq!(count(&sessions, &id).await.unwrap(), expected);
+    }
+    let bound = sessions.binding(&id).await.unwrap().worker;
+    let calls = l.worker(bound).unwrap().calls();
+    assert_eq!(calls.len(), 5);
+    assert!(
+        calls.iter().all(|c| c.session.as_deref() == Some(id.as_str())),
+        "calls carry the id"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_sessions_go_to_the_worker_with_fewest_sessions() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 3).await, SessionConfig::default()).unwrap();
+    for _ in 0..12 {
+        count(&sessions, &SessionId::new()).await.unwrap();
+    }
+    let per_worker = sessions.sessions_per_worker().await;
+    assert_eq!(per_worker.len(), 3);
+    assert!(per_worker.values().all(|n| *n == 4), "{per_worker:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_calls_of_one_session_bind_exactly_once() {
+    let l = launcher().max_concurrency(32);
+    let sessions = SessionPool::new(pool(&l, 4).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    let calls = (0..20).map(|_| {
+        let (sessions, id) = (sessions.clone(), id.clone());
+        tokio::spawn(async move { whoami(&sessions, &id).await })
+    });
+    let workers: HashSet<u64> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(workers.len(), 1, "all on one worker: {workers:?}");
+    assert_eq!(sessions.len().await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_affinity_queues_for_the_bound_worker() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    let bound = whoami(&sessions, &id).await;
+    let slow = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(1)).await;
+    let t0 = Instant::now();
+    assert_eq!(whoami(&sessions, &id).await, bound, "waited for its own worker");
+    assert_eq!(t0.elapsed(), ms(999));
+    slow.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_affinity_reports_a_busy_worker_at_once() {
+    let l = launcher();
+    let config = SessionConfig::default().affinity(Affinity::FailFast);
+    let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
+    let id = SessionId::new();
+    let bound = whoami(&sessions, &id).await;
+    let slow = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(1)).await;
+    let t0 = Instant::now();
+    let err = sessions.call::<_, u64>(&id, "whoami", &()).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::WorkerBusy { worker, .. } if worker == WorkerId(bound)),
+        "{err}"
+    );
+    assert_eq!(t0.elapsed(), ms(0));
+    slow.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn hint_affinity_falls_back_to_another_worker() {
+    let l = launcher();
+    let config = SessionConfig::default().affinity(Affinity::Hint);
+    let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
+    let id = SessionId::new();
+    let bound = whoami(&sessions, &id).await;
+    let slow = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(1)).await;
+    let t0 = Instant::now();
+    let elsewhere = whoami(&sessions, &id).await;
+    assert_ne!(elsewhere, bound, "ran on the free worker");
+    assert_eq!(t0.elapsed(), ms(0));
+    slow.await.unwrap().unwrap();
+    assert_eq!(
+        whoami(&sessions, &id).await,
+        bound,
+        "back on its worker once free"
+    );
+    assert_eq!(
+        sessions.binding(&id).await.unwrap().worker,
+        WorkerId(bound),
+        "binding unchanged"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_tells_the_worker_to_drop_the_state() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
+    let session = sessions.open();
+    assert_eq!(session.call::<_, u64>("count", &()).await.unwrap(), 1);
+    assert_eq!(session.call::<_, u64>("count", &()).await.unwrap(), 2);
+    let bound = sessions.binding(session.id()).await.unwrap().worker;
+    let id = session.id().clone();
+    session.close().await.unwrap();
+    assert_eq!(l.worker(bound).unwrap().session_closes(), vec![id.to_string()]);
+    assert!(sessions.is_empty().await);
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1, "a fresh session");
+    sessions.close(&SessionId::new()).await.unwrap(); // unknown: nothing to do
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_expire_after_the_ttl_busy_ones_do_not() {
+    let l = launcher();
+    let config = SessionConfig::default().idle_ttl(Some(Duration::from_secs(10)));
+    let sessions = SessionPool::new(pool(&l, 1).await, config).unwrap();
+    let (idle, busy) = (SessionId::new(), SessionId::new());
+    count(&sessions, &idle).await.unwrap();
+    let long = tokio::spawn({
+        let (sessions, busy) = (sessions.clone(), busy.clone());
+        async move { sessions.call::<_, u64>(&busy, "sleep", &30_000).await }
+    });
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(sessions.len().await, 2);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sessions.binding(&idle).await.is_none(), "expired");
+    assert!(
+        sessions.binding(&busy).await.is_some(),
+        "a session with a call running stays"
+    );
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec![idle.to_string()]
+    );
+    long.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(sessions.is_empty().await, "expired once idle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_sessions_evicts_the_least_recently_used_idle_session() {
+    let l = launcher();
+    let config = SessionConfig::default().max_sessions(2);
+    let sessions = SessionPool::new(pool(&l, 1).await, config).unwrap();
+    let (a, b, c) = (SessionId::new(), SessionId::new(), SessionId::new());
+    count(&sessions, &a).await.unwrap();
+    tokio::time::sleep(ms(10)).await;
+    count(&sessions, &b).await.unwrap();
+    tokio::time::sleep(ms(10)).await;
+    count(&sessions, &a).await.unwrap(); // a is now the most recent
+    count(&sessions, &c).await.unwrap();
+    assert!(sessions.binding(&b).await.is_none(), "b was least recently used");
+    assert!(sessions.binding(&a).await.is_some());
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec![b.to_string()]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_sessions_with_every_session_busy_is_too_many_sessions() {
+    let l = launcher().max_concurrency(4);
+    let config = SessionConfig::default().max_sessions(1);
+    let sessions = SessionPool::new(pool(&l, 1).await, config).unwrap();
+    let busy = SessionId::new();
+    let long = tokio::spawn({
+        let (sessions, busy) = (sessions.clone(), busy.clone());
+        async move { sessions.call::<_, u64>(&busy, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(1)).await;
+    let err = count(&sessions, &SessionId::new()).await.unwrap_err();
+    assert!(matches!(err, SessionError::TooManySessions { max: 1 }), "{err}");
+    long.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_bound_worker_reports_session_lost_once_then_starts_fresh() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    assert_eq!(count(&sessions, &id).await.unwrap(), 2);
+    let bound = sessions.binding(&id).await.unwrap().worker;
+    l.worker(bound).unwrap().crash();
+    tokio::time::sleep(ms(1)).await;
+
+    let err = count(&sessions, &id).await.unwrap_err();
+    match &err {
+        SessionError::SessionLost { session, worker, .. } => {
+            assert_eq!(session, id.as_str());
+            assert_eq!(*worker, bound);
+        }
+        other => panic!("expected SessionLost, got {other}"),
+    }
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1, "fresh state");
+    assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_a_session_call_is_session_lost_for_that_call_only() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    count(&sessions, &id).await.unwrap();
+    let bound = sessions.binding(&id).await.unwrap().worker;
+    let running = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(10)).await;
+    l.worker(bound).unwrap().crash();
+    let err = running.await.unwrap().unwrap_err();
+    assert!(matches!(err, SessionError::SessionLost { .. }), "{err}");
+    assert!(err.to_string().contains("crashed during the call"), "{err}");
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        1,
+        "no second SessionLost; fresh state"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rebind_mode_moves_the_session_silently() {
+    let l = launcher();
+    let config = SessionConfig::default().on_lost(OnLost::Rebind);
+    let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
+    let id = SessionId::new();
+    count(&sessions, &id).await.unwrap();
+    let bound = sessions.binding(&id).await.unwrap().worker;
+    l.worker(bound).unwrap().crash();
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        1,
+        "rebound, fresh state, no error"
+    );
+    assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
+    let l = launcher();
+    let pool = Pool::builder(l.clone())
+        .workers(1)
+        .heartbeat(None)
+        .breaker(None)
+        .max_requests(3)
+        .drain_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let sessions = SessionPool::new(pool.clone(), SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    for expected in 1..=3 {
+        assert_eq!(count(&sessions, &id).await.unwrap(), expected);
+    }
+    // The worker reached max_requests: a replacement starts, the old one
+    // drains but keeps serving its session.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pool.status().workers.len(), 2);
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        4,
+        "state kept while draining"
+    );
+    // New sessions go to the replacement.
+    let other = SessionId::new();
+    assert_eq!(whoami(&sessions, &other).await, 1);
+    // Closing the session lets the old worker go.
+    sessions.close(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
+    assert!(!pool.is_serving(WorkerId(0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_configuration_and_no_worker_are_typed_errors() {
+    let l = launcher();
+    let pool = pool(&l, 1).await;
+    let err = SessionPool::new(pool.clone(), SessionConfig::default().max_sessions(0)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Config {
+                field: "max_sessions",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = SessionPool::new(
+        pool.clone(),
+        SessionConfig::default().idle_ttl(Some(Duration::ZERO)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Config {
+                field: "idle_ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let sessions = SessionPool::new(pool.clone(), SessionConfig::default()).unwrap();
+    pool.shutdown(Duration::from_secs(1)).await;
+    let err = count(&sessions, &SessionId::new()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::NoWorker { .. } | SessionError::Pool(PoolError::PoolClosed { .. })
+        ),
+        "{err}"
+    );
+    let _ = CallRequest::new("unused", 1);
+}
