@@ -1,4 +1,102 @@
 //! portpool: run a pool of long-lived worker processes (Python first) from
 //! Rust over length-prefixed MessagePack frames.
+//!
+//! Each worker is a process speaking 4-byte big-endian length-prefixed
+//! MessagePack frames on its stdin/stdout (Erlang ports with `{packet, 4}`).
+//! The pool starts them in parallel, schedules calls onto the least-loaded
+//! one (many calls in flight per worker), restarts crashed workers, recycles
+//! old ones and reports every failure with the worker's stderr tail.
+//!
+//! This crate is the facade over the layers:
+//! - [`protocol`]: frames and messages (sans-IO);
+//! - [`transport`]: the `Worker`/`Launcher` traits and the process worker;
+//! - [`pool`]: scheduling, health, recycling and a circuit breaker;
+//! - the common types re-exported flat ([`Pool`], [`PoolBuilder`],
+//!   [`CallRequest`], [`Value`], [`WorkerCommand`], ...);
+//! - [`python`], the shortcut for a pool of Python workers;
+//! - with the `tower` feature, [`PoolService`], a `tower::Service` over a
+//!   pool, to compose with tower middleware.
+//!
+//! # Quick start
+//!
+//! A Python file with handlers (the worker runtime is the `portpool` Python
+//! package, installed into `.venv` by `cargo xtask setup`):
+//!
+//! ```python
+//! import portpool
+//!
+//! app = portpool.App(max_concurrency=16)
+//!
+//! @app.handler
+//! def echo(params):
+//!     return params
+//! ```
+//!
+//! and from Rust:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), portpool::PoolError> {
+//! // The interpreter is $PORTPOOL_PYTHON, else the nearest .venv, else python3.
+//! let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo_app.py");
+//! let pool = portpool::python(app).workers(2).build().await?;
+//!
+//! // Typed call (params and result through serde).
+//! let n: u64 = pool.call("primes", &1_000).await?;
+//! assert_eq!(n, 168);
+//!
+//! // Raw call with a session: the handler's `ctx.session` is kept per id.
+//! // (A session stays on one worker with portpool-session; here we hold
+//! // one worker with an exclusive lease.)
+//! let lease = pool.checkout().await?;
+//! for expected in 1..=3u64 {
+//!     let req = portpool::CallRequest::new("counter", portpool::Value::Nil).with_session("alice");
+//!     assert_eq!(lease.call_raw(req).await?, portpool::Value::from(expected));
+//! }
+//! drop(lease);
+//!
+//! println!("{} workers ready", pool.status().ready);
+//! pool.shutdown(Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
 
+use std::ffi::OsStr;
+
+pub use portpool_pool as pool;
 pub use portpool_protocol as protocol;
+pub use portpool_transport as transport;
+
+pub use portpool_pool::{
+    Backoff, BreakerConfig, BreakerState, Checkout, CrashLoop, Heartbeat, Lease, Pool, PoolBuilder,
+    PoolConfig, PoolError, PoolStatus, PoolStream, RecyclePolicy, StartMode, WorkerState, WorkerStatus,
+};
+pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
+pub use portpool_transport::{
+    find_python, CallError, CallRequest, LaunchError, Launcher, ProcessLauncher, Worker, WorkerCommand,
+    WorkerExit, WorkerId,
+};
+
+// ---------------------------------------------------------------------------
+// SESSION (reserved for the lead): re-export portpool-session here, e.g.
+//     pub use portpool_session as session;
+//     pub use portpool_session::{SessionPool, ...};
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "tower")]
+mod service;
+#[cfg(feature = "tower")]
+pub use service::{PoolRequest, PoolService};
+
+/// A [`PoolBuilder`] over Python workers running `app` (a `.py` file or
+/// `module:attr`) with the portpool runtime: `python -m portpool APP`.
+///
+/// The interpreter is chosen by [`find_python`]: `$PORTPOOL_PYTHON`, else
+/// the nearest `.venv/bin/python` up from the current directory, else
+/// `python3`. For another interpreter, environment or limits, build a
+/// [`WorkerCommand`] and use `Pool::builder(ProcessLauncher::new(command))`.
+pub fn python(app: impl AsRef<OsStr>) -> PoolBuilder {
+    Pool::builder(ProcessLauncher::new(WorkerCommand::python(app)))
+}

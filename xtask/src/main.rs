@@ -2,6 +2,12 @@
 //!
 //! - `setup`: create `.venv` and install the Python runtime (`python/`) into it.
 //! - `ci`: every check CI runs, with a summary; non-zero exit on any failure.
+//! - `demo`: `setup`, then `portpool demo` (release build): a mixed workload
+//!   over `examples/demo_app.py` with a worker killed mid-run, and a report.
+//! - `bench [--quick] [--json FILE] [--workers N] ...`: `setup`, then
+//!   `portpool bench` (release build): each scenario beside its baseline.
+//!
+//! Arguments after `demo` / `bench` are passed to the `portpool` command.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,6 +19,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(&root).map(|_| ()),
         Some("ci") => ci(&root),
+        Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
         Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
         None => Err(USAGE.to_string()),
     };
@@ -25,7 +32,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <setup | ci>";
+const USAGE: &str = "usage: cargo xtask <setup | ci | demo | bench [--quick] [--json FILE] [--workers N]>";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -101,6 +108,17 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// `cargo xtask demo|bench`: the venv, then the CLI built in release mode
+/// (honest numbers), run from the repository root with the venv's python.
+fn portpool_release(root: &Path, command: &str, extra: &[String]) -> Result<(), String> {
+    let python = setup(root)?;
+    run(cargo()
+        .current_dir(root)
+        .env("PORTPOOL_PYTHON", &python)
+        .args(["run", "--quiet", "--release", "-p", "portpool-cli", "--", command])
+        .args(extra))
+}
+
 fn ci(root: &Path) -> Result<(), String> {
     let started = Instant::now();
     let mut results: Vec<(&str, Result<(), String>, f64)> = Vec::new();
@@ -136,10 +154,11 @@ fn ci(root: &Path) -> Result<(), String> {
         ]))
     });
     step("cargo test", &mut || {
-        run(cargo()
-            .current_dir(root)
-            .env("PORTPOOL_PYTHON", &python)
-            .args(["test", "--workspace", "--all-features"]))
+        run(cargo().current_dir(root).env("PORTPOOL_PYTHON", &python).args([
+            "test",
+            "--workspace",
+            "--all-features",
+        ]))
     });
     step("cargo doc", &mut || {
         run(cargo()

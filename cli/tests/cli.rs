@@ -1,0 +1,152 @@
+//! Smoke tests of the `portpool` binary against the real Python runtime.
+//!
+//! The interpreter is `$PORTPOOL_PYTHON`, else the nearest `.venv` (as the
+//! binary finds it); `cargo xtask setup` creates it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn portpool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portpool"))
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn demo_app() -> String {
+    examples().join("demo_app.py").display().to_string()
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn call_echo_round_trips_json_and_bytes() {
+    let output = portpool()
+        .args([
+            "call",
+            "--app",
+            &demo_app(),
+            "echo",
+            r#"{"a": [1, -2, 2.5, null, true], "b": {"$bin": "00ff"}}"#,
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"a": [1, -2, 2.5, null, true], "b": {"$bin": "00ff"}})
+    );
+}
+
+#[test]
+fn call_stream_and_session() {
+    let output = portpool()
+        .args(["call", "--app", &demo_app(), "--stream", "count", "3"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["0", "1", "2"]);
+
+    let output = portpool()
+        .args(["call", "--app", &demo_app(), "--session", "s1", "counter"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(text(&output).0.trim(), "1");
+}
+
+#[test]
+fn call_error_exits_1_with_type_and_traceback() {
+    let output = portpool()
+        .args(["call", "--app", &demo_app(), "fail", r#""oops""#])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("ValueError: bad input: 'oops'"), "{stderr}");
+    assert!(stderr.contains("Traceback (most recent call last)"), "{stderr}");
+    assert!(stderr.contains("demo_app.py"), "{stderr}");
+}
+
+#[test]
+fn call_rejects_bad_json_without_starting_a_worker() {
+    let output = portpool()
+        .args(["call", "--app", &demo_app(), "echo", "{not json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).1.contains("not valid JSON"), "{}", text(&output).1);
+}
+
+#[test]
+fn doctor_passes_on_a_good_app() {
+    let output = portpool()
+        .args(["doctor", "--app", &demo_app()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for check in [
+        "interpreter",
+        "import portpool",
+        "import msgpack",
+        "app loads",
+        "methods",
+        "round trip",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("ok") && l.contains(check)),
+            "{check} not ok:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("primes"), "{stdout}");
+}
+
+#[test]
+fn doctor_explains_a_broken_app() {
+    let dir = std::env::temp_dir().join(format!("portpool-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("broken_app.py");
+    std::fs::write(
+        &app,
+        "import portpool\nimport no_such_module_xyz\napp = portpool.App()\n",
+    )
+    .unwrap();
+    let output = portpool().args(["doctor", "--app"]).arg(&app).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, _) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  app loads"), "{stdout}");
+    assert!(
+        stdout.contains("No module named 'no_such_module_xyz'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fix:"), "{stdout}");
+}
+
+#[test]
+fn doctor_explains_a_missing_interpreter() {
+    let output = portpool()
+        .args(["doctor", "--app", &demo_app(), "--python", "/nonexistent/python3"])
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout.contains("FAIL  interpreter"), "{stdout}");
+    assert!(stdout.contains("cargo xtask setup"), "{stdout}");
+}
