@@ -100,6 +100,9 @@ pub(crate) struct State {
     breaker: Breaker,
     last_error: Option<Arc<LaunchError>>,
     ever_ready: bool,
+    /// Workers whose crash the breaker already counted: one crash fails
+    /// every call in flight on it, but it is one fault.
+    counted_crashes: VecDeque<WorkerId>,
 }
 
 impl State {
@@ -311,6 +314,7 @@ impl Shared {
                 breaker,
                 last_error: None,
                 ever_ready: false,
+                counted_crashes: VecDeque::new(),
             }),
             next_worker: AtomicU64::new(0),
             stop: watch::channel(None).0,
@@ -623,8 +627,31 @@ impl Shared {
             }
             false
         } else {
-            let fault = matches!(res, Err(e) if e.is_worker_fault());
-            st.breaker.record(fault, probe, now)
+            let fault = match res {
+                Err(CallError::WorkerCrashed { worker, .. }) => {
+                    if st.counted_crashes.contains(worker) {
+                        None
+                    } else {
+                        if st.counted_crashes.len() == 64 {
+                            st.counted_crashes.pop_front();
+                        }
+                        st.counted_crashes.push_back(*worker);
+                        Some(true)
+                    }
+                }
+                Err(e) => Some(e.is_worker_fault()),
+                Ok(_) => Some(false),
+            };
+            match fault {
+                Some(fault) => st.breaker.record(fault, probe, now),
+                None => {
+                    // Already counted: neutral, like a closed worker.
+                    if probe {
+                        st.breaker.cancel_probe();
+                    }
+                    false
+                }
+            }
         };
         if changed {
             metrics::breaker(self.name(), st.breaker.state(now));

@@ -868,3 +868,42 @@ async fn dropping_the_last_handle_stops_the_workers() {
     tokio::time::sleep(secs(10)).await;
     assert!(l.live_workers().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_crash_with_many_calls_in_flight_is_one_breaker_fault() {
+    // Found by the demo: 16 calls on a killed worker opened the pool-wide
+    // breaker although the other workers were healthy.
+    let l = launcher().max_concurrency(16);
+    let pool = builder(&l)
+        .workers(2)
+        .breaker(Some(BreakerConfig {
+            failure_threshold: 3,
+            open_for: secs(10),
+            half_open_probes: 1,
+        }))
+        .build()
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call::<_, u64>("sleep", &5_000).await })
+        })
+        .collect();
+    settle().await;
+    let victim = l.workers().into_iter().max_by_key(|w| w.in_flight()).unwrap();
+    assert!(victim.in_flight() >= 3, "enough calls on one worker to trip a naive count");
+    victim.crash();
+    let mut crashed = 0;
+    for call in calls {
+        if let Err(e) = call.await.unwrap() {
+            assert!(e.is_worker_fault(), "{e}");
+            crashed += 1;
+        }
+    }
+    assert!(crashed >= 3);
+    assert_eq!(pool.status().breaker, BreakerState::Closed, "one crash, one fault");
+    let v: u32 = pool.call("echo", &1).await.unwrap();
+    assert_eq!(v, 1);
+    pool.shutdown(secs(1)).await;
+}
