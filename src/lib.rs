@@ -11,6 +11,8 @@
 //! - [`protocol`]: frames and messages (sans-IO);
 //! - [`transport`]: the `Worker`/`Launcher` traits and the process worker;
 //! - [`pool`]: scheduling, health, recycling and a circuit breaker;
+//! - [`session`]: session affinity ([`SessionPool`]), so per-session state
+//!   kept in a worker stays in that worker;
 //! - the common types re-exported flat ([`Pool`], [`PoolBuilder`],
 //!   [`CallRequest`], [`Value`], [`WorkerCommand`], ...);
 //! - [`python`], the shortcut for a pool of Python workers;
@@ -38,7 +40,7 @@
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), portpool::PoolError> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // The interpreter is $PORTPOOL_PYTHON, else the nearest .venv, else python3.
 //! let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo_app.py");
 //! let pool = portpool::python(app).workers(2).build().await?;
@@ -47,21 +49,21 @@
 //! let n: u64 = pool.call("primes", &1_000).await?;
 //! assert_eq!(n, 168);
 //!
-//! // Raw call with a session: the handler's `ctx.session` is kept per id.
-//! // (A session stays on one worker with portpool-session; here we hold
-//! // one worker with an exclusive lease.)
-//! let lease = pool.checkout().await?;
+//! // Sessions: each binds to one worker, whose handler keeps `ctx.session`.
+//! let sessions = portpool::SessionPool::new(pool.clone(), portpool::SessionConfig::default())?;
+//! let alice = sessions.open();
 //! for expected in 1..=3u64 {
-//!     let req = portpool::CallRequest::new("counter", portpool::Value::Nil).with_session("alice");
-//!     assert_eq!(lease.call_raw(req).await?, portpool::Value::from(expected));
+//!     let n: u64 = alice.call("counter", &()).await?;
+//!     assert_eq!(n, expected);
 //! }
-//! drop(lease);
+//! alice.close().await?;
 //!
 //! println!("{} workers ready", pool.status().ready);
 //! pool.shutdown(Duration::from_secs(5)).await;
 //! # Ok(())
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
 
@@ -79,11 +81,10 @@ pub use portpool_transport::{
     WorkerExit, WorkerId,
 };
 
-// ---------------------------------------------------------------------------
-// SESSION (reserved for the lead): re-export portpool-session here, e.g.
-//     pub use portpool_session as session;
-//     pub use portpool_session::{SessionPool, ...};
-// ---------------------------------------------------------------------------
+pub use portpool_session as session;
+pub use portpool_session::{
+    Affinity, OnLost, Session, SessionConfig, SessionError, SessionId, SessionPool, SessionStore,
+};
 
 #[cfg(feature = "tower")]
 mod service;

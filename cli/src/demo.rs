@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use portpool::{
-    BreakerConfig, CallRequest, Pool, PoolError, ProcessLauncher, Value, WorkerCommand, WorkerState,
+    BreakerConfig, CallRequest, OnLost, Pool, PoolError, ProcessLauncher, SessionConfig, SessionError,
+    SessionId, SessionPool, Value, WorkerCommand, WorkerState,
 };
 
 use crate::stats::{fmt_us, Samples};
@@ -37,12 +38,9 @@ pub struct DemoArgs {
     /// Do not kill a worker mid-run.
     #[arg(long)]
     no_kill: bool,
-    /// Consecutive worker faults that open the pool's circuit breaker. The
-    /// pool counts each call failed by a crash, so one killed worker with
-    /// many calls in flight would open a breaker at the default of 5 and
-    /// refuse every call for 5 s; the demo sets it above the calls one
-    /// worker runs at once. Use 5 to see the default.
-    #[arg(long, default_value_t = 64)]
+    /// Consecutive worker faults that open the pool's circuit breaker (one
+    /// crash counts once, however many calls it failed).
+    #[arg(long, default_value_t = 5)]
     breaker_threshold: u32,
 }
 
@@ -148,11 +146,15 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     });
     let start = Instant::now();
     let deadline = start + duration;
+    // Session conversations are bound to one worker each; losing it to the
+    // kill shows as `session_lost`, and the conversation starts over.
+    let sessions = SessionPool::new(pool.clone(), SessionConfig::default().on_lost(OnLost::Report))
+        .map_err(|e| format!("cannot set up sessions: {e}"))?;
     let mut tasks = Vec::new();
     for caller in 0..args.callers.max(1) {
-        let (pool, shared) = (pool.clone(), shared.clone());
+        let (pool, sessions, shared) = (pool.clone(), sessions.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
-            caller_loop(caller as u64, pool, shared, deadline).await
+            caller_loop(caller as u64, pool, sessions, shared, deadline).await
         }));
     }
 
@@ -255,20 +257,24 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-async fn caller_loop(caller: u64, pool: Pool, shared: Arc<Shared>, deadline: Instant) {
+async fn caller_loop(caller: u64, pool: Pool, sessions: SessionPool, shared: Arc<Shared>, deadline: Instant) {
     let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (caller + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
-    let mut conversation = 0u64;
     while Instant::now() < deadline {
         let kind = Kind::pick(next(&mut rng));
         let t = Instant::now();
         let outcome = match kind {
-            Kind::Cpu => pool.call_value("primes", Value::from(30_000)).await.map(|_| ()),
-            Kind::Io => pool.call_value("fetch", Value::from(40)).await.map(|_| ()),
+            Kind::Cpu => pool
+                .call_value("primes", Value::from(30_000))
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Kind::Io => pool
+                .call_value("fetch", Value::from(40))
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
             Kind::Stream => stream(&pool, 50).await,
-            Kind::Session => {
-                conversation += 1;
-                session(&pool, &format!("caller{caller}-{conversation}")).await
-            }
+            Kind::Session => session(&sessions).await,
         };
         let took = t.elapsed();
         let pause = {
@@ -288,7 +294,7 @@ fn record(
     tally: &mut Tally,
     kind: Kind,
     took: Duration,
-    outcome: Result<(), PoolError>,
+    outcome: Result<(), SessionError>,
 ) -> Option<Duration> {
     match outcome {
         Ok(()) => {
@@ -301,14 +307,20 @@ fn record(
         }
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            let key = e.outcome().to_string();
+            let key = match &e {
+                SessionError::Pool(e) => e.outcome(),
+                SessionError::SessionLost { .. } => "session_lost",
+                SessionError::WorkerBusy { .. } => "worker_busy",
+                _ => "session_error",
+            }
+            .to_string();
             *tally.errors.entry(key.clone()).or_default() += 1;
             tally
                 .error_examples
                 .entry(key)
                 .or_insert_with(|| e.to_string().lines().next().unwrap_or_default().to_owned());
             Some(match &e {
-                PoolError::CircuitOpen { retry_after, .. } => {
+                SessionError::Pool(PoolError::CircuitOpen { retry_after, .. }) => {
                     (*retry_after).clamp(Duration::from_millis(20), Duration::from_millis(250))
                 }
                 _ => Duration::from_millis(20),
@@ -317,37 +329,36 @@ fn record(
     }
 }
 
-async fn stream(pool: &Pool, n: u64) -> Result<(), PoolError> {
+async fn stream(pool: &Pool, n: u64) -> Result<(), SessionError> {
     let mut chunks = pool.stream(CallRequest::new("count", n)).await?;
     let mut expected = 0u64;
     while let Some(item) = chunks.next().await {
         let value = item?;
         if value.as_u64() != Some(expected) {
-            return Err(PoolError::Decode {
+            return Err(SessionError::Pool(PoolError::Decode {
                 method: "count".into(),
                 reason: format!("chunk {expected} was {value}"),
-            });
+            }));
         }
         expected += 1;
     }
     Ok(())
 }
 
-/// Three calls in one session on one leased worker; the counter must go 1, 2, 3.
-async fn session(pool: &Pool, id: &str) -> Result<(), PoolError> {
-    let lease = pool.checkout().await?;
+/// One conversation: three calls in a new session, which stays on one
+/// worker; its counter must go 1, 2, 3. Then the session is closed.
+async fn session(sessions: &SessionPool) -> Result<(), SessionError> {
+    let session = sessions.session(SessionId::new());
     for expected in 1..=3u64 {
-        let value = lease
-            .call_raw(CallRequest::new("counter", Value::Nil).with_session(id))
-            .await?;
+        let value = session.call_raw(CallRequest::new("counter", Value::Nil)).await?;
         if value.as_u64() != Some(expected) {
-            return Err(PoolError::Decode {
+            return Err(SessionError::Pool(PoolError::Decode {
                 method: "counter".into(),
-                reason: format!("session {id}: expected {expected}, got {value}"),
-            });
+                reason: format!("session {}: expected {expected}, got {value}", session.id()),
+            }));
         }
     }
-    Ok(())
+    session.close().await
 }
 
 fn report(

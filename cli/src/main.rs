@@ -12,6 +12,7 @@
 //!   run, as a table and JSON.
 //!
 //! The default apps are the repository's `examples/` folder.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -74,6 +74,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 mod breaker;
 mod builder;

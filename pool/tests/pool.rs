@@ -892,7 +892,10 @@ async fn one_crash_with_many_calls_in_flight_is_one_breaker_fault() {
         .collect();
     settle().await;
     let victim = l.workers().into_iter().max_by_key(|w| w.in_flight()).unwrap();
-    assert!(victim.in_flight() >= 3, "enough calls on one worker to trip a naive count");
+    assert!(
+        victim.in_flight() >= 3,
+        "enough calls on one worker to trip a naive count"
+    );
     victim.crash();
     let mut crashed = 0;
     for call in calls {
@@ -902,7 +905,11 @@ async fn one_crash_with_many_calls_in_flight_is_one_breaker_fault() {
         }
     }
     assert!(crashed >= 3);
-    assert_eq!(pool.status().breaker, BreakerState::Closed, "one crash, one fault");
+    assert_eq!(
+        pool.status().breaker,
+        BreakerState::Closed,
+        "one crash, one fault"
+    );
     let v: u32 = pool.call("echo", &1).await.unwrap();
     assert_eq!(v, 1);
     pool.shutdown(secs(1)).await;

@@ -34,6 +34,7 @@
 //! assert_eq!(&buf[..4], &(buf.len() as u32 - 4).to_be_bytes());
 //! assert_eq!(codec.decode(&mut buf).unwrap(), Some(request));
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod blocking;
 mod codec;

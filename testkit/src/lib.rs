@@ -87,6 +87,7 @@
 //!
 //! Process-level tests spawn the `fake-worker` binary instead; see
 //! [`fake_worker_path`] and [`FakeWorkerArgs`].
+#![forbid(unsafe_code)]
 
 mod events;
 mod fake_bin;

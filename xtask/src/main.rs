@@ -8,6 +8,7 @@
 //!   `portpool bench` (release build): each scenario beside its baseline.
 //!
 //! Arguments after `demo` / `bench` are passed to the `portpool` command.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

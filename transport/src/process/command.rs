@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use portpool_protocol::DEFAULT_MAX_FRAME;
 
+use super::limits::Limits;
+
 /// How to start one worker process: program, arguments, environment and
 /// working directory (no shell is involved), plus the transport's limits.
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub struct WorkerCommand {
     pub(crate) max_frame: usize,
     pub(crate) stderr_tail_lines: usize,
     pub(crate) max_concurrency: Option<usize>,
+    pub(crate) env_allowlist: Option<Vec<OsString>>,
+    pub(crate) limits: Limits,
 }
 
 /// Default time a worker has to send its hello.
@@ -40,6 +44,8 @@ impl WorkerCommand {
             max_frame: DEFAULT_MAX_FRAME,
             stderr_tail_lines: DEFAULT_STDERR_TAIL_LINES,
             max_concurrency: None,
+            env_allowlist: None,
+            limits: Limits::default(),
         }
     }
 
@@ -91,6 +97,61 @@ impl WorkerCommand {
     /// Starts from an empty environment (then applies [`WorkerCommand::env`]).
     pub fn env_clear(mut self) -> Self {
         self.env_clear = true;
+        self
+    }
+
+    /// Environment hygiene: starts the worker from an empty environment and
+    /// copies in only the variables named here that the parent has set
+    /// (for example `PATH`, `HOME`, `LANG`), so secrets in the host's
+    /// environment do not reach the worker. Variables set with
+    /// [`WorkerCommand::env`] are added on top, and the launcher always sets
+    /// `PORTPOOL_MAX_FRAME`. Calling it again extends the list; an empty
+    /// list gives an empty environment (CPython starts fine without one).
+    ///
+    /// ```
+    /// # use portpool_transport::WorkerCommand;
+    /// let cmd = WorkerCommand::python("app.py")
+    ///     .env_allowlist(["PATH", "HOME", "LANG"])
+    ///     .env("MODEL", "small");
+    /// ```
+    pub fn env_allowlist<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.env_allowlist
+            .get_or_insert_with(Vec::new)
+            .extend(keys.into_iter().map(|k| k.as_ref().to_owned()));
+        self
+    }
+
+    /// Limits the worker's address space (`RLIMIT_AS`) to `bytes`. An
+    /// allocation past it fails inside the worker (Python raises
+    /// `MemoryError`, which the handler's caller gets as
+    /// [`CallError::Remote`](crate::CallError::Remote)); the worker lives on.
+    /// Leave headroom: the interpreter and its libraries count too, and
+    /// thread stacks are reserved address space.
+    pub fn limit_address_space(mut self, bytes: u64) -> Self {
+        self.limits.address_space = Some(bytes);
+        self
+    }
+
+    /// Limits the worker's CPU time (`RLIMIT_CPU`), rounded up to whole
+    /// seconds. At the limit the kernel sends SIGXCPU (which ends the
+    /// worker), and SIGKILL one second later if it survives; in-flight calls
+    /// end with [`CallError::WorkerCrashed`](crate::CallError::WorkerCrashed)
+    /// naming the signal, and a pool replaces the worker. The limit counts
+    /// the worker's whole life, not one call.
+    pub fn limit_cpu_time(mut self, time: Duration) -> Self {
+        self.limits.set_cpu_time(time);
+        self
+    }
+
+    /// Limits the number of file descriptors the worker may have open
+    /// (`RLIMIT_NOFILE`); opening more fails in the worker (`OSError`,
+    /// "Too many open files").
+    pub fn limit_open_files(mut self, n: u64) -> Self {
+        self.limits.open_files = Some(n);
         self
     }
 

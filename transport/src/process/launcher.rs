@@ -54,8 +54,13 @@ impl ProcessLauncher {
             // started at once, and a terminal's Ctrl-C is ours to forward.
             .process_group(0)
             .kill_on_drop(true);
-        if cmd.env_clear {
+        if cmd.env_clear || cmd.env_allowlist.is_some() {
             command.env_clear();
+        }
+        for key in cmd.env_allowlist.iter().flatten() {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
         }
         for key in &cmd.env_remove {
             command.env_remove(key);
@@ -67,6 +72,7 @@ impl ProcessLauncher {
         if let Some(dir) = &cmd.cwd {
             command.current_dir(dir);
         }
+        cmd.limits.apply(&mut command);
 
         let span = tracing::info_span!("portpool.launch", worker = %id);
         let _enter = span.enter();
@@ -105,6 +111,11 @@ impl ProcessLauncher {
             exit_tx.send_replace(Some(exit));
         });
 
+        // If this future is dropped before the hello (a caller's time-out, a
+        // pool shut down while starting), nothing else owns the process yet:
+        // kill its group rather than leave it running until its import ends.
+        let mut unclaimed = KillGroupOnDrop(pid);
+
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
         let first = tokio::time::timeout(cmd.init_timeout, frames.next()).await;
         let hello = match first {
@@ -116,6 +127,7 @@ impl ProcessLauncher {
             Ok(Some(Err(e))) => Err(e.to_string()),
             Ok(None) => {
                 let exit = reap(pid, exit_rx.clone()).await;
+                unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::ExitedDuringInit {
                     worker: id,
@@ -126,6 +138,7 @@ impl ProcessLauncher {
             }
             Err(_elapsed) => {
                 reap(pid, exit_rx.clone()).await;
+                unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::InitTimeout {
                     worker: id,
@@ -139,6 +152,7 @@ impl ProcessLauncher {
             Ok(hello) => hello,
             Err(reason) => {
                 reap(pid, exit_rx.clone()).await;
+                unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::BadHello {
                     worker: id,
@@ -160,6 +174,7 @@ impl ProcessLauncher {
             hello,
             max_concurrency,
         };
+        unclaimed.disarm();
         Ok(ProcessWorker::start(Spawned {
             info,
             max_frame: cmd.max_frame,
@@ -175,6 +190,24 @@ impl ProcessLauncher {
 impl Launcher for ProcessLauncher {
     async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError> {
         Ok(Box::new(self.spawn(id).await?))
+    }
+}
+
+/// Kills a worker's process group when dropped, unless disarmed: the
+/// launcher's guard while it waits for the hello.
+struct KillGroupOnDrop(Option<u32>);
+
+impl KillGroupOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            signal_group(pgid, Signal::SIGKILL);
+        }
     }
 }
 

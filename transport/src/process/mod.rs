@@ -2,6 +2,7 @@
 
 mod command;
 mod launcher;
+mod limits;
 mod signal;
 mod stderr;
 mod worker;

@@ -419,7 +419,12 @@ impl Worker for ProcessWorker {
     }
 
     fn is_alive(&self) -> bool {
-        !*self.inner.dead_tx.borrow() && !self.inner.closing.load(Ordering::Acquire)
+        // `state.dead` is set before in-flight calls are failed, `dead_tx`
+        // only after: a caller that just got `WorkerCrashed` must not see
+        // the worker as alive.
+        !*self.inner.dead_tx.borrow()
+            && !self.inner.closing.load(Ordering::Acquire)
+            && self.inner.state().dead.is_none()
     }
 
     fn rss_bytes(&self) -> Option<u64> {
