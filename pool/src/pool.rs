@@ -151,6 +151,17 @@ impl Pool {
         tracing::Instrument::instrument(fut, span).await
     }
 
+    /// Whether the pool was shut down (or is shutting down): every call now
+    /// fails with [`PoolError::PoolClosed`].
+    pub fn is_closed(&self) -> bool {
+        self.shared().lock().closed
+    }
+
+    /// The error calls get once the pool is closed.
+    pub fn closed_error(&self) -> PoolError {
+        self.shared().closed_error()
+    }
+
     /// Workers ready for new work (not starting, draining or gone).
     pub fn ready_workers(&self) -> Vec<WorkerId> {
         self.shared().ready_workers()

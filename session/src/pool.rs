@@ -162,6 +162,10 @@ impl SessionPool {
 
     async fn call_bound(&self, session: &SessionId, request: CallRequest) -> Result<Value, SessionError> {
         let inner = &self.inner;
+        // A closed pool is not a lost worker: say what really happened.
+        if inner.pool.is_closed() {
+            return Err(SessionError::Pool(inner.pool.closed_error()));
+        }
         let worker = self.bound_worker(session).await?;
         let pool = &inner.pool;
         let result = match inner.config.affinity {

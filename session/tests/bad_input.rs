@@ -355,9 +355,6 @@ async fn calls_after_shutdown_are_pool_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in session/src/pool.rs: after Pool::shutdown a bound session's call is \
-            SessionLost (worker no longer in the pool) and an unbound one is NoWorker, \
-            instead of SessionError::Pool(PoolClosed)"]
 async fn session_calls_after_shutdown_are_pool_closed() {
     let pool = pool(bad(), 1).await;
     let sessions = SessionPool::new(pool.clone(), SessionConfig::default()).unwrap();

@@ -386,10 +386,7 @@ async fn bad_configuration_and_no_worker_are_typed_errors() {
     pool.shutdown(Duration::from_secs(1)).await;
     let err = count(&sessions, &SessionId::new()).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            SessionError::NoWorker { .. } | SessionError::Pool(PoolError::PoolClosed { .. })
-        ),
+        matches!(err, SessionError::Pool(PoolError::PoolClosed { .. })),
         "{err}"
     );
     let _ = CallRequest::new("unused", 1);
