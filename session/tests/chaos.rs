@@ -25,7 +25,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_SECONDS: u64 = 5;
 const MAX_SECONDS: u64 = 600;
 /// Allowed growth of our own RSS between warm-up and the end.
-const MAX_RSS_GROWTH: u64 = 50 * 1024 * 1024;
+const MAX_RSS_GROWTH: u64 = 16 * 1024 * 1024;
 
 fn seconds() -> u64 {
     std::env::var("PORTPOOL_CHAOS_SECONDS")

@@ -7,6 +7,11 @@
 //! - `bench [--quick] [--json FILE] [--workers N] ...`: `setup`, then
 //!   `portpool bench` (release build): each scenario beside its baseline.
 //!
+//! - `chaos [--seconds N]`: `setup`, then the chaos soak (release build):
+//!   real Python workers SIGKILLed and hung under a mixed workload for N
+//!   seconds (default 60), checked for exactly-once outcomes, leaks and
+//!   orphans. `ci` runs a 5 s version of it.
+//!
 //! Arguments after `demo` / `bench` are passed to the `portpool` command.
 #![forbid(unsafe_code)]
 
@@ -21,6 +26,7 @@ fn main() -> ExitCode {
         Some("setup") => setup(&root).map(|_| ()),
         Some("ci") => ci(&root),
         Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
+        Some("chaos") => chaos(&root, &args[1..]),
         Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
         None => Err(USAGE.to_string()),
     };
@@ -33,7 +39,41 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <setup | ci | demo | bench [--quick] [--json FILE] [--workers N]>";
+const USAGE: &str =
+    "usage: cargo xtask <setup | ci | demo | bench [--quick] [--json FILE] [--workers N] | chaos [--seconds N]>";
+
+/// The longest chaos run accepted, so a typo cannot start an endless soak.
+const MAX_CHAOS_SECONDS: u64 = 600;
+
+/// Runs the chaos soak test for `--seconds N` (default 60, at most 600).
+fn chaos(root: &Path, args: &[String]) -> Result<(), String> {
+    let seconds = match args {
+        [] => 60,
+        [flag, n] if flag == "--seconds" => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_CHAOS_SECONDS).contains(n))
+            .ok_or_else(|| {
+                format!("--seconds takes a whole number from 1 to {MAX_CHAOS_SECONDS}, not {n:?}")
+            })?,
+        _ => return Err(format!("usage: cargo xtask chaos [--seconds N]; got {args:?}")),
+    };
+    let python = setup(root)?;
+    run(cargo()
+        .current_dir(root)
+        .env("PORTPOOL_PYTHON", &python)
+        .env("PORTPOOL_CHAOS_SECONDS", seconds.to_string())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "portpool-session",
+            "--test",
+            "chaos",
+            "--",
+            "--nocapture",
+        ]))
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
