@@ -19,6 +19,7 @@
 //!   (a timestamped event log).
 //! - With the `mock` feature: mockall mocks of the traits, `MockWorker` and
 //!   `MockLauncher`, and `mockall` itself.
+//! - With the `pool` feature: `fake_pool`, a ready pool of fakes in one line.
 //!
 //! The fake worker keeps the contract of the process worker: every call
 //! ends exactly once; a crash fails every in-flight and later call with
@@ -94,6 +95,8 @@ mod fake_bin;
 mod handler;
 mod launcher;
 mod ledger;
+#[cfg(feature = "pool")]
+mod pool;
 mod record;
 mod script;
 mod worker;
@@ -103,6 +106,8 @@ pub use fake_bin::{fake_worker_path, FakeWorkerArgs, FakeWorkerNotFound, FAKE_WO
 pub use handler::{remote_error, CallContext, HandlerResult};
 pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
+#[cfg(feature = "pool")]
+pub use pool::fake_pool;
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
 pub use worker::{FakeWorker, FakeWorkerHandle};
