@@ -99,7 +99,7 @@ impl Breaker {
                 *failures += 1;
                 if *failures >= cfg.failure_threshold {
                     self.inner = Inner::Open {
-                        until: now + cfg.open_for,
+                        until: crate::shared::after(now, cfg.open_for),
                     };
                     true
                 } else {
@@ -116,7 +116,7 @@ impl Breaker {
             }
             (Inner::HalfOpen { .. }, true) => {
                 self.inner = Inner::Open {
-                    until: now + cfg.open_for,
+                    until: crate::shared::after(now, cfg.open_for),
                 };
                 true
             }

@@ -36,7 +36,7 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         let grace = self.shared.config.stop_grace;
-        self.shared.close(Instant::now() + grace);
+        self.shared.close(crate::shared::after(Instant::now(), grace));
     }
 }
 
@@ -102,7 +102,7 @@ impl Pool {
         let shared = self.shared();
         let span = call_span(&shared.config.name, &request.method);
         let fut = async {
-            let guard = self.acquire(Checkout::Shared).await?;
+            let guard = self.acquire(Checkout::Shared, true).await?;
             run_call(&guard, request).await
         };
         tracing::Instrument::instrument(fut, span).await
@@ -111,7 +111,7 @@ impl Pool {
     /// Starts a streaming call. The stream holds a worker slot until it
     /// ends or is dropped.
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
-        let guard = self.acquire(Checkout::Shared).await?;
+        let guard = self.acquire(Checkout::Shared, true).await?;
         let (worker, id) = (guard.worker.clone(), guard.id);
         open_stream(self.shared().clone(), worker, id, Some(guard), request).await
     }
@@ -124,7 +124,7 @@ impl Pool {
 
     /// Checks out a worker with the given [`Checkout`] kind.
     pub async fn checkout_with(&self, kind: Checkout) -> Result<Lease, PoolError> {
-        self.acquire(kind).await.map(Lease::new)
+        self.acquire(kind, false).await.map(Lease::new)
     }
 
     /// Runs one raw request on one particular worker (session affinity).
@@ -143,7 +143,7 @@ impl Pool {
         let span = call_span(&shared.config.name, &request.method);
         let fut = async {
             let guard = shared
-                .acquire_on(Checkout::Shared, Some(worker), wait == Wait::FailFast)
+                .acquire_on(Checkout::Shared, Some(worker), wait == Wait::FailFast, true)
                 .await
                 .inspect_err(|e| metrics::call(&shared.config.name, e.outcome()))?;
             run_call(&guard, request).await
@@ -197,9 +197,9 @@ impl Pool {
         Ok(handle.close_session(session).await?)
     }
 
-    async fn acquire(&self, kind: Checkout) -> Result<crate::shared::SlotGuard, PoolError> {
+    async fn acquire(&self, kind: Checkout, for_call: bool) -> Result<crate::shared::SlotGuard, PoolError> {
         let shared = self.shared();
-        shared.acquire(kind).await.inspect_err(|e| {
+        shared.acquire(kind, for_call).await.inspect_err(|e| {
             metrics::call(&shared.config.name, e.outcome());
             tracing::debug!(error = %e, "checkout failed");
         })
@@ -215,7 +215,7 @@ impl Pool {
     /// worker. Returns when all workers are stopped.
     pub async fn shutdown(&self, grace: Duration) {
         let shared = self.shared();
-        shared.close(Instant::now() + grace);
+        shared.close(crate::shared::after(Instant::now(), grace));
         shared.join_tasks().await;
     }
 }

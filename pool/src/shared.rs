@@ -140,6 +140,17 @@ impl State {
         (free && !e.exclusive && e.worker.is_alive()).then_some(idx)
     }
 
+    /// The worker a blocked exclusive waiter will most likely get first: the
+    /// usable one with the fewest calls. Calls for that worker queue behind
+    /// the exclusive waiter, so session traffic cannot starve it.
+    fn reserved_for_exclusive(&self) -> Option<WorkerId> {
+        self.entries
+            .iter()
+            .filter(|e| e.usable())
+            .min_by_key(|e| (e.in_use, e.served, e.id))
+            .map(|e| e.id)
+    }
+
     fn serving(&self, target: WorkerId) -> bool {
         self.entries.iter().any(|e| e.id == target && e.worker.is_alive())
     }
@@ -271,7 +282,7 @@ impl Drop for SlotGuard {
 
 /// Removes a queued waiter whose future was dropped.
 struct WaiterCleanup<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     id: u64,
     active: bool,
 }
@@ -281,9 +292,19 @@ impl Drop for WaiterCleanup<'_> {
         if self.active {
             let mut st = self.shared.lock();
             st.remove_waiter(self.id);
+            // A waiter that blocked the head of the queue is gone: those
+            // behind it may be servable now.
+            self.shared.dispatch(&mut st);
             metrics::queue_depth(&self.shared.config.name, st.waiters.len());
         }
     }
+}
+
+/// `from + d`, saturating far in the future instead of overflowing (a
+/// `Duration::MAX` setting means "never").
+pub(crate) fn after(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 pub(crate) struct Shared {
@@ -397,17 +418,26 @@ impl Shared {
     /// Acquires a slot: at once if a worker is free and nobody is queued,
     /// else in FIFO order. Cancel-safe: dropping the future at any point
     /// leaves no waiter, slot or probe behind.
-    pub(crate) async fn acquire(self: &Arc<Self>, kind: Checkout) -> Result<SlotGuard, PoolError> {
-        self.acquire_on(kind, None, false).await
+    /// `for_call`: the checkout serves one call (or stream) and may be the
+    /// breaker's half-open probe; a lease may not.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        kind: Checkout,
+        for_call: bool,
+    ) -> Result<SlotGuard, PoolError> {
+        self.acquire_on(kind, None, false, for_call).await
     }
 
     /// Like [`Shared::acquire`], restricted to `target` when given. With
     /// `fail_fast`, a busy target is `WorkerBusy` at once instead of a wait.
+    /// Only a checkout for one call (`may_probe`) can be the breaker's
+    /// half-open probe: a lease held idle must not block the pool.
     pub(crate) async fn acquire_on(
         self: &Arc<Self>,
         kind: Checkout,
         target: Option<WorkerId>,
         fail_fast: bool,
+        may_probe: bool,
     ) -> Result<SlotGuard, PoolError> {
         let start = Instant::now();
         let cfg = &self.config;
@@ -417,6 +447,10 @@ impl Shared {
                 return Err(self.closed_error());
             }
             let probe = match st.breaker.admit(start) {
+                Ok(true) if !may_probe => {
+                    st.breaker.cancel_probe();
+                    false
+                }
                 Ok(probe) => probe,
                 Err(retry_after) => {
                     return Err(PoolError::CircuitOpen {
@@ -425,11 +459,25 @@ impl Shared {
                     })
                 }
             };
-            // Nobody queued ahead of us could take what we would take.
-            let ahead = st
-                .waiters
-                .iter()
-                .any(|w| w.target.is_none() || w.target == target);
+            if !st.waiters.is_empty() {
+                // Serve whoever can be served first, so what remains queued
+                // really is blocked.
+                self.dispatch(&mut st);
+            }
+            // Nobody queued ahead of us could take what we would take: for
+            // any worker, a caller queued for any worker; for one worker, a
+            // caller for that worker, or an exclusive caller it is reserved for.
+            let ahead = match target {
+                None => st.waiters.iter().any(|w| w.target.is_none()),
+                Some(t) => {
+                    let exclusive_waiting = st
+                        .waiters
+                        .iter()
+                        .any(|w| w.target.is_none() && w.kind == Checkout::Exclusive);
+                    st.waiters.iter().any(|w| w.target == Some(t))
+                        || (exclusive_waiting && st.reserved_for_exclusive() == Some(t))
+                }
+            };
             if !ahead {
                 let picked = match target {
                     Some(t) => st.pick_target(kind, t),
@@ -493,7 +541,7 @@ impl Shared {
             id: waiter_id,
             active: true,
         };
-        let mut deadline = start + cfg.checkout_timeout;
+        let mut deadline = after(start, cfg.checkout_timeout);
         loop {
             tokio::select! {
                 biased;
@@ -511,10 +559,11 @@ impl Shared {
                         if !st.ever_ready && !st.slots.is_empty() && !st.closed {
                             // The pool is still starting its first worker:
                             // start time is not a checkout time-out.
-                            deadline = Instant::now() + cfg.checkout_timeout;
+                            deadline = after(Instant::now(), cfg.checkout_timeout);
                             continue;
                         }
                         st.remove_waiter(waiter_id);
+                        self.dispatch(&mut st);
                         metrics::queue_depth(self.name(), st.waiters.len());
                         cleanup.active = false;
                         return Err(PoolError::Timeout {
@@ -564,16 +613,23 @@ impl Shared {
         // served stops the rest, so an exclusive waiter is not starved);
         // callers waiting for one particular worker never block others.
         let mut any_blocked = false;
+        let mut reserved: Option<WorkerId> = None;
         let mut i = 0;
         while i < st.waiters.len() {
             let (kind, target) = (st.waiters[i].kind, st.waiters[i].target);
             let picked = match target {
+                Some(t) if reserved == Some(t) => None,
                 Some(t) => st.pick_target(kind, t),
                 None if any_blocked => None,
                 None => st.pick(kind),
             };
             let Some(idx) = picked else {
-                any_blocked |= target.is_none();
+                if target.is_none() {
+                    any_blocked = true;
+                    if kind == Checkout::Exclusive && reserved.is_none() {
+                        reserved = st.reserved_for_exclusive();
+                    }
+                }
                 i += 1;
                 continue;
             };

@@ -8,7 +8,7 @@ use portpool_transport::Worker;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::shared::{Shared, SlotId, SlotPhase};
+use crate::shared::{after, Shared, SlotId, SlotPhase};
 
 type Stop = watch::Receiver<Option<Instant>>;
 
@@ -81,7 +81,7 @@ fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'stati
     let life = policy.max_lifetime?;
     let r: f64 = rand::random();
     Some((
-        from + life.mul_f64(1.0 - policy.lifetime_jitter * r),
+        after(from, life.mul_f64(1.0 - policy.lifetime_jitter * r)),
         "max_lifetime",
     ))
 }
@@ -116,8 +116,10 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
             _ = tick.tick() => {
                 if shared.try_retire(slot, id) {
                     tracing::info!(pool = %cfg.name, worker = %id, "stopping idle worker");
-                    worker.shutdown(cfg.stop_grace).await;
-                    shared.remove_entry(id);
+                    // Through the drain: a call for this worker may have
+                    // been granted just before it was marked draining.
+                    let deadline = after(Instant::now(), cfg.drain_timeout);
+                    drain_and_stop(shared, worker, deadline, Some(cfg.stop_grace)).await;
                     return End::Retired;
                 }
                 maintenance(shared, &worker, &mut misses).await
@@ -125,14 +127,41 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
         };
         let Some(reason) = reason else { continue };
         tracing::info!(pool = %cfg.name, worker = %id, reason, "recycling worker");
-        let launched = tokio::select! {
-            r = shared.launch(slot) => r,
-            deadline = stopped(stop) => {
-                drain_and_stop(shared, worker, deadline, None).await;
-                return End::Stopped;
+        let launch = shared.launch(slot);
+        tokio::pin!(launch);
+        // The old worker may die while its replacement starts (recycling is
+        // often for ill health): that is a crash, handled at once.
+        let mut old_died = false;
+        let launched = loop {
+            tokio::select! {
+                r = &mut launch => break r,
+                exit = worker.closed(), if !old_died => {
+                    tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited while its replacement started");
+                    shared.on_crash(slot, id, exit);
+                    old_died = true;
+                }
+                deadline = stopped(stop) => {
+                    if !old_died {
+                        drain_and_stop(shared, worker, deadline, None).await;
+                    }
+                    return End::Stopped;
+                }
             }
         };
         match launched {
+            Ok(new) if old_died => {
+                shared.on_ready(slot, new.clone());
+                worker = new;
+                started = Instant::now();
+                recycle_at = lifetime_deadline(shared, started);
+                misses = 0;
+            }
+            Err(e) if old_died => {
+                shared.on_launch_failed(slot, e, true);
+                return End::Crashed {
+                    uptime: started.elapsed(),
+                };
+            }
             Ok(new) => {
                 // Make before break: the replacement serves before the old
                 // worker drains.
@@ -142,7 +171,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
                 shared.mark_draining(old.info().id);
                 let drain = tokio::spawn({
                     let shared = shared.clone();
-                    let deadline = Instant::now() + cfg.drain_timeout;
+                    let deadline = after(Instant::now(), cfg.drain_timeout);
                     async move { drain_and_stop(&shared, old, deadline, Some(cfg_grace(&shared))).await }
                 });
                 shared.track(drain);
@@ -153,7 +182,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
             Err(e) => {
                 // Keep the old worker serving; try again after a backoff.
                 shared.on_launch_failed(slot, e, false);
-                recycle_at = Some((Instant::now() + cfg.restart.jittered(1), reason));
+                recycle_at = Some((after(Instant::now(), cfg.restart.jittered(1)), reason));
             }
         }
     }
@@ -208,12 +237,24 @@ async fn drain_and_stop(
     };
     // When the whole pool stops, pins no longer matter: only running calls.
     let calls_done = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || e.in_use == 0);
+    let wait = async {
+        tokio::select! {
+            _ = shared.wait_until(Some(deadline), idle) => deadline,
+            d = stopped(&mut stop) => {
+                let d = d.min(deadline);
+                shared.wait_until(Some(d), calls_done).await;
+                d
+            }
+        }
+    };
     let deadline = tokio::select! {
-        _ = shared.wait_until(Some(deadline), idle) => deadline,
-        d = stopped(&mut stop) => {
-            let d = d.min(deadline);
-            shared.wait_until(Some(d), calls_done).await;
-            d
+        d = wait => d,
+        exit = worker.closed() => {
+            // Died while draining: forget it now, so calls waiting for it
+            // fail with WorkerGone instead of waiting out the drain.
+            tracing::warn!(pool = %shared.config.name, worker = %id, %exit, "worker exited while draining");
+            shared.remove_entry(id);
+            return;
         }
     };
     let grace = grace.unwrap_or_else(|| deadline.saturating_duration_since(Instant::now()));
