@@ -551,3 +551,46 @@ async fn no_orphans_when_the_host_is_killed() {
         assert!(is_gone(pid), "worker {pid} outlived its SIGKILLed host");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descendant_holding_stdout_open_does_not_keep_a_dead_worker_alive() {
+    // The worker exits; a child it forked left the process group (setsid)
+    // and still holds the protocol pipe, so no EOF ever comes.
+    let source = "import os, sys, time, msgpack\n\
+h = msgpack.packb({'type': 'hello', 'protocol_major': 1, 'protocol_minor': 0, 'pid': os.getpid(), 'max_concurrency': 1})\n\
+sys.stdout.buffer.write(len(h).to_bytes(4, 'big') + h); sys.stdout.flush()\n\
+sys.stdin.buffer.read(4)\n\
+r, w = os.pipe()\n\
+pid = os.fork()\n\
+if pid == 0:\n    os.setsid()\n    os.write(w, b'x')\n    time.sleep(30)\n    os._exit(0)\n\
+os.read(r, 1)\n\
+sys.stderr.write(f'descendant {pid}\\n'); sys.stderr.flush()\n\
+os._exit(3)";
+    let worker = script(source).spawn(WorkerId(6)).await.unwrap();
+    let started = Instant::now();
+    let err = worker.call(CallRequest::new("anything", 1)).await.unwrap_err();
+    let took = started.elapsed();
+    let descendant = worker.stderr_tail().lines().find_map(|l| {
+        l.strip_prefix("descendant ")
+            .and_then(|p| p.trim().parse::<i32>().ok())
+    });
+    if let Some(pid) = descendant {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    match &err {
+        CallError::WorkerCrashed { reason, exit, .. } => {
+            assert!(reason.contains("stdout stayed open"), "{err}");
+            assert_eq!(exit.code, Some(3), "{err}");
+        }
+        other => panic!("expected WorkerCrashed, got {other}"),
+    }
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(descendant.is_some(), "the test's descendant reported its pid");
+    assert!(!worker.is_alive());
+    let exit = tokio::time::timeout(Duration::from_secs(5), worker.closed())
+        .await
+        .expect("closed resolves");
+    assert_eq!(exit.code, Some(3));
+}

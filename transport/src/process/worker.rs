@@ -106,6 +106,8 @@ struct Inner {
     outbox: mpsc::UnboundedSender<Outgoing>,
     next_id: AtomicU64,
     closing: AtomicBool,
+    /// Set as soon as the reader knows the worker is gone.
+    broken: AtomicBool,
     discarded: AtomicU64,
     exit_rx: watch::Receiver<Option<WorkerExit>>,
     dead_tx: watch::Sender<bool>,
@@ -214,15 +216,20 @@ impl Inner {
                 }
             }
             Message::Pong(pong) => {
-                let removed = self.state().remove(pong.id);
-                match removed {
-                    Some(Pending::Ping(reply)) => {
+                // Look and take under one lock: a pong carrying a call's id
+                // must not touch that call's entry.
+                let mut state = self.state();
+                let reply = match state.pending.get(&pong.id) {
+                    Some(Pending::Ping(_)) => match state.remove(pong.id) {
+                        Some(Pending::Ping(reply)) => Some(reply),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                drop(state);
+                match reply {
+                    Some(reply) => {
                         let _ = reply.send(());
-                    }
-                    Some(other) => {
-                        // Not ours to take: put it back and count the stray pong.
-                        self.state().insert(pong.id, other);
-                        self.discard("pong", pong.id);
                     }
                     None => self.discard("pong", pong.id),
                 }
@@ -235,6 +242,8 @@ impl Inner {
     /// The worker is gone: kill what is left, learn how it ended, and fail
     /// every pending call exactly once.
     async fn fail(&self, reason: String) {
+        // Known gone from now on, before the (bounded) reaping below.
+        self.broken.store(true, Ordering::Release);
         let pid = self.info.pid;
         let exit = if self.closing.load(Ordering::Acquire) {
             // A requested shutdown: give it the time `shutdown` is giving it.
@@ -311,9 +320,28 @@ async fn write_loop(stdin: ChildStdin, mut outbox: mpsc::UnboundedReceiver<Outgo
     let _ = stdin.shutdown().await;
 }
 
+/// After the process exited, how long its stdout may stay open (frames
+/// still in the pipe are read meanwhile) before we stop waiting for EOF: a
+/// descendant that left the process group can hold the pipe open forever.
+const STDOUT_AFTER_EXIT: Duration = Duration::from_secs(1);
+
 async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, MessageCodec>) {
+    let exited = {
+        let exit_rx = inner.exit_rx.clone();
+        async move {
+            let mut exit_rx = exit_rx;
+            let _ = exit_rx.wait_for(Option::is_some).await;
+            tokio::time::sleep(STDOUT_AFTER_EXIT).await;
+        }
+    };
+    tokio::pin!(exited);
     let reason = loop {
-        match frames.next().await {
+        let next = tokio::select! {
+            biased;
+            next = frames.next() => next,
+            () = &mut exited => break "exited, but its stdout stayed open (held by a descendant)".to_string(),
+        };
+        match next {
             Some(Ok(message)) => {
                 if let Err(violation) = inner.dispatch(message) {
                     break format!("protocol violation: {violation}");
@@ -337,6 +365,7 @@ impl ProcessWorker {
             outbox,
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             discarded: AtomicU64::new(0),
             exit_rx: spawned.exit_rx,
             dead_tx: watch::channel(false).0,
@@ -419,12 +448,9 @@ impl Worker for ProcessWorker {
     }
 
     fn is_alive(&self) -> bool {
-        // `state.dead` is set before in-flight calls are failed, `dead_tx`
-        // only after: a caller that just got `WorkerCrashed` must not see
-        // the worker as alive.
-        !*self.inner.dead_tx.borrow()
-            && !self.inner.closing.load(Ordering::Acquire)
-            && self.inner.state().dead.is_none()
+        // `broken` is set before in-flight calls are failed: a caller that
+        // just got `WorkerCrashed` never sees the worker as alive.
+        !self.inner.broken.load(Ordering::Acquire) && !self.inner.closing.load(Ordering::Acquire)
     }
 
     fn rss_bytes(&self) -> Option<u64> {
