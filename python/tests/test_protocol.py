@@ -116,3 +116,38 @@ def test_decode_frame_checks_length() -> None:
         protocol.decode_frame(frame + b"\x00")
     with pytest.raises(protocol.FrameTooLarge):
         protocol.decode_frame(frame, max_frame=3)
+
+
+def test_frame_reader_any_split_of_many_frames() -> None:
+    frames = [protocol.encode(protocol.request_message(i, "m", "x" * (i * 37 % 300))) for i in range(40)]
+    stream = b"".join(frames)
+    expected = [f[protocol.HEADER_SIZE :] for f in frames]
+    for step in (1, 3, 4, 5, 64, 1000, len(stream)):
+        reader = protocol.FrameReader()
+        got: list[bytes] = []
+        for start in range(0, len(stream), step):
+            got += reader.feed(stream[start : start + step])
+        assert got == expected, step
+        assert all(type(b) is bytes for b in got)
+        assert reader.at_boundary
+        reader.eof()
+    reader = protocol.FrameReader(max_frame=10)
+    assert reader.feed(b"\x00\x00\x00\x02ab\x00\x00") == [b"ab"]
+    with pytest.raises(protocol.FrameTooLarge):
+        reader.feed(b"\x00\x0b")  # the header is complete: rejected before any body arrives
+
+
+def test_unpack_request_fast_path_matches_the_general_rules() -> None:
+    body = protocol.pack({"type": "request", "id": 3, "method": "m", "params": [1]})
+    assert protocol.unpack(body) == {"type": "request", "id": 3, "method": "m", "params": [1]}
+    for bad in (
+        {"type": "request", "id": -1, "method": "m", "params": 1},
+        {"type": "request", "id": True, "method": "m", "params": 1},
+        {"type": "request", "id": 1.0, "method": "m", "params": 1},
+        {"type": "request", "id": 1, "method": b"m", "params": 1},
+        {"type": "request", "id": 1, "method": "m", "x_other": 1},
+    ):
+        with pytest.raises(protocol.Malformed):
+            protocol.unpack(msgpack.packb(bad))
+    extra = protocol.unpack(protocol.pack({"type": "request", "id": 1, "method": "m", "params": 0, "x_k": 1}))
+    assert extra == {"type": "request", "id": 1, "method": "m", "params": 0}

@@ -1,15 +1,23 @@
-"""The worker process: stdio redirection, app loading, and the event loop serving requests.
+"""The worker process: stdio redirection, app loading, and serving requests.
 
-Threads:
+Threads, and the path of a request:
 
-* the main thread runs one asyncio event loop: it owns all request state, runs
-  ``async def`` handlers as tasks and answers ``ping`` at once;
-* a reader thread reads frames from the protocol input fd, decodes them and
-  hands each message to the loop (``call_soon_threadsafe``);
-* a writer thread is the only one writing the protocol output fd; frames are
-  queued whole, so they never interleave;
-* a ``ThreadPoolExecutor`` (``max_workers = max_concurrency``) runs sync handlers
-  and sync generators; those encode their own frames and queue them directly.
+* a reader thread reads frames from the protocol input fd (large reads, several frames
+  at a time), decodes them and acts on each at once: it answers ``ping``, applies
+  ``cancel`` and ``session_close``, and hands each ``request`` that gets a free slot
+  straight to where it runs (``max_concurrency`` slots; the rest wait in arrival order);
+* sync handlers and sync generators run on a pool of handler threads (a thread for every
+  running sync request), which encode and send their own responses;
+* the main thread runs one asyncio event loop: ``async def`` handlers run there as tasks
+  (one hop from the reader) and send their responses from the loop; it also drives
+  shutdown (grace period, cancelling stragglers);
+* output has no writer thread of its own: whichever thread has a frame to send writes it,
+  together with frames queued meanwhile, under one lock, so frames never interleave. When
+  the pipe is full, a flusher thread takes over until the host reads again (see
+  :class:`_Output`), so neither the reader nor the loop ever blocks on output.
+
+Request state (table, queue, running count) is guarded by one lock, never held while
+running handler code or writing.
 """
 
 from __future__ import annotations
@@ -17,16 +25,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import concurrent.futures
 import enum
 import importlib
 import importlib.util
 import inspect
 import io
+import itertools
 import os
 import platform
 import queue
+import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -213,65 +223,189 @@ def load_app(spec: str) -> App:
 # --------------------------------------------------------------------------- output
 
 
-class _Writer:
-    """The single writer of the protocol output fd, on its own thread."""
+def _can_be_nonblocking(fd: int, in_fd: int) -> bool:
+    """Whether ``fd`` is a pipe or socket of its own, so that making it non-blocking affects nothing else.
 
-    def __init__(self, fd: int, on_error: Callable[[OSError], None]) -> None:
+    Not a terminal or file (shared with the user's shell), not the same pipe as stderr or the
+    protocol input (O_NONBLOCK belongs to the open file description, which those would share).
+    """
+    if not hasattr(select, "poll") or not hasattr(os, "writev"):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+        return False
+    for other in (in_fd, 2):
+        try:
+            ost = os.fstat(other)
+        except OSError:
+            continue
+        if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
+            return False
+    return True
+
+
+_IOV_MAX = 512  # frames per writev call
+
+
+class _Output:
+    """The protocol output: whole frames, in the order they were queued, never interleaved.
+
+    There is no writer thread in the common case: a thread that queues a frame while nobody
+    is writing writes it itself, at once, together with any frames other threads queue in the
+    meantime (one ``writev``). The fd is non-blocking where that is safe
+    (:func:`_can_be_nonblocking`); when the pipe is full, the rest is handed to a flusher
+    thread that waits for the host to read, so the reader, the event loop and handler
+    threads never block on output. On other fds writes simply block.
+
+    ``lock`` guards the queue; callers that must decide under it whether a frame may still
+    go out (a request's final response) use :meth:`queue_locked` and :meth:`write_queued`.
+    """
+
+    def __init__(self, fd: int, on_error: Callable[[OSError], None], *, nonblocking: bool) -> None:
         self._fd = fd
         self._on_error = on_error
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._cond = threading.Condition()
-        self._pending = 0
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
+        self._frames: collections.deque[bytes | memoryview] = collections.deque()
+        self._pending = 0  # bytes queued and not yet written
+        self._busy = False  # some thread is writing; invariant: frames queued => busy
+        self._handoff = False  # the pipe is full: the flusher thread owns writing
+        self._waiters = 0  # threads waiting on _cond for progress
+        self._closed = False
         self.broken = False
-        self._thread = threading.Thread(target=self._run, name="portpool-writer", daemon=True)
+        self._nonblocking = nonblocking
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        if self._nonblocking:
+            os.set_blocking(self._fd, False)
+            self._thread = threading.Thread(target=self._flush_loop, name="portpool-writer", daemon=True)
+            self._thread.start()
 
     @property
     def pending(self) -> int:
         """Bytes queued but not yet written."""
         return self._pending
 
-    def put(self, frame: bytes) -> None:
-        """Queues one whole frame; never blocks. Safe from any thread."""
-        if self.broken:
-            return
-        with self._cond:
-            self._pending += len(frame)
-        self._queue.put(frame)
+    def send(self, frame: bytes) -> None:
+        """Queues one whole frame and writes it unless another thread is writing already. Any thread."""
+        with self.lock:
+            claimed = self.queue_locked(frame)
+        if claimed:
+            self.write_queued()
 
-    def wait_below(self, limit: int, stop: threading.Event | None = None) -> None:
-        """Blocks (a worker thread) while more than ``limit`` bytes are queued."""
-        with self._cond:
-            while self._pending > limit and not self.broken and not (stop is not None and stop.is_set()):
-                self._cond.wait(0.1)
+    def queue_locked(self, frame: bytes) -> bool:
+        """Queues ``frame`` (``lock`` held); True if the caller must now call :meth:`write_queued`."""
+        if self.broken:
+            return False
+        self._frames.append(frame)
+        self._pending += len(frame)
+        if self._busy:
+            return False  # the thread writing now takes this frame too
+        self._busy = True
+        return True
+
+    def write_queued(self) -> None:
+        """Writes queued frames until none are left or the pipe is full (then the flusher takes over)."""
+        fd = self._fd
+        frames = self._frames
+        while True:
+            with self.lock:
+                if not frames or self.broken:
+                    self._busy = False
+                    if self._waiters:
+                        self._cond.notify_all()
+                    return
+                batch = [frames[0]] if len(frames) == 1 else list(itertools.islice(frames, _IOV_MAX))
+            size = sum(map(len, batch)) if len(batch) > 1 else len(batch[0])
+            try:
+                written = os.write(fd, batch[0]) if len(batch) == 1 else os.writev(fd, batch)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            with self.lock:
+                self._consume(written)
+                if self._waiters:
+                    self._cond.notify_all()
+                if written < size and self._nonblocking:
+                    self._handoff = True  # _busy stays set: the flusher writes the rest
+                    self._cond.notify_all()
+                    return
+
+    def _consume(self, written: int) -> None:
+        """Drops ``written`` bytes from the head of the queue (``lock`` held)."""
+        self._pending -= written
+        frames = self._frames
+        while written:
+            head = frames[0]
+            if written >= len(head):
+                frames.popleft()
+                written -= len(head)
+            else:
+                frames[0] = memoryview(head)[written:]
+                written = 0
+
+    def _flush_loop(self) -> None:
+        """Flusher thread: finishes writing once the host reads again, when the pipe was full."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while True:
+            with self.lock:
+                while not self._handoff:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                self._handoff = False
+            try:
+                poller.poll()  # POLLERR/POLLHUP: the next write reports the error
+            except OSError:
+                pass
+            self.write_queued()
+
+    def _fail(self, exc: OSError) -> None:
+        with self.lock:
+            if self.broken:
+                return
+            self.broken = True
+            self._frames.clear()
+            self._pending = 0
+            self._busy = self._handoff = False
+            self._cond.notify_all()
+        self._on_error(exc)
+
+    def wait_below(self, limit: int, stop: Callable[[], bool] | None = None) -> None:
+        """Blocks (a handler thread) while more than ``limit`` bytes are queued, until ``stop()``."""
+        if self._pending <= limit:
+            return
+        with self.lock:
+            self._waiters += 1
+            try:
+                while self._pending > limit and not self.broken and not (stop is not None and stop()):
+                    self._cond.wait(0.1)
+            finally:
+                self._waiters -= 1
 
     def close(self, timeout: float) -> bool:
-        """Writes everything queued so far, then stops; returns False if that did not finish in time."""
-        self._queue.put(None)
-        if not self._thread.is_alive():
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _run(self) -> None:
-        while True:
-            frame = self._queue.get()
-            if frame is None:
-                return
-            if not self.broken:
-                try:
-                    view = memoryview(frame)
-                    while view:
-                        written = os.write(self._fd, view)
-                        view = view[written:]
-                except OSError as exc:
-                    self.broken = True
-                    self._on_error(exc)
-            with self._cond:
-                self._pending -= len(frame)
-                self._cond.notify_all()
+        """Waits until everything queued so far is written; returns False if that did not finish in time."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            self._waiters += 1
+            try:
+                while self._busy and not self.broken:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
+            self._closed = True
+            self._cond.notify_all()
+        return True
 
 
 # --------------------------------------------------------------------------- requests
@@ -283,17 +417,115 @@ class _State(enum.Enum):
     DONE = "done"
 
 
-class _Request:
-    __slots__ = ("id", "handler", "params", "ctx", "state", "task", "responded")
+_ASYNC_KINDS: frozenset[HandlerKind] = frozenset((HandlerKind.ASYNC, HandlerKind.ASYNC_GEN))
+# Results of these types are neither generators nor awaitables (skips two isinstance-heavy checks).
+_PLAIN_TYPES: frozenset[type] = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))
 
-    def __init__(self, id: int, handler: Handler, params: Any, ctx: Context) -> None:
+
+class _Request:
+    __slots__ = (
+        "id",
+        "method",
+        "handler",
+        "params",
+        "ctx",
+        "cancelled",
+        "is_async",
+        "state",
+        "task",
+        "started",
+        "responded",
+    )
+
+    def __init__(self, id: int, method: str, handler: Handler, params: Any, ctx: Context | None) -> None:
         self.id = id
+        self.method = method
         self.handler = handler
         self.params = params
-        self.ctx = ctx
+        self.ctx = ctx  # only for handlers that take one
+        self.cancelled = False  # the host cancelled it, or the worker is shutting down
+        self.is_async = handler.kind in _ASYNC_KINDS
         self.state = _State.QUEUED
-        self.task: asyncio.Task[None] | None = None
-        self.responded = False
+        self.task: asyncio.Task[None] | None = None  # async handlers, once started on the loop
+        self.started = False  # async handlers: the task began running
+        self.responded = False  # the final response was queued (guarded by the output lock)
+
+    def cancel(self) -> None:
+        """Flags the request cancelled (``ctx.cancelled`` too); any thread."""
+        self.cancelled = True
+        if self.ctx is not None:
+            self.ctx.cancelled.set()
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled or (self.ctx is not None and self.ctx.cancelled.is_set())
+
+
+class _Lead:
+    """The job "read the protocol input" (see :class:`_Workers`)."""
+
+
+_LEAD = _Lead()
+
+
+class _Workers:
+    """Threads that take turns reading the input and run sync handlers (leader/followers).
+
+    One thread at a time holds the lead: it reads input and acts on each message. When a
+    batch of input starts sync requests, it queues all but one for other threads, passes the
+    lead on to an idle thread, and runs the remaining request itself: a sync request runs on
+    the thread that read it, with no thread hop before the handler.
+
+    Threads are made on demand and reused: an idle thread takes each job, otherwise a thread
+    is added, up to ``max_concurrency + 1`` (the running sync requests plus the reader).
+    """
+
+    def __init__(
+        self, max_jobs: int, run: Callable[[_Request], None], lead: Callable[[], _Request | None]
+    ) -> None:
+        self._max = max_jobs + 1
+        self._run = run
+        self._lead = lead
+        self._jobs: queue.SimpleQueue[_Request | _Lead | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads done with their job, not yet claimed by a new one
+        self._closed = False
+
+    def submit(self, job: _Request | _Lead) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                spawn = 0
+            elif self._threads < self._max:
+                self._threads += 1
+                spawn = self._threads
+            else:  # a thread is just finishing the request whose slot this one took
+                spawn = 0
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name=f"portpool-handler_{spawn - 1}", daemon=True).start()
+
+    def _work(self) -> None:
+        jobs, run, lock = self._jobs, self._run, self._lock
+        while True:
+            job = jobs.get()
+            if job is None or self._closed:
+                return
+            if job is _LEAD:
+                job = self._lead()  # returns once it passed the lead on (or input ended)
+            if isinstance(job, _Request):
+                run(job)
+            del job
+            with lock:
+                self._idle += 1
+
+    def close(self) -> None:
+        """Jobs not started yet never start; running ones are left alone."""
+        self._closed = True
+        with self._lock:
+            count = self._threads
+        for _ in range(count):
+            self._jobs.put(None)
 
 
 class _Stop(enum.Enum):
@@ -324,37 +556,43 @@ class Runtime:
         self.out_fd = out_fd
         self.max_frame = max_frame
         self.shutdown_grace = shutdown_grace
+        self._max_concurrency = app.max_concurrency
+        # _lock guards the request state below; never held while writing output or running handlers.
+        self._lock = threading.Lock()
         self._requests: dict[int, _Request] = {}  # queued or running, by id
         self._queue: collections.deque[_Request] = collections.deque()
         self._running = 0
-        self._sessions: dict[str, dict[str, Any]] = {}
-        self._emit_lock = threading.Lock()
-        self._stop_reason: _Stop | None = None
         self._start_more = True  # False once the grace period is over: queued requests never start
-        self._writer = _Writer(out_fd, self._output_failed)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=app.max_concurrency, thread_name_prefix="portpool-handler"
-        )
+        self._stop_reason: _Stop | None = None
+        self._draining = False  # the loop waits for _idle_event
+        self._sessions: dict[str, dict[str, Any]] = {}  # the thread holding the lead only
+        self._out = _Output(out_fd, self._output_failed, nonblocking=_can_be_nonblocking(out_fd, in_fd))
+        self._workers = _Workers(app.max_concurrency, self._run_sync, self._lead)
+        self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._stop_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
+        self._hold_output = False  # loop thread only: see _start_async
+        self._held_claim = False  # the loop holds the writer role of _out, to write in _release_output
 
     # ------------------------------------------------------------------ main
 
     async def run(self) -> int:
         """Runs until stopped; returns the process exit code."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stop_event = asyncio.Event()
         self._idle_event = asyncio.Event()
-        self._writer.start()
+        self._out.start()
         hello = protocol.hello_message(
             runtime_version=platform.python_version(),
             pid=os.getpid(),
             max_concurrency=self.app.max_concurrency,
             methods=self.app.methods,
         )
-        self._writer.put(protocol.encode(hello))
-        threading.Thread(target=self._read_loop, name="portpool-reader", daemon=True).start()
+        self._out.send(protocol.encode(hello))
+        self._workers.submit(_LEAD)  # a worker thread starts reading input
         await self._stop_event.wait()
         reason = self._stop_reason
         if reason is _Stop.PROTOCOL_ERROR:
@@ -365,49 +603,63 @@ class Runtime:
         await self._drain()
         return EXIT_OK
 
-    async def _drain(self) -> None:
-        """Lets in-flight requests finish within the grace period, then cancels the rest."""
+    async def _wait_idle(self, timeout: float) -> None:
         assert self._idle_event is not None
-        if self._requests:
-            try:
-                await asyncio.wait_for(self._idle_event.wait(), self.shutdown_grace)
-            except asyncio.TimeoutError:
-                pass
-        if not self._requests:
-            return
-        _log(f"{len(self._requests)} request(s) still in flight after {self.shutdown_grace:g}s; cancelling")
-        self._start_more = False
-        while self._queue:
-            req = self._queue.popleft()
-            self._finish(req, self._cancelled_frame(req, "the worker is shutting down"))
-        for req in list(self._requests.values()):
-            self._cancel_running(req)
         try:
-            await asyncio.wait_for(self._idle_event.wait(), _CANCEL_SETTLE)
+            await asyncio.wait_for(self._idle_event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    async def _drain(self) -> None:
+        """Lets in-flight requests finish within the grace period, then cancels the rest."""
+        with self._lock:
+            self._draining = True  # from now on, the last request to finish sets _idle_event
+            busy = bool(self._requests)
+        if busy:
+            await self._wait_idle(self.shutdown_grace)
+        with self._lock:
+            if not self._requests:
+                return
+            left = len(self._requests)
+            self._start_more = False
+            queued = list(self._queue)
+            self._queue.clear()
+            running = [req for req in self._requests.values() if req.state is _State.RUNNING]
+        _log(f"{left} request(s) still in flight after {self.shutdown_grace:g}s; cancelling")
+        for req in queued:
+            self._finish(req, self._cancelled_frame(req, "the worker is shutting down"))
+        for req in running:
+            req.cancel()
+            if req.is_async:
+                self._cancel_task(req)
+        await self._wait_idle(_CANCEL_SETTLE)
         self._abandon_all("the worker is shutting down")
 
     def _abandon_all(self, why: str) -> None:
         """Answers every request still in flight with a Cancelled error (their handlers may still run)."""
-        self._start_more = False
-        for req in list(self._requests.values()):
-            req.ctx.cancelled.set()
+        with self._lock:
+            self._start_more = False
+            self._queue.clear()
+            left = list(self._requests.values())
+        for req in left:
+            req.cancel()
             self._finish(req, self._cancelled_frame(req, why))
-        self._queue.clear()
 
     def close(self) -> bool:
-        """Flushes queued frames (bounded) and releases the thread pool without waiting for it."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        return self._writer.close(_FLUSH_TIMEOUT)
+        """Flushes queued frames (bounded) and releases the handler threads without waiting for them."""
+        self._workers.close()
+        if self._held_claim:  # the loop stopped before _release_output ran
+            self._held_claim = False
+            self._out.write_queued()
+        return self._out.close(_FLUSH_TIMEOUT)
 
-    def _stop(self, reason: _Stop) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        assert self._stop_event is not None
-        self._stop_event.set()
-
-    # ------------------------------------------------------------------ input
+    def _request_stop(self, reason: _Stop) -> None:
+        """Any thread: stop taking requests; the loop then drains (or not, per ``reason``) and exits."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+        if self._stop_event is not None:
+            self._post(self._stop_event.set)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> bool:
         loop = self._loop
@@ -418,9 +670,18 @@ class Runtime:
         except RuntimeError:  # loop already closed
             return False
 
-    def _read_loop(self) -> None:
-        """Reader thread: frames from ``in_fd`` to the loop."""
-        reader = protocol.FrameReader(self.max_frame)
+    # ------------------------------------------------------------------ input (reader thread)
+
+    def _lead(self) -> _Request | None:
+        """Worker thread holding the lead: reads input and acts on each message at once.
+
+        Returns a sync request for this thread to run, after passing the lead to another
+        thread; or None once input ended (end of input, error, protocol violation).
+        """
+        reader = self._input
+        unpack = protocol.unpack
+        on_message = self._on_message
+        starting: list[_Request] = []
         try:
             while True:
                 try:
@@ -431,19 +692,45 @@ class Runtime:
                 if not data:
                     reader.eof()
                     self._watchdog(self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK, 0)
-                    self._post(self._on_eof)
-                    return
+                    self._request_stop(_Stop.EOF)
+                    return None
+                received = time.monotonic()
                 for body in reader.feed(data):
-                    message = protocol.unpack(body)
-                    self._post(self._on_message, message, time.monotonic())
+                    if not on_message(unpack(body), received, starting):
+                        self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
+                        self._request_stop(_Stop.PROTOCOL_ERROR)
+                        return None
+                if starting:
+                    mine = self._start_batch(starting)
+                    starting = []
+                    if mine is not None:
+                        self._workers.submit(_LEAD)
+                        return mine
         except protocol.ProtocolError as exc:
             _log(f"protocol violation from the host: {type(exc).__name__}: {exc}; exiting with code 2")
             self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
-            self._post(self._on_protocol_error)
+            self._request_stop(_Stop.PROTOCOL_ERROR)
         except BaseException as exc:  # pragma: no cover - a bug in the reader itself
-            _log(f"reader thread failed: {exc!r}; exiting with code 2")
+            _log(f"reader failed: {exc!r}; exiting with code 2")
             self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
-            self._post(self._on_protocol_error)
+            self._request_stop(_Stop.PROTOCOL_ERROR)
+        return None
+
+    def _start_batch(self, starting: list[_Request]) -> _Request | None:
+        """Starts requests that took slots: async ones on the loop (one hop for all), sync ones on
+        worker threads, except the first sync one, which is returned for the caller to run itself."""
+        mine: _Request | None = None
+        async_reqs: list[_Request] = []
+        for req in starting:
+            if req.is_async:
+                async_reqs.append(req)
+            elif mine is None:
+                mine = req
+            else:
+                self._workers.submit(req)
+        if async_reqs:
+            self._post(self._start_async, async_reqs)
+        return mine
 
     @staticmethod
     def _watchdog(seconds: float, code: int) -> None:
@@ -458,193 +745,252 @@ class Runtime:
         timer.start()
 
     def _output_failed(self, exc: OSError) -> None:
-        """Writer thread: the host stopped reading our output."""
+        """The thread whose write failed: the host stopped reading our output."""
         _log(f"writing to the host failed ({exc}); exiting")
         self._watchdog(_WATCHDOG_SLACK, EXIT_APP_ERROR)
-        self._post(self._stop, _Stop.OUTPUT_CLOSED)
+        self._request_stop(_Stop.OUTPUT_CLOSED)
 
-    def _on_eof(self) -> None:
-        self._stop(_Stop.EOF)
+    def _on_message(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
+        """Acts on one message; requests that take a slot go to ``starting``.
 
-    def _on_protocol_error(self) -> None:
-        self._stop(_Stop.PROTOCOL_ERROR)
-
-    def _on_message(self, msg: protocol.Message, received: float) -> None:
+        Returns False after a protocol violation (reading must stop).
+        """
         kind = msg["type"]
         if kind == "request":
-            self._on_request(msg, received)
+            return self._on_request(msg, received, starting)
+        if kind == "ping":
+            self._out.send(protocol.encode(protocol.pong_message(msg["id"])))
         elif kind == "cancel":
             self._on_cancel(msg["id"])
-        elif kind == "ping":
-            self._writer.put(protocol.encode(protocol.pong_message(msg["id"])))
         elif kind == "session_close":
             self._sessions.pop(msg["session"], None)
         elif kind == "shutdown":
-            self._stop(_Stop.SHUTDOWN)
+            self._request_stop(_Stop.SHUTDOWN)
         else:
             _log(
                 f"protocol violation from the host: {kind!r} is a worker -> host message; exiting with code 2"
             )
-            self._stop(_Stop.PROTOCOL_ERROR)
+            return False
+        return True
 
-    def _on_request(self, msg: protocol.Message, received: float) -> None:
+    def _on_request(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
         id_: int = msg["id"]
         method: str = msg["method"]
-        if id_ in self._requests:
+        with self._lock:
+            if id_ in self._requests:
+                duplicate, stopping = True, False
+            else:
+                duplicate, stopping = False, self._stop_reason is not None
+        if duplicate:
             _log(f"protocol violation from the host: request id {id_} is already in flight; exiting (code 2)")
-            self._stop(_Stop.PROTOCOL_ERROR)
-            return
-        if self._stop_reason is not None:
-            self._writer.put(
+            return False
+        if stopping:
+            self._out.send(
                 self._error_frame_plain(
                     id_, "ShuttingDown", "the worker is shutting down and takes no new requests"
                 )
             )
-            return
+            return True
         handler = self.app.get_handler(method)
         if handler is None:
             known = ", ".join(self.app.methods) or "(none)"
-            self._writer.put(
+            self._out.send(
                 self._error_frame_plain(
                     id_, "MethodNotFound", f"unknown method {method!r}; this worker serves: {known}"
                 )
             )
-            return
+            return True
         session_id: str | None = msg.get("session")
         session = None if session_id is None else self._sessions.setdefault(session_id, {})
-        deadline_ms: int | None = msg.get("deadline_ms")
-        ctx = Context(
-            id_,
-            method,
-            session_id=session_id,
-            session=session,
-            deadline=None if deadline_ms is None else received + deadline_ms / 1000.0,
-            trace=msg.get("trace"),
-        )
-        req = _Request(id_, handler, msg["params"], ctx)
-        self._requests[id_] = req
-        if self._idle_event is not None:
-            self._idle_event.clear()
-        self._queue.append(req)
-        self._pump()
+        ctx: Context | None = None
+        if handler.takes_ctx:  # a handler that cannot see its Context does not get one made
+            deadline_ms: int | None = msg.get("deadline_ms")
+            ctx = Context(
+                id_,
+                method,
+                session_id=session_id,
+                session=session,
+                deadline=None if deadline_ms is None else received + deadline_ms / 1000.0,
+                trace=msg.get("trace"),
+            )
+        req = _Request(id_, method, handler, msg["params"], ctx)
+        # Only this thread adds requests and sets EOF/shutdown stops, so the checks above still hold.
+        with self._lock:
+            self._requests[id_] = req
+            start = self._start_more and not self._queue and self._running < self._max_concurrency
+            if start:
+                req.state = _State.RUNNING
+                self._running += 1
+            else:
+                self._queue.append(req)
+        if start:
+            starting.append(req)
+        return True
 
     def _on_cancel(self, id_: int) -> None:
-        req = self._requests.get(id_)
-        if req is None:
-            return  # finished already, or never known: cancel is advisory
-        if req.state is _State.QUEUED:
-            self._queue.remove(req)
+        with self._lock:
+            req = self._requests.get(id_)
+            if req is None:
+                return  # finished already, or never known: cancel is advisory
+            queued = req.state is _State.QUEUED
+            if queued:
+                self._queue.remove(req)
+        if queued:
             self._finish(req, self._cancelled_frame(req, "cancelled before it started"))
         else:
-            self._cancel_running(req)
+            req.cancel()
+            if req.is_async:
+                self._post(self._cancel_task, req)
 
-    @staticmethod
-    def _cancel_running(req: _Request) -> None:
-        req.ctx.cancelled.set()
-        if req.task is not None and req.handler.kind in (HandlerKind.ASYNC, HandlerKind.ASYNC_GEN):
-            req.task.cancel()
+    def _cancel_task(self, req: _Request) -> None:
+        """Loop thread: cancels a running async handler (one not started yet sees it is cancelled)."""
+        task = req.task
+        if task is not None and req.started and not task.done():
+            task.cancel()
 
     # ------------------------------------------------------------------ execution
 
-    def _pump(self) -> None:
-        """Starts queued requests, in arrival order, while slots are free."""
+    def _start(self, req: _Request) -> None:
+        """Runs a request that just took a slot: sync ones on a worker thread, async ones on the loop."""
+        if req.is_async:
+            self._post(self._start_async, [req])
+        else:
+            self._workers.submit(req)
+
+    def _start_async(self, reqs: list[_Request]) -> None:
+        """Loop thread: starts async requests as tasks."""
         loop = self._loop
         assert loop is not None
-        while self._start_more and self._queue and self._running < self.app.max_concurrency:
-            req = self._queue.popleft()
-            req.state = _State.RUNNING
-            self._running += 1
-            if req.handler.kind in (HandlerKind.ASYNC, HandlerKind.ASYNC_GEN):
-                req.task = loop.create_task(self._run_async(req))
-            else:
-                future = loop.run_in_executor(self._executor, self._run_sync, req)
-                req.task = loop.create_task(self._await_sync(req, future))
+        for req in reqs:
+            req.task = loop.create_task(self._run_async(req))
+        if len(reqs) > 1:
+            # The tasks' first steps run next, in one loop iteration: hold their output and write it
+            # all at once (one writev) from a callback that runs right after them.
+            self._hold_output = True
+            loop.call_soon(self._release_output)
+
+    def _release_output(self) -> None:
+        """Loop thread: writes what the loop queued while holding output."""
+        self._hold_output = False
+        if self._held_claim:
+            self._held_claim = False
+            self._out.write_queued()
 
     def _finish(self, req: _Request, frame: bytes) -> None:
-        """Loop thread: sends the request's one response and frees its slot."""
+        """Any thread: frees the request's slot, sends its one response, and starts queued requests.
+
+        The request leaves the table before its response goes out, so the host may reuse the
+        id as soon as it sees the response.
+        """
+        with self._lock:
+            if req.state is _State.DONE:
+                starting: list[_Request] = []
+            else:
+                if req.state is _State.RUNNING:
+                    self._running -= 1
+                req.state = _State.DONE
+                del self._requests[req.id]
+                starting = self._take_startable()
+                if self._draining and not self._requests:
+                    assert self._idle_event is not None
+                    self._post(self._idle_event.set)
         self._emit(req, frame, final=True)
-        if req.state is _State.DONE:
-            return
-        if req.state is _State.RUNNING:
-            self._running -= 1
-        req.state = _State.DONE
-        self._requests.pop(req.id, None)
-        self._pump()
-        if not self._requests and self._idle_event is not None:
-            self._idle_event.set()
+        for next_req in starting:
+            self._start(next_req)
+
+    def _take_startable(self) -> list[_Request]:
+        """Pops queued requests, in arrival order, while slots are free (``_lock`` held)."""
+        starting: list[_Request] = []
+        queue_ = self._queue
+        while self._start_more and queue_ and self._running < self._max_concurrency:
+            req = queue_.popleft()
+            req.state = _State.RUNNING
+            self._running += 1
+            starting.append(req)
+        return starting
 
     def _emit(self, req: _Request, frame: bytes, *, final: bool) -> bool:
-        """Queues a chunk or the final response of ``req``; nothing goes out after the final one."""
-        with self._emit_lock:
+        """Sends a chunk or the final response of ``req``; nothing goes out after the final one."""
+        out = self._out
+        with out.lock:
             if req.responded:
                 return False
             if final:
                 req.responded = True
-            self._writer.put(frame)
-            return True
+            claimed = out.queue_locked(frame)
+        if claimed:
+            if self._hold_output and threading.get_ident() == self._loop_thread:
+                self._held_claim = True  # _release_output writes it, later in this loop iteration
+            else:
+                out.write_queued()
+        return True
 
-    async def _await_sync(self, req: _Request, future: asyncio.Future[bytes]) -> None:
+    def _run_sync(self, req: _Request) -> None:
+        """Pool thread: runs a sync handler or sync generator, then sends its response."""
         try:
-            frame = await future
-        except BaseException as exc:  # pragma: no cover - _run_sync catches everything
+            frame = self._call_sync(req)
+        except BaseException as exc:  # pragma: no cover - _call_sync catches everything
             frame = self._error_frame(req, exc)
         self._finish(req, frame)
 
-    def _run_sync(self, req: _Request) -> bytes:
+    def _call_sync(self, req: _Request) -> bytes:
         """Pool thread: runs a sync handler or sync generator; returns the encoded response frame."""
-        ctx = req.ctx
         try:
-            result = req.handler.call(req.params, ctx)
-            if inspect.isgenerator(result):
+            result = req.handler.call(req.params, req.ctx)
+            if type(result) in _PLAIN_TYPES:
+                pass
+            elif inspect.isgenerator(result):
                 try:
                     for item in result:
-                        if ctx.cancelled.is_set():
+                        if req.is_cancelled():
                             break
                         if not self._emit(req, self._chunk_frame(req, item), final=False):
                             break
-                        self._writer.wait_below(_STREAM_BACKPRESSURE_BYTES, ctx.cancelled)
+                        self._out.wait_below(_STREAM_BACKPRESSURE_BYTES, req.is_cancelled)
                 finally:
                     result.close()
                 result = None
             elif inspect.isawaitable(result):  # e.g. a sync wrapper returning a coroutine
                 assert self._loop is not None
                 result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
-            if ctx.cancelled.is_set():
+            if req.is_cancelled():
                 return self._cancelled_frame(req)
             return self._ok_frame(req, result)
         except _EncodeFailure as exc:
             return self._error_frame_plain(req.id, "EncodeError", str(exc))
         except BaseException as exc:
-            if ctx.cancelled.is_set():
+            if req.is_cancelled():
                 return self._cancelled_frame(req)
             return self._error_frame(req, exc)
 
     async def _run_async(self, req: _Request) -> None:
         """Loop task: runs an async handler or async generator, then sends its response."""
-        ctx = req.ctx
+        req.started = True
         try:
-            if req.handler.kind is HandlerKind.ASYNC_GEN:
-                agen = req.handler.call(req.params, ctx)
+            if req.is_cancelled():  # cancelled between taking its slot and starting
+                frame = self._cancelled_frame(req)
+            elif req.handler.kind is HandlerKind.ASYNC_GEN:
+                agen = req.handler.call(req.params, req.ctx)
                 try:
                     async for item in agen:
                         if not self._emit(req, self._chunk_frame(req, item), final=False):
                             break
-                        while self._writer.pending > _STREAM_BACKPRESSURE_BYTES and not self._writer.broken:
+                        while self._out.pending > _STREAM_BACKPRESSURE_BYTES and not self._out.broken:
                             await asyncio.sleep(0.005)
                 finally:
                     await agen.aclose()
                 frame = self._ok_frame(req, None)
             else:
-                result = await req.handler.call(req.params, ctx)
+                result = await req.handler.call(req.params, req.ctx)
                 frame = self._ok_frame(req, result)
-            if ctx.cancelled.is_set():
+            if req.is_cancelled():
                 frame = self._cancelled_frame(req)
         except asyncio.CancelledError:
             frame = self._cancelled_frame(req)
         except _EncodeFailure as exc:
             frame = self._error_frame_plain(req.id, "EncodeError", str(exc))
         except BaseException as exc:  # SystemExit/KeyboardInterrupt in a handler are errors too
-            frame = self._cancelled_frame(req) if ctx.cancelled.is_set() else self._error_frame(req, exc)
+            frame = self._cancelled_frame(req) if req.is_cancelled() else self._error_frame(req, exc)
         self._finish(req, frame)
 
     # ------------------------------------------------------------------ encoding
@@ -671,7 +1017,7 @@ class Runtime:
         return self._checked(protocol.chunk_message(req.id, item), "stream item", item)
 
     def _cancelled_frame(self, req: _Request, why: str = "cancelled") -> bytes:
-        return self._error_frame_plain(req.id, "Cancelled", f"request {req.id} ({req.ctx.method}): {why}")
+        return self._error_frame_plain(req.id, "Cancelled", f"request {req.id} ({req.method}): {why}")
 
     def _error_frame_plain(self, id_: int, type_: str, message: str, traceback_: str | None = None) -> bytes:
         msg = protocol.response_error_message(

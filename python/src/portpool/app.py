@@ -96,7 +96,8 @@ class Handler:
     takes_params: bool
     takes_ctx: bool
 
-    def call(self, params: Any, ctx: Context) -> Any:
+    def call(self, params: Any, ctx: Context | None) -> Any:
+        """Calls the handler; ``ctx`` may be None when it does not take one (``takes_ctx`` is False)."""
         if self.takes_ctx:
             return self.func(params, ctx)
         if self.takes_params:

@@ -122,22 +122,37 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Adds ``data``; returns the bodies of all frames completed by it (possibly none)."""
-        self._buf += data
+        buf = self._buf
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data  # nothing buffered (the usual case): split ``data`` without copying it first
+        end = len(src)
+        pos = 0
+        need = self._need
         bodies: list[bytes] = []
         while True:
-            if self._need is None:
-                if len(self._buf) < HEADER_SIZE:
-                    return bodies
-                (length,) = _HEADER.unpack_from(self._buf, 0)
+            if need is None:
+                if end - pos < HEADER_SIZE:
+                    break
+                (length,) = _HEADER.unpack_from(src, pos)
                 if length > self.max_frame:
                     raise FrameTooLarge(length, self.max_frame)
-                del self._buf[:HEADER_SIZE]
-                self._need = length
-            if len(self._buf) < self._need:
-                return bodies
-            bodies.append(bytes(self._buf[: self._need]))
-            del self._buf[: self._need]
-            self._need = None
+                pos += HEADER_SIZE
+                need = length
+            if end - pos < need:
+                break
+            bodies.append(bytes(src[pos : pos + need]))
+            pos += need
+            need = None
+        self._need = need
+        if src is buf:
+            del buf[:pos]
+        elif pos < end:
+            buf += memoryview(data)[pos:]
+        return bodies
 
     @property
     def at_boundary(self) -> bool:
@@ -322,6 +337,12 @@ def unpack(body: bytes) -> Message:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types (ExtraData, ValueError, ...)
         raise Malformed(f"body is not valid MessagePack ({type(exc).__name__}: {exc})") from None
+    if type(raw) is dict and len(raw) == 4 and raw.get("type") == "request":
+        # Fast path for the most common message, a plain request: exactly type, id, method, params.
+        id_ = raw.get("id")
+        method = raw.get("method")
+        if type(id_) is int and 0 <= id_ <= _U64_MAX and type(method) is str and "params" in raw:
+            return {"type": "request", "id": id_, "method": method, "params": raw["params"]}
     if not isinstance(raw, dict):
         raise Malformed(f"body is a MessagePack {type(raw).__name__}, not a map")
     kind = raw.get("type")
