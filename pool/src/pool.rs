@@ -162,6 +162,17 @@ impl Pool {
         self.shared().closed_error()
     }
 
+    /// Waits until a worker is ready for new work (or the pool closes), at
+    /// most `timeout`; returns whether one is.
+    pub async fn wait_for_ready(&self, timeout: Duration) -> bool {
+        let shared = self.shared();
+        let deadline = crate::shared::after(Instant::now(), timeout);
+        shared
+            .wait_until(Some(deadline), |st| st.closed || st.has_ready_worker())
+            .await;
+        !shared.ready_workers().is_empty()
+    }
+
     /// Workers ready for new work (not starting, draining or gone).
     pub fn ready_workers(&self) -> Vec<WorkerId> {
         self.shared().ready_workers()

@@ -151,6 +151,10 @@ impl State {
             .map(|e| e.id)
     }
 
+    pub(crate) fn has_ready_worker(&self) -> bool {
+        self.entries.iter().any(|e| !e.draining && e.worker.is_alive())
+    }
+
     fn serving(&self, target: WorkerId) -> bool {
         self.entries.iter().any(|e| e.id == target && e.worker.is_alive())
     }

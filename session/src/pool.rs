@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use portpool_pool::{Pool, PoolError, Wait};
+use portpool_pool::{Checkout, Pool, PoolError, Wait};
 use portpool_transport::{CallError, CallRequest, Value, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,9 +27,13 @@ struct Inner {
     /// Serializes the binding of new sessions, so concurrent new sessions
     /// spread by session count and one session binds exactly once.
     bind_lock: tokio::sync::Mutex<()>,
-    /// Calls running per session: a session with a call running is never
-    /// expired or evicted.
-    active: Mutex<HashMap<SessionId, usize>>,
+    /// Per session: calls running, or being closed by expiry/eviction. A
+    /// session with a call running is never expired or evicted, and a call
+    /// waits for a close in progress, so no request reaches a worker after
+    /// its `session_close`.
+    active: Mutex<HashMap<SessionId, Activity>>,
+    /// Signalled when a close by expiry or eviction ends.
+    close_done: tokio::sync::Notify,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -50,6 +54,17 @@ impl std::fmt::Debug for SessionPool {
     }
 }
 
+enum Activity {
+    Calls(usize),
+    Closing,
+}
+
+impl Inner {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Activity>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Marks a session as having a call running, for as long as it lives.
 struct ActiveGuard<'a> {
     inner: &'a Inner,
@@ -58,13 +73,41 @@ struct ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        let mut active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = active.get_mut(&self.session) {
+        let mut active = self.inner.active();
+        if let Some(Activity::Calls(n)) = active.get_mut(&self.session) {
             *n -= 1;
             if *n == 0 {
                 active.remove(&self.session);
             }
         }
+    }
+}
+
+/// Marks an idle session as being closed (expiry, eviction) until dropped.
+struct ClosingGuard<'a> {
+    inner: &'a Inner,
+    session: SessionId,
+}
+
+impl<'a> ClosingGuard<'a> {
+    /// `None` if the session has a call running (or is already closing).
+    fn begin(inner: &'a Inner, session: &SessionId) -> Option<Self> {
+        let mut active = inner.active();
+        if active.contains_key(session) {
+            return None;
+        }
+        active.insert(session.clone(), Activity::Closing);
+        Some(ClosingGuard {
+            inner,
+            session: session.clone(),
+        })
+    }
+}
+
+impl Drop for ClosingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.active().remove(&self.session);
+        self.inner.close_done.notify_waiters();
     }
 }
 
@@ -83,12 +126,21 @@ impl SessionPool {
         store: Arc<dyn SessionStore>,
     ) -> Result<Self, SessionError> {
         config.validate()?;
+        if config.idle_ttl.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(SessionError::Config {
+                field: "idle_ttl",
+                reason: "expiring sessions needs a tokio runtime: create the SessionPool inside one, \
+                         or set idle_ttl to None"
+                    .into(),
+            });
+        }
         let inner = Arc::new(Inner {
             pool,
             store,
             config,
             bind_lock: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
+            close_done: tokio::sync::Notify::new(),
             sweeper: Mutex::new(None),
         });
         if let Some(ttl) = inner.config.idle_ttl {
@@ -147,7 +199,7 @@ impl SessionPool {
         mut request: CallRequest,
     ) -> Result<Value, SessionError> {
         request.session = Some(session.to_string());
-        let _active = self.activate(session);
+        let _active = self.activate(session).await;
         // Only `Rebind` retries (once, when the worker vanished between the
         // binding check and the call), so only it pays for a copy.
         let retry = (self.inner.config.on_lost == OnLost::Rebind).then(|| request.clone());
@@ -172,7 +224,7 @@ impl SessionPool {
             Affinity::Strict => pool.call_on(worker, request, Wait::Queue).await,
             Affinity::FailFast => pool.call_on(worker, request, Wait::FailFast).await,
             Affinity::Hint => match pool.call_on(worker, request.clone(), Wait::FailFast).await {
-                Err(PoolError::WorkerBusy { .. }) => pool.call_raw(request).await,
+                Err(PoolError::WorkerBusy { .. }) => self.call_elsewhere(session, worker, request).await,
                 other => other,
             },
         };
@@ -197,6 +249,28 @@ impl SessionPool {
             }
             Err(other) => Err(SessionError::Pool(other)),
         }
+    }
+
+    /// `Hint` fallback: runs the call on another worker with a fresh session
+    /// state there, which is dropped right after the call, so no state is
+    /// left behind on workers the session is not bound to.
+    async fn call_elsewhere(
+        &self,
+        session: &SessionId,
+        bound: WorkerId,
+        request: CallRequest,
+    ) -> Result<Value, PoolError> {
+        let pool = &self.inner.pool;
+        let lease = pool.checkout_with(Checkout::Shared).await?;
+        let other = lease.worker_id();
+        let result = lease.call_raw(request).await;
+        drop(lease);
+        if other != bound {
+            if let Err(e) = pool.close_session_on(other, session.as_str()).await {
+                tracing::debug!(%session, worker = %other, error = %e, "fallback session_close not delivered");
+            }
+        }
+        result
     }
 
     /// Closes `session`: forgets its binding and tells its worker to drop
@@ -232,9 +306,32 @@ impl SessionPool {
         self.inner.store.get(session).await
     }
 
-    fn activate(&self, session: &SessionId) -> ActiveGuard<'_> {
-        let mut active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-        *active.entry(session.clone()).or_insert(0) += 1;
+    /// Counts a call of `session` as running; waits while an expiry or
+    /// eviction of it is in progress.
+    async fn activate(&self, session: &SessionId) -> ActiveGuard<'_> {
+        loop {
+            let closed = self.inner.close_done.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            {
+                let mut active = self.inner.active();
+                match active.get_mut(session) {
+                    Some(Activity::Closing) => {}
+                    Some(Activity::Calls(n)) => {
+                        *n += 1;
+                        return self.active_guard(session);
+                    }
+                    None => {
+                        active.insert(session.clone(), Activity::Calls(1));
+                        return self.active_guard(session);
+                    }
+                }
+            }
+            closed.await;
+        }
+    }
+
+    fn active_guard(&self, session: &SessionId) -> ActiveGuard<'_> {
         ActiveGuard {
             inner: &self.inner,
             session: session.clone(),
@@ -286,7 +383,20 @@ impl SessionPool {
         if inner.store.len().await >= inner.config.max_sessions {
             self.evict_one().await?;
         }
-        let ready = inner.pool.ready_workers();
+        let mut ready = inner.pool.ready_workers();
+        if ready.is_empty() {
+            // A restart window (e.g. right after SessionLost in a small
+            // pool): wait like any pool call would, up to the checkout
+            // time-out.
+            inner
+                .pool
+                .wait_for_ready(inner.pool.config().checkout_timeout)
+                .await;
+            if inner.pool.is_closed() {
+                return Err(SessionError::Pool(inner.pool.closed_error()));
+            }
+            ready = inner.pool.ready_workers();
+        }
         let counts = self.sessions_per_worker().await;
         let worker = ready
             .iter()
@@ -310,13 +420,12 @@ impl SessionPool {
     /// Makes room for one more session: closes the least recently used
     /// session that has no call running.
     async fn evict_one(&self) -> Result<(), SessionError> {
-        let active: Vec<SessionId> = {
-            let active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-            active.keys().cloned().collect()
-        };
         let mut candidates = self.inner.store.list().await;
-        candidates.retain(|(id, _)| !active.contains(id));
-        let Some((victim, binding)) = candidates.into_iter().min_by_key(|(_, b)| b.last_used) else {
+        candidates.sort_by_key(|(_, b)| b.last_used);
+        let Some((victim, binding, _closing)) = candidates
+            .into_iter()
+            .find_map(|(id, b)| ClosingGuard::begin(&self.inner, &id).map(|g| (id, b, g)))
+        else {
             return Err(SessionError::TooManySessions {
                 max: self.inner.config.max_sessions,
             });
@@ -364,13 +473,18 @@ async fn sweep(inner: Weak<Inner>, ttl: Duration) {
 impl SessionPool {
     async fn expire_idle(&self, ttl: Duration) {
         let now = Instant::now();
-        let busy: Vec<SessionId> = {
-            let active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-            active.keys().cloned().collect()
-        };
         for (session, binding) in self.inner.store.list().await {
-            if busy.contains(&session) || now.duration_since(binding.last_used) < ttl {
+            if now.duration_since(binding.last_used) < ttl {
                 continue;
+            }
+            // Not while a call of it runs; calls that start meanwhile wait.
+            let Some(_closing) = ClosingGuard::begin(&self.inner, &session) else {
+                continue;
+            };
+            // Used since the listing? Then it is not idle.
+            match self.inner.store.get(&session).await {
+                Some(current) if now.duration_since(current.last_used) >= ttl => {}
+                _ => continue,
             }
             if self
                 .inner

@@ -391,3 +391,159 @@ async fn bad_configuration_and_no_worker_are_typed_errors() {
     );
     let _ = CallRequest::new("unused", 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn hint_fallback_leaves_no_session_state_on_other_workers() {
+    let l = launcher();
+    let p = pool(&l, 2).await;
+    let sessions = SessionPool::new(p.clone(), SessionConfig::default().affinity(Affinity::Hint)).unwrap();
+    let id = SessionId::new();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    let bound = sessions.binding(&id).await.unwrap().worker;
+    let other = WorkerId(1 - bound.0);
+    let busy = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.call_on(
+                bound,
+                CallRequest::new("sleep", 1_000),
+                portpool_pool::Wait::Queue,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        1,
+        "fallback sees a fresh state"
+    );
+    assert!(
+        l.worker(other).unwrap().session_state(id.as_str()).is_none(),
+        "and leaves none behind"
+    );
+    assert_eq!(l.worker(other).unwrap().session_closes(), vec![id.to_string()]);
+    busy.await.unwrap().unwrap();
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        2,
+        "the bound worker kept its state"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_session_lost_a_small_pool_rebinds_once_its_worker_is_back() {
+    // One worker: right after its crash no worker is ready; binding waits
+    // for the restart instead of failing with NoWorker.
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 1).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    count(&sessions, &id).await.unwrap();
+    l.worker(WorkerId(0)).unwrap().crash();
+    tokio::time::sleep(ms(1)).await;
+    let err = count(&sessions, &id).await.unwrap_err();
+    assert!(matches!(err, SessionError::SessionLost { .. }), "{err}");
+    let t0 = Instant::now();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    assert!(
+        t0.elapsed() >= ms(50),
+        "waited for the restart ({:?})",
+        t0.elapsed()
+    );
+    assert_eq!(sessions.binding(&id).await.unwrap().worker, WorkerId(1));
+}
+
+#[test]
+fn a_session_pool_with_a_ttl_outside_a_runtime_is_a_config_error() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = launcher();
+    let pool = rt.block_on(pool(&l, 1));
+    let err = SessionPool::new(pool.clone(), SessionConfig::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Config {
+                field: "idle_ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(SessionPool::new(pool, SessionConfig::default().idle_ttl(None)).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_arriving_during_expiry_waits_and_starts_fresh_on_a_bound_worker() {
+    // The store answers slowly, so the expiry is in progress when the call
+    // comes: the call must not reach the worker between the expiry's
+    // decision and its session_close.
+    let l = launcher();
+    let config = SessionConfig::default().idle_ttl(Some(Duration::from_secs(10)));
+    let store = std::sync::Arc::new(SlowStore::default());
+    let sessions = SessionPool::with_store(pool(&l, 1).await, config, store.clone()).unwrap();
+    let id = SessionId::new();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    store.slow_removes(true);
+    tokio::time::sleep(Duration::from_secs(13)).await; // the sweep has started removing
+    assert!(store.removing(), "expiry in progress");
+    assert_eq!(
+        count(&sessions, &id).await.unwrap(),
+        1,
+        "fresh state after the expiry"
+    );
+    let closes = l.worker(WorkerId(0)).unwrap().session_closes();
+    assert_eq!(closes, vec![id.to_string()]);
+    assert_eq!(
+        sessions.binding(&id).await.unwrap().worker,
+        WorkerId(0),
+        "bound again"
+    );
+}
+
+/// A memory store whose removals can be made slow.
+#[derive(Default)]
+struct SlowStore {
+    inner: MemoryStore,
+    slow: std::sync::atomic::AtomicBool,
+    in_remove: std::sync::atomic::AtomicBool,
+}
+
+impl SlowStore {
+    fn slow_removes(&self, on: bool) {
+        self.slow.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn removing(&self) -> bool {
+        self.in_remove.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SlowStore {
+    async fn get(&self, session: &SessionId) -> Option<Binding> {
+        self.inner.get(session).await
+    }
+    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> Binding {
+        self.inner.bind_if_absent(session, binding).await
+    }
+    async fn touch(&self, session: &SessionId, at: Instant) {
+        self.inner.touch(session, at).await
+    }
+    async fn remove_if_bound_to(&self, session: &SessionId, worker: WorkerId) -> Option<Binding> {
+        if self.slow.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.in_remove.store(true, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            self.in_remove.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.remove_if_bound_to(session, worker).await
+    }
+    async fn remove(&self, session: &SessionId) -> Option<Binding> {
+        self.inner.remove(session).await
+    }
+    async fn list(&self) -> Vec<(SessionId, Binding)> {
+        self.inner.list().await
+    }
+    async fn len(&self) -> usize {
+        self.inner.len().await
+    }
+}
