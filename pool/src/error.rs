@@ -140,6 +140,7 @@ pub(crate) fn call_outcome(e: &CallError) -> &'static str {
         CallError::WorkerCrashed { .. } => "worker_crashed",
         CallError::WorkerClosed { .. } => "worker_closed",
         CallError::InvalidRequest { .. } => "invalid_request",
+        CallError::StreamOverflow { .. } => "stream_overflow",
     }
 }
 

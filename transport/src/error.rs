@@ -163,6 +163,18 @@ pub enum CallError {
         /// Its process id.
         pid: Option<u32>,
     },
+    /// A stream's consumer fell behind: more than `limit` chunks arrived
+    /// unread. The stream was cancelled to keep memory bounded; the worker
+    /// is unaffected.
+    #[error("{worker}: stream {method} cancelled: more than {limit} chunks waited unread")]
+    StreamOverflow {
+        /// The worker.
+        worker: WorkerId,
+        /// The method streamed.
+        method: String,
+        /// The configured limit (`WorkerCommand::max_stream_buffer`).
+        limit: usize,
+    },
     /// The request could not be sent: its frame exceeds the maximum size or
     /// it cannot be encoded. The worker is unaffected.
     #[error("{worker}: request {method} cannot be sent: {reason}")]
@@ -177,6 +189,11 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Whether this error ended a stream because its consumer fell behind.
+    pub fn is_stream_overflow(&self) -> bool {
+        matches!(self, CallError::StreamOverflow { .. })
+    }
+
     /// Whether this error is a fault of the worker (crash, time-out), as
     /// opposed to an application error or a bad request. Circuit breakers
     /// and health checks count only these.
@@ -191,7 +208,8 @@ impl CallError {
             | CallError::Timeout { worker, .. }
             | CallError::WorkerCrashed { worker, .. }
             | CallError::WorkerClosed { worker, .. }
-            | CallError::InvalidRequest { worker, .. } => *worker,
+            | CallError::InvalidRequest { worker, .. }
+            | CallError::StreamOverflow { worker, .. } => *worker,
         }
     }
 }

@@ -60,7 +60,7 @@ pub use id::{WorkerExit, WorkerId};
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
     find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT,
-    DEFAULT_STDERR_TAIL_LINES,
+    DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,
 };
 pub use worker::{CallRequest, CallStream, Launcher, Worker, WorkerInfo};
 #[cfg(feature = "mock")]

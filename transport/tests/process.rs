@@ -594,3 +594,33 @@ os._exit(3)";
         .expect("closed resolves");
     assert_eq!(exit.code, Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_too_slowly_is_cancelled_with_stream_overflow() {
+    let launcher = ProcessLauncher::new(WorkerCommand::python(app("basic.py")).max_stream_buffer(100));
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    let mut stream = worker.stream(CallRequest::new("count", 1_000_000)).await.unwrap();
+    // Read nothing while the generator runs ahead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut items = 0;
+    let err = loop {
+        match stream.next().await {
+            Some(Ok(_)) => items += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error after {items} items"),
+        }
+    };
+    assert!(
+        matches!(err, CallError::StreamOverflow { limit: 100, .. }),
+        "{err}"
+    );
+    assert_eq!(items, 100, "everything buffered up to the limit was delivered");
+    assert!(stream.next().await.is_none());
+    assert_eq!(worker.in_flight(), 0);
+    // The worker was told to stop and serves the next call.
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 3)).await.unwrap(),
+        Value::from(3)
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}

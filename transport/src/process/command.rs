@@ -20,12 +20,17 @@ pub struct WorkerCommand {
     pub(crate) max_frame: usize,
     pub(crate) stderr_tail_lines: usize,
     pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_stream_buffer: usize,
     pub(crate) env_allowlist: Option<Vec<OsString>>,
     pub(crate) limits: Limits,
 }
 
 /// Default time a worker has to send its hello.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default number of chunks a stream may hold unread before it is
+/// cancelled with `CallError::StreamOverflow`.
+pub const DEFAULT_MAX_STREAM_BUFFER: usize = 10_000;
 
 /// Default number of stderr lines kept per worker and attached to errors.
 pub const DEFAULT_STDERR_TAIL_LINES: usize = 40;
@@ -44,6 +49,7 @@ impl WorkerCommand {
             max_frame: DEFAULT_MAX_FRAME,
             stderr_tail_lines: DEFAULT_STDERR_TAIL_LINES,
             max_concurrency: None,
+            max_stream_buffer: DEFAULT_MAX_STREAM_BUFFER,
             env_allowlist: None,
             limits: Limits::default(),
         }
@@ -176,6 +182,15 @@ impl WorkerCommand {
     /// How many stderr lines to keep for error reports (default 40).
     pub fn stderr_tail_lines(mut self, lines: usize) -> Self {
         self.stderr_tail_lines = lines;
+        self
+    }
+
+    /// How many chunks a stream may hold unread (default 10,000): a
+    /// consumer slower than its generator gets `CallError::StreamOverflow`
+    /// and the call is cancelled, instead of host memory growing without
+    /// bound (the protocol has no flow control).
+    pub fn max_stream_buffer(mut self, chunks: usize) -> Self {
+        self.max_stream_buffer = chunks.max(1);
         self
     }
 

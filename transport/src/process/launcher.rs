@@ -178,6 +178,7 @@ impl ProcessLauncher {
         Ok(ProcessWorker::start(Spawned {
             info,
             max_frame: cmd.max_frame,
+            max_stream_buffer: cmd.max_stream_buffer,
             stdin,
             frames,
             exit_rx,

@@ -7,6 +7,8 @@ mod signal;
 mod stderr;
 mod worker;
 
-pub use command::{find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_STDERR_TAIL_LINES};
+pub use command::{
+    find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,
+};
 pub use launcher::ProcessLauncher;
 pub use worker::ProcessWorker;

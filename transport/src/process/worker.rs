@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ const TERM_GRACE: Duration = Duration::from_secs(1);
 pub(crate) struct Spawned {
     pub(crate) info: WorkerInfo,
     pub(crate) max_frame: usize,
+    pub(crate) max_stream_buffer: usize,
     pub(crate) stdin: ChildStdin,
     pub(crate) frames: FramedRead<ChildStdout, MessageCodec>,
     pub(crate) exit_rx: watch::Receiver<Option<WorkerExit>>,
@@ -69,6 +70,8 @@ enum Pending {
     Stream {
         method: String,
         items: mpsc::UnboundedSender<Result<Value, CallError>>,
+        /// Chunks sent and not yet read by the stream's consumer.
+        unread: Arc<AtomicUsize>,
     },
     Ping(oneshot::Sender<()>),
 }
@@ -102,6 +105,7 @@ impl State {
 struct Inner {
     info: WorkerInfo,
     max_frame: usize,
+    max_stream_buffer: usize,
     state: Mutex<State>,
     outbox: mpsc::UnboundedSender<Outgoing>,
     next_id: AtomicU64,
@@ -190,7 +194,7 @@ impl Inner {
                         // The caller may have just gone; the reply is then moot.
                         let _ = reply.send(outcome);
                     }
-                    Some(Pending::Stream { method, items }) => {
+                    Some(Pending::Stream { method, items, .. }) => {
                         if let Err(error) = response.outcome {
                             let _ = items.send(Err(CallError::Remote {
                                 worker: self.info.id,
@@ -204,10 +208,22 @@ impl Inner {
                 }
             }
             Message::Chunk(chunk) => {
-                let state = self.state();
+                let mut state = self.state();
                 match state.pending.get(&chunk.id) {
-                    Some(Pending::Stream { items, .. }) => {
-                        let _ = items.send(Ok(chunk.data));
+                    Some(Pending::Stream { items, unread, .. }) => {
+                        if unread.fetch_add(1, Ordering::AcqRel) < self.max_stream_buffer {
+                            let _ = items.send(Ok(chunk.data));
+                        } else if let Some(Pending::Stream { items, method, .. }) = state.remove(chunk.id) {
+                            // The consumer fell behind: end the stream and
+                            // cancel the call rather than buffer without bound.
+                            drop(state);
+                            let _ = items.send(Err(CallError::StreamOverflow {
+                                worker: self.info.id,
+                                method,
+                                limit: self.max_stream_buffer,
+                            }));
+                            self.send_control(&Message::Cancel(Cancel { id: chunk.id }));
+                        }
                     }
                     _ => {
                         drop(state);
@@ -361,6 +377,7 @@ impl ProcessWorker {
         let inner = Arc::new(Inner {
             info: spawned.info,
             max_frame: spawned.max_frame,
+            max_stream_buffer: spawned.max_stream_buffer,
             state: Mutex::new(State::default()),
             outbox,
             next_id: AtomicU64::new(1),
@@ -497,11 +514,13 @@ impl Worker for ProcessWorker {
         let timeout = request.timeout;
         let (method, frame) = self.request_frame(id, request)?;
         let (items, rx) = mpsc::unbounded_channel();
+        let unread = Arc::new(AtomicUsize::new(0));
         self.inner.send_registered(
             id,
             Pending::Stream {
                 method: method.clone(),
                 items,
+                unread: unread.clone(),
             },
             frame,
         )?;
@@ -512,6 +531,7 @@ impl Worker for ProcessWorker {
                 armed: true,
             },
             items: rx,
+            unread,
             deadline: timeout.map(|t| (Box::pin(tokio::time::sleep(t)), t)),
             method,
             done: false,
@@ -611,6 +631,7 @@ impl Drop for ProcessWorker {
 struct ReplyStream {
     guard: CallGuard,
     items: mpsc::UnboundedReceiver<Result<Value, CallError>>,
+    unread: Arc<AtomicUsize>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
     method: String,
     done: bool,
@@ -625,7 +646,10 @@ impl Stream for ReplyStream {
             return Poll::Ready(None);
         }
         match this.items.poll_recv(cx) {
-            Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Ok(item))) => {
+                this.unread.fetch_sub(1, Ordering::AcqRel);
+                return Poll::Ready(Some(Ok(item)));
+            }
             Poll::Ready(Some(Err(error))) => {
                 this.done = true;
                 this.guard.armed = false;
