@@ -14,7 +14,7 @@ pub struct Binding {
     pub worker: WorkerId,
     /// When the session was bound.
     pub bound_at: Instant,
-    /// When a call of the session last started or ended.
+    /// When the session was bound or a call of it last ended.
     pub last_used: Instant,
 }
 
