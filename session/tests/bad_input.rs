@@ -54,28 +54,6 @@ async fn back_to_full(pool: &Pool, n: usize, within: Duration) -> Duration {
     }
 }
 
-/// Whether `pid` is gone (or a zombie nobody reaped yet).
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
-async fn eventually_gone(pid: u32, within: Duration) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if is_gone(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    is_gone(pid)
-}
-
 fn crashed(err: &PoolError) -> &CallError {
     match err {
         PoolError::Call(e @ CallError::WorkerCrashed { .. }) => e,
@@ -237,7 +215,7 @@ async fn a_worker_closing_its_stdout_fails_the_call_and_is_replaced() {
         _ => unreachable!(),
     }
     assert!(
-        eventually_gone(pid, Duration::from_secs(3)).await,
+        portpool_testkit::wait_process_gone(pid, Duration::from_secs(3)).await,
         "the sleeping worker is killed"
     );
     back_to_full(&pool, 1, Duration::from_secs(10)).await;
@@ -284,7 +262,7 @@ async fn a_worker_ignoring_shutdown_is_terminated_then_killed_within_bounds() {
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     for pid in pids {
         assert!(
-            eventually_gone(pid, Duration::from_secs(2)).await,
+            portpool_testkit::wait_process_gone(pid, Duration::from_secs(2)).await,
             "{pid} survived"
         );
     }
@@ -409,7 +387,7 @@ async fn dropping_build_mid_start_leaves_no_worker_process() {
     assert_eq!(pids.len(), 3, "{pids:?}");
     for pid in pids {
         assert!(
-            eventually_gone(pid, Duration::from_secs(3)).await,
+            portpool_testkit::wait_process_gone(pid, Duration::from_secs(3)).await,
             "worker {pid} outlived the dropped build: {:?}",
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
         );

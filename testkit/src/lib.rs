@@ -20,6 +20,8 @@
 //! - With the `mock` feature: mockall mocks of the traits, `MockWorker` and
 //!   `MockLauncher`, and `mockall` itself.
 //! - With the `pool` feature: `fake_pool`, a ready pool of fakes in one line.
+//! - [`process_gone`] / [`wait_process_gone`]: orphan checks through `/proc`
+//!   for tests about real processes.
 //!
 //! The fake worker keeps the contract of the process worker: every call
 //! ends exactly once; a crash fails every in-flight and later call with
@@ -97,6 +99,7 @@ mod launcher;
 mod ledger;
 #[cfg(feature = "pool")]
 mod pool;
+mod procs;
 mod record;
 mod script;
 mod worker;
@@ -108,6 +111,7 @@ pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
 pub use pool::fake_pool;
+pub use procs::{process_gone, wait_process_gone};
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
 pub use worker::{FakeWorker, FakeWorkerHandle};

@@ -5,17 +5,6 @@ use std::time::{Duration, Instant};
 
 use portpool_transport::*;
 
-/// Whether `pid` is gone (or a zombie nobody reaped yet).
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_spawn_before_the_hello_kills_the_worker_and_its_children() {
     let dir = std::env::temp_dir().join(format!("portpool-orphans-{}", std::process::id()));
@@ -55,7 +44,7 @@ async fn dropping_spawn_before_the_hello_kills_the_worker_and_its_children() {
         .collect();
     assert_eq!(recorded.len(), 2);
     let until = Instant::now() + Duration::from_secs(3);
-    while !recorded.iter().all(|&p| is_gone(p)) {
+    while !recorded.iter().all(|&p| portpool_testkit::process_gone(p)) {
         assert!(Instant::now() < until, "{recorded:?} outlived the dropped spawn");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

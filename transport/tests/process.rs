@@ -27,28 +27,6 @@ fn script(source: &str) -> ProcessLauncher {
     )
 }
 
-/// Whether `pid` is gone (or a zombie nobody reaped yet).
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
-async fn eventually_gone(pid: u32, within: Duration) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if is_gone(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    is_gone(pid)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_echo_errors_streams_and_sessions() {
     let worker = basic().spawn(WorkerId(1)).await.expect("worker starts");
@@ -396,7 +374,7 @@ async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
             assert_eq!(*after, Duration::from_millis(500));
             assert!(stderr_tail.contains("warming up forever"), "{err}");
             assert!(
-                eventually_gone(pid.unwrap(), Duration::from_secs(2)).await,
+                portpool_testkit::wait_process_gone(pid.unwrap(), Duration::from_secs(2)).await,
                 "killed"
             );
         }
@@ -420,7 +398,7 @@ async fn bad_hellos_are_typed_errors_and_the_worker_is_killed() {
             LaunchError::BadHello { reason, pid, .. } => {
                 assert!(reason.contains(expected), "{name}: {err}");
                 assert!(
-                    eventually_gone(pid.unwrap(), Duration::from_secs(2)).await,
+                    portpool_testkit::wait_process_gone(pid.unwrap(), Duration::from_secs(2)).await,
                     "{name}: killed"
                 );
             }
@@ -448,10 +426,10 @@ async fn shutdown_kills_grandchildren_and_drop_kills_the_worker() {
         .await
         .unwrap();
     let grandchild = u32::try_from(grandchild.as_u64().unwrap()).unwrap();
-    assert!(!is_gone(grandchild));
+    assert!(!portpool_testkit::process_gone(grandchild));
     worker.shutdown(Duration::from_secs(5)).await;
     assert!(
-        eventually_gone(grandchild, Duration::from_secs(2)).await,
+        portpool_testkit::wait_process_gone(grandchild, Duration::from_secs(2)).await,
         "grandchild {grandchild} survived"
     );
 
@@ -459,7 +437,7 @@ async fn shutdown_kills_grandchildren_and_drop_kills_the_worker() {
     let pid = worker.info().pid.unwrap();
     drop(worker);
     assert!(
-        eventually_gone(pid, Duration::from_secs(2)).await,
+        portpool_testkit::wait_process_gone(pid, Duration::from_secs(2)).await,
         "worker {pid} survived its handle"
     );
 }
@@ -548,7 +526,10 @@ async fn no_orphans_when_the_host_is_killed() {
     host.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     for pid in pids {
-        assert!(is_gone(pid), "worker {pid} outlived its SIGKILLed host");
+        assert!(
+            portpool_testkit::process_gone(pid),
+            "worker {pid} outlived its SIGKILLed host"
+        );
     }
 }
 
