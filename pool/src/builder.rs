@@ -132,6 +132,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Recycle a worker after `n` calls in a row timed out on it (default
+    /// 3); `None` never does.
+    pub fn max_consecutive_timeouts(mut self, n: Option<u32>) -> Self {
+        self.config.recycle.max_consecutive_timeouts = n;
+        self
+    }
+
     /// Heartbeat settings, or `None` to disable pings.
     pub fn heartbeat(mut self, heartbeat: Option<Heartbeat>) -> Self {
         self.config.heartbeat = heartbeat;

@@ -73,6 +73,10 @@ pub struct RecyclePolicy {
     /// Replace a worker whose resident memory (`Worker::rss_bytes`) exceeds
     /// this; checked every heartbeat interval.
     pub max_rss_bytes: Option<u64>,
+    /// Replace a worker whose calls timed out this many times in a row (a
+    /// worker stuck in its handlers answers pings of an idle pool but not
+    /// calls). Default 3 in [`PoolConfig::default`].
+    pub max_consecutive_timeouts: Option<u32>,
 }
 
 /// Pinging idle workers.
@@ -197,7 +201,10 @@ impl Default for PoolConfig {
             max_queue: 1024,
             restart: Backoff::default(),
             crash_loop: CrashLoop::default(),
-            recycle: RecyclePolicy::default(),
+            recycle: RecyclePolicy {
+                max_consecutive_timeouts: Some(3),
+                ..RecyclePolicy::default()
+            },
             heartbeat: Some(Heartbeat::default()),
             breaker: Some(BreakerConfig::default()),
             idle_timeout: None,
@@ -267,6 +274,9 @@ impl PoolConfig {
             return Err(bad("crash_loop.max_restarts", "must be at least 1"));
         }
         positive("crash_loop.window", self.crash_loop.window)?;
+        if self.recycle.max_consecutive_timeouts == Some(0) {
+            return Err(bad("recycle.max_consecutive_timeouts", "must be at least 1"));
+        }
         if self.recycle.max_requests == Some(0) {
             return Err(bad("recycle.max_requests", "must be at least 1"));
         }

@@ -58,6 +58,8 @@ pub(crate) struct Entry {
     pub(crate) exclusive: bool,
     pub(crate) draining: bool,
     pub(crate) served: u64,
+    /// Calls that timed out in a row (any other outcome resets it).
+    pub(crate) timeouts_in_a_row: u32,
     /// Holders (bound sessions) that ask recycling to wait, up to the
     /// drain time-out.
     pub(crate) pins: usize,
@@ -222,6 +224,22 @@ impl State {
             }
             let _ = w.tx.send(Err(err.clone()));
         }
+    }
+}
+
+/// A recycle due to the calls a worker served: too many, or too many
+/// time-outs in a row.
+fn recycle_reason(cfg: &PoolConfig, e: &Entry) -> Option<&'static str> {
+    if cfg.recycle.max_requests.is_some_and(|max| e.served >= max) {
+        Some("max_requests")
+    } else if cfg
+        .recycle
+        .max_consecutive_timeouts
+        .is_some_and(|max| e.timeouts_in_a_row >= max)
+    {
+        Some("timeouts")
+    } else {
+        None
     }
 }
 
@@ -719,12 +737,12 @@ impl Shared {
         let mut recycle = None;
         if let Some(e) = st.entry_mut(worker) {
             e.served += 1;
-            if self
-                .config
-                .recycle
-                .max_requests
-                .is_some_and(|max| e.served >= max)
-            {
+            match res {
+                Err(CallError::Timeout { .. }) => e.timeouts_in_a_row += 1,
+                Err(CallError::WorkerClosed { .. } | CallError::InvalidRequest { .. }) => {}
+                _ => e.timeouts_in_a_row = 0,
+            }
+            if recycle_reason(&self.config, e).is_some() {
                 recycle = Some(e.slot);
             }
         }
@@ -876,6 +894,7 @@ impl Shared {
             exclusive: false,
             draining: false,
             served: 0,
+            timeouts_in_a_row: 0,
             pins: 0,
             ready_at: now,
             last_used: now,
@@ -990,9 +1009,10 @@ impl Shared {
         st.entry_mut(worker).is_some_and(|e| e.in_use == 0)
     }
 
-    pub(crate) fn served(&self, worker: WorkerId) -> u64 {
+    /// Why `worker` should be recycled now, judging by its calls.
+    pub(crate) fn recycle_reason(&self, worker: WorkerId) -> Option<&'static str> {
         let mut st = self.lock();
-        st.entry_mut(worker).map_or(0, |e| e.served)
+        st.entry_mut(worker).and_then(|e| recycle_reason(&self.config, e))
     }
 
     /// Stops an idle worker above `min_workers`: removes its slot at once

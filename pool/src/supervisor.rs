@@ -109,10 +109,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
                 return End::Stopped;
             }
             _ = sleep_until_opt(recycle_at.map(|(at, _)| at)) => recycle_at.map(|(_, why)| why),
-            _ = notify.notified() => {
-                let max = cfg.recycle.max_requests.unwrap_or(u64::MAX);
-                (shared.served(id) >= max).then_some("max_requests")
-            }
+            _ = notify.notified() => shared.recycle_reason(id),
             _ = tick.tick() => {
                 if shared.try_retire(slot, id) {
                     tracing::info!(pool = %cfg.name, worker = %id, "stopping idle worker");

@@ -914,3 +914,47 @@ async fn one_crash_with_many_calls_in_flight_is_one_breaker_fault() {
     assert_eq!(v, 1);
     pool.shutdown(secs(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_calls_keep_timing_out_is_replaced() {
+    // Its pings would still be answered (the fake answers them), but its
+    // calls hang: three time-outs in a row recycle it.
+    let l = launcher()
+        .handler("raise", |_| Err(remote_error("ValueError", "bad")))
+        .async_handler("hang", |_| std::future::pending())
+        .max_concurrency(8);
+    let pool = builder(&l)
+        .workers(1)
+        .call_timeout(secs(1))
+        .drain_timeout(secs(2))
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(pool
+            .call::<_, u32>("hang", &())
+            .await
+            .unwrap_err()
+            .is_worker_fault());
+    }
+    // Any other outcome starts the count again.
+    assert!(pool.call::<_, u32>("raise", &()).await.is_err());
+    for _ in 0..2 {
+        pool.call::<_, u32>("hang", &()).await.unwrap_err();
+    }
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(
+        pool.status().workers[0].id,
+        Some(WorkerId(0)),
+        "two in a row: kept"
+    );
+    pool.call::<_, u32>("hang", &()).await.unwrap_err();
+    let st = wait_status(&pool, |s| {
+        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
+    })
+    .await;
+    assert_eq!(st.workers[0].restarts, 1);
+    let v: u32 = pool.call("echo", &5).await.unwrap();
+    assert_eq!(v, 5);
+    pool.shutdown(secs(1)).await;
+}
