@@ -605,3 +605,32 @@ async fn a_stream_read_too_slowly_is_cancelled_with_stream_overflow() {
     );
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_and_small_frames_from_many_callers_never_interleave() {
+    // Frames larger than the pipe's buffer are written partly at once and
+    // finished by the writer task; small frames must queue behind them.
+    let worker = std::sync::Arc::new(basic().spawn(WorkerId(1)).await.unwrap());
+    let calls = (0..220u32).map(|i| {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let params = if i % 11 == 0 {
+                Value::Binary(vec![(i % 251) as u8; 512 * 1024 + i as usize])
+            } else {
+                Value::from(i)
+            };
+            let reply = worker.call(CallRequest::new("echo", params.clone())).await;
+            (params, reply)
+        })
+    });
+    for joined in futures::future::join_all(calls).await {
+        let (params, reply) = joined.unwrap();
+        assert!(
+            reply.as_ref().is_ok_and(|r| *r == params),
+            "a reply differs from its request"
+        );
+    }
+    assert!(worker.is_alive());
+    assert_eq!(worker.discarded_replies(), 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -6,6 +6,7 @@ mod limits;
 mod signal;
 mod stderr;
 mod worker;
+mod writer;
 
 pub use command::{
     find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,

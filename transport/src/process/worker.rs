@@ -13,7 +13,6 @@ use portpool_protocol::{
     encode_frame, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId, SessionClose,
     Shutdown, Value,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
@@ -21,6 +20,7 @@ use tokio_util::codec::FramedRead;
 use super::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
 use super::signal::signal_group;
 use super::stderr::StderrLog;
+use super::writer::FrameWriter;
 use crate::{CallError, CallRequest, CallStream, Worker, WorkerExit, WorkerInfo};
 
 /// After SIGTERM, how long a worker has before SIGKILL.
@@ -54,12 +54,6 @@ impl std::fmt::Debug for ProcessWorker {
             .field("alive", &self.is_alive())
             .finish()
     }
-}
-
-enum Outgoing {
-    Frame(Bytes),
-    /// Close stdin: the worker sees end of file.
-    Close,
 }
 
 enum Pending {
@@ -107,7 +101,7 @@ struct Inner {
     max_frame: usize,
     max_stream_buffer: usize,
     state: Mutex<State>,
-    outbox: mpsc::UnboundedSender<Outgoing>,
+    writer: Arc<FrameWriter>,
     next_id: AtomicU64,
     closing: AtomicBool,
     /// Set as soon as the reader knows the worker is gone.
@@ -143,7 +137,7 @@ impl Inner {
         state.insert(id, pending);
         // The writer outlives every registration (it stops only after the
         // reader failed them all), so a send error cannot strand this entry.
-        let _ = self.outbox.send(Outgoing::Frame(frame));
+        self.writer.send(frame);
         Ok(())
     }
 
@@ -162,14 +156,14 @@ impl Inner {
         let removed = self.state().remove(id);
         if removed.is_some() {
             if let Ok(frame) = encode_frame(&Message::Cancel(Cancel { id }), self.max_frame) {
-                let _ = self.outbox.send(Outgoing::Frame(Bytes::from(frame)));
+                self.writer.send(Bytes::from(frame));
             }
         }
     }
 
     fn send_control(&self, message: &Message) {
         if let Ok(frame) = encode_frame(message, self.max_frame) {
-            let _ = self.outbox.send(Outgoing::Frame(Bytes::from(frame)));
+            self.writer.send(Bytes::from(frame));
         }
     }
 
@@ -303,37 +297,13 @@ impl Inner {
                 Pending::Ping(_) => {}
             }
         }
-        let _ = self.outbox.send(Outgoing::Close);
+        self.writer.close();
         self.dead_tx.send_replace(true);
     }
 
     fn dead_error(&self) -> CallError {
         self.state().dead.clone().unwrap_or_else(|| self.closed_error())
     }
-}
-
-async fn write_loop(stdin: ChildStdin, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
-    'outer: while let Some(first) = outbox.recv().await {
-        let mut next = Some(first);
-        // Write everything already queued, then flush once.
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Frame(frame) => {
-                    if stdin.write_all(&frame).await.is_err() {
-                        break 'outer;
-                    }
-                }
-                Outgoing::Close => break 'outer,
-            }
-            next = outbox.try_recv().ok();
-        }
-        if stdin.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = stdin.flush().await;
-    let _ = stdin.shutdown().await;
 }
 
 /// After the process exited, how long its stdout may stay open (frames
@@ -373,13 +343,13 @@ async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, Messag
 
 impl ProcessWorker {
     pub(crate) fn start(spawned: Spawned) -> Self {
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let writer = Arc::new(FrameWriter::new(&spawned.stdin));
         let inner = Arc::new(Inner {
             info: spawned.info,
             max_frame: spawned.max_frame,
             max_stream_buffer: spawned.max_stream_buffer,
             state: Mutex::new(State::default()),
-            outbox,
+            writer: writer.clone(),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             broken: AtomicBool::new(false),
@@ -388,7 +358,8 @@ impl ProcessWorker {
             dead_tx: watch::channel(false).0,
             stderr: spawned.stderr,
         });
-        tokio::spawn(write_loop(spawned.stdin, outbox_rx));
+        let stdin = spawned.stdin;
+        tokio::spawn(async move { writer.run(stdin).await });
         tokio::spawn(read_loop(inner.clone(), spawned.frames));
         ProcessWorker { inner }
     }
@@ -569,7 +540,7 @@ impl Worker for ProcessWorker {
             session: session.to_string(),
         });
         let frame = self.inner.encode(&message, "session_close")?;
-        let _ = self.inner.outbox.send(Outgoing::Frame(frame));
+        self.inner.writer.send(frame);
         Ok(())
     }
 
@@ -577,7 +548,7 @@ impl Worker for ProcessWorker {
         let inner = &self.inner;
         if !inner.closing.swap(true, Ordering::AcqRel) && inner.state().dead.is_none() {
             inner.send_control(&Message::Shutdown(Shutdown {}));
-            let _ = inner.outbox.send(Outgoing::Close);
+            inner.writer.close();
         }
         let mut exited = wait_exit(&inner.exit_rx, grace).await.is_some();
         if !exited {

@@ -1,0 +1,176 @@
+//! Writing frames to a worker's stdin: directly from the caller when the
+//! pipe is free (no task hop on the hot path), through a writer task when it
+//! is not. Frames never interleave and keep their order either way.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::AsyncWriteExt;
+use tokio::process::ChildStdin;
+use tokio::sync::Notify;
+
+pub(crate) struct FrameWriter {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+struct State {
+    /// Frames (or the rest of one) for the writer task, in order.
+    queue: VecDeque<Bytes>,
+    /// The writer task owns the pipe: everyone else queues behind it.
+    task_busy: bool,
+    /// A duplicate of the pipe for direct, non-blocking writes; dropped on
+    /// close so the worker sees end of file.
+    direct: Option<OwnedFd>,
+    closed: bool,
+}
+
+impl FrameWriter {
+    /// A writer for `stdin`, which [`FrameWriter::run`] then owns.
+    pub(crate) fn new(stdin: &ChildStdin) -> Self {
+        // Direct writes only on a non-blocking pipe: they must never block
+        // the calling thread.
+        let direct = stdin.as_fd().try_clone_to_owned().ok().filter(|fd| {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
+                .map(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+                .unwrap_or(false)
+        });
+        FrameWriter {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                task_busy: false,
+                direct,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one whole frame. Never blocks, never awaits.
+    pub(crate) fn send(&self, frame: Bytes) {
+        let mut st = self.state();
+        if st.closed {
+            return;
+        }
+        let mut rest = frame;
+        if !st.task_busy && st.queue.is_empty() {
+            if let Some(fd) = &st.direct {
+                let written = write_now(fd, &rest);
+                if written == rest.len() {
+                    return;
+                }
+                rest = rest.slice(written..);
+            }
+        }
+        st.queue.push_back(rest);
+        self.hand_to_task(st);
+    }
+
+    /// Writes what is queued, then closes stdin: the worker sees end of file.
+    pub(crate) fn close(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        st.direct = None;
+        self.hand_to_task(st);
+    }
+
+    fn hand_to_task(&self, mut st: MutexGuard<'_, State>) {
+        st.task_busy = true;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// What the writer task does next.
+    fn next(&self) -> Next {
+        let mut st = self.state();
+        if let Some(frame) = st.queue.pop_front() {
+            Next::Write(frame)
+        } else if st.closed {
+            Next::Close
+        } else {
+            Next::Idle
+        }
+    }
+
+    /// Gives the pipe back to direct writers unless more arrived meanwhile.
+    /// Called with nothing buffered, so a direct write cannot overtake.
+    fn release(&self) -> bool {
+        let mut st = self.state();
+        if st.queue.is_empty() && !st.closed {
+            st.task_busy = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn broken(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        st.direct = None;
+        st.queue.clear();
+    }
+}
+
+enum Next {
+    Write(Bytes),
+    Idle,
+    Close,
+}
+
+/// Writes as much of `buf` as the pipe takes now; returns how much.
+fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
+    let mut written = 0;
+    while written < buf.len() {
+        match nix::unistd::write(fd, &buf[written..]) {
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => continue,
+            // Full (EAGAIN) or broken (EPIPE): the task takes over; it
+            // waits for room, or sees the error and stops.
+            Err(_) => break,
+        }
+    }
+    written
+}
+
+impl FrameWriter {
+    /// The writer task: drains the queue whenever a sender could not write
+    /// directly, flushing once per batch.
+    pub(crate) async fn run(&self, stdin: ChildStdin) {
+        let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
+        loop {
+            match self.next() {
+                Next::Write(frame) => {
+                    if stdin.write_all(&frame).await.is_err() {
+                        self.broken();
+                        return;
+                    }
+                }
+                Next::Idle => {
+                    // Flush before handing the pipe back: nothing of ours may
+                    // still be buffered when a direct write goes out.
+                    if stdin.flush().await.is_err() {
+                        self.broken();
+                        return;
+                    }
+                    if self.release() {
+                        self.wake.notified().await;
+                    }
+                }
+                Next::Close => {
+                    let _ = stdin.flush().await;
+                    let _ = stdin.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}
