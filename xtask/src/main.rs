@@ -195,6 +195,15 @@ fn ci(root: &Path) -> Result<(), String> {
         ]))
     });
     step("cargo test", &mut || {
+        // The fake-worker binary that other crates' process tests spawn.
+        run(cargo().current_dir(root).args([
+            "build",
+            "--all-features",
+            "-p",
+            "portpool-testkit",
+            "--bin",
+            "fake-worker",
+        ]))?;
         run(cargo().current_dir(root).env("PORTPOOL_PYTHON", &python).args([
             "test",
             "--workspace",
