@@ -54,8 +54,15 @@ impl Backoff {
             return d;
         }
         let r: f64 = rand::random();
-        d.mul_f64(1.0 - self.jitter * r)
+        reduce_by(d, self.jitter * r)
     }
+}
+
+/// `d` less a `fraction` (`0.0..=1.0`) of it, without overflowing for huge
+/// durations (`Duration::MAX` means "never" and stays huge).
+pub(crate) fn reduce_by(d: Duration, fraction: f64) -> Duration {
+    let cut = Duration::try_from_secs_f64(d.as_secs_f64() * fraction.clamp(0.0, 1.0)).unwrap_or(d);
+    d.saturating_sub(cut)
 }
 
 /// When a healthy worker is replaced anyway (make-before-break: the
@@ -311,8 +318,11 @@ impl PoolConfig {
 
     /// Interval of the per-worker maintenance tick (pings, RSS, idle).
     pub(crate) fn tick(&self) -> Duration {
+        // A year is "never" for a tick, and keeps tokio's interval arithmetic
+        // far from overflow when a setting is `Duration::MAX`.
+        const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
         match (&self.heartbeat, self.idle_timeout) {
-            (Some(hb), _) => hb.interval,
+            (Some(hb), _) => hb.interval.min(NEVER),
             (None, Some(idle)) => idle.min(Duration::from_secs(1)),
             (None, None) => Duration::from_secs(1),
         }

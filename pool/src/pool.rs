@@ -132,7 +132,10 @@ impl Pool {
     /// (bounded by the checkout time-out); with [`Wait::FailFast`] a busy
     /// worker is [`PoolError::WorkerBusy`] at once. A worker that is no
     /// longer in the pool is [`PoolError::WorkerGone`]. A draining worker
-    /// still serves these calls.
+    /// still serves these calls. While an exclusive [`Pool::checkout`] is
+    /// queued, the least-loaded worker is reserved for it: calls for that
+    /// worker wait behind the checkout (or are `WorkerBusy`), so session
+    /// traffic cannot starve exclusive checkouts.
     pub async fn call_on(
         &self,
         worker: WorkerId,

@@ -81,7 +81,7 @@ fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'stati
     let life = policy.max_lifetime?;
     let r: f64 = rand::random();
     Some((
-        after(from, life.mul_f64(1.0 - policy.lifetime_jitter * r)),
+        after(from, crate::config::reduce_by(life, policy.lifetime_jitter * r)),
         "max_lifetime",
     ))
 }
@@ -91,7 +91,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
     let mut started = Instant::now();
     let mut recycle_at = lifetime_deadline(shared, started);
     let period = cfg.tick();
-    let mut tick = tokio::time::interval_at(started + period, period);
+    let mut tick = tokio::time::interval_at(after(started, period), period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut misses = 0u32;
     let notify = shared.recycle_notify(slot);

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use portpool_pool::{BreakerConfig, Checkout, PoolError, Wait};
+use std::time::Duration;
+
+use portpool_pool::{Backoff, BreakerConfig, Checkout, Heartbeat, PoolError, Wait};
 use portpool_transport::{CallRequest, WorkerId};
 use tokio::time::Instant;
 
@@ -183,10 +185,24 @@ async fn removing_a_blocked_head_waiter_serves_those_behind_it() {
 
 #[tokio::test(start_paused = true)]
 async fn huge_durations_do_not_panic() {
+    // `Duration::MAX` means "never": no setting may overflow a deadline, in
+    // a caller's task or in a supervisor (which would leave its slot
+    // unsupervised: a crash never restarted).
     let l = launcher();
     let pool = builder(&l)
         .workers(1)
-        .checkout_timeout(std::time::Duration::MAX)
+        .checkout_timeout(Duration::MAX)
+        .max_lifetime(Duration::MAX, 0.5)
+        .heartbeat(Some(Heartbeat {
+            interval: Duration::MAX,
+            ..Heartbeat::default()
+        }))
+        .restart_backoff(Backoff {
+            base: ms(100),
+            cap: Duration::MAX,
+            jitter: 0.5,
+            reset_after: Duration::MAX,
+        })
         .build()
         .await
         .unwrap();
@@ -195,20 +211,19 @@ async fn huge_durations_do_not_panic() {
         async move { pool.call_value("sleep", 1_000u64.into()).await }
     });
     settle().await;
-    let r = tokio::spawn({
+    let queued = tokio::spawn({
         let pool = pool.clone();
         async move { pool.call_value("echo", 1u64.into()).await }
-    })
-    .await;
-    println!(
-        "queued call with checkout_timeout = MAX: {:?}",
-        r.as_ref().map(|_| ()).map_err(|e| e.to_string())
-    );
+    });
     hold.await.unwrap().unwrap();
-    let s = tokio::spawn({
+    assert_eq!(queued.await.unwrap().unwrap(), portpool_transport::Value::from(1));
+    // The supervisor is alive: a crash is restarted.
+    l.worker(WorkerId(0)).unwrap().crash();
+    wait_status(&pool, |s| s.ready == 1 && s.workers[0].id == Some(WorkerId(1))).await;
+    let shutdown = tokio::spawn({
         let pool = pool.clone();
-        async move { pool.shutdown(std::time::Duration::MAX).await }
-    })
-    .await;
-    println!("shutdown(MAX): {:?}", s.map_err(|e| e.to_string()));
+        async move { pool.shutdown(Duration::MAX).await }
+    });
+    shutdown.await.expect("shutdown(Duration::MAX) does not panic");
+    assert!(!l.worker(WorkerId(1)).unwrap().is_alive());
 }

@@ -32,8 +32,8 @@ struct Inner {
     /// waits for a close in progress, so no request reaches a worker after
     /// its `session_close`.
     active: Mutex<HashMap<SessionId, Activity>>,
-    /// Signalled when a close by expiry or eviction ends.
-    close_done: tokio::sync::Notify,
+    /// Signalled when a session's last running call ends or a close ends.
+    activity_changed: tokio::sync::Notify,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -78,6 +78,9 @@ impl Drop for ActiveGuard<'_> {
             *n -= 1;
             if *n == 0 {
                 active.remove(&self.session);
+                drop(active);
+                // An explicit close may be waiting for the calls to end.
+                self.inner.activity_changed.notify_waiters();
             }
         }
     }
@@ -104,10 +107,26 @@ impl<'a> ClosingGuard<'a> {
     }
 }
 
+impl<'a> ClosingGuard<'a> {
+    /// Waits until no call of the session runs (and no other close), then
+    /// marks it closing; calls that start meanwhile wait for the close.
+    async fn wait_begin(inner: &'a Inner, session: &SessionId) -> Self {
+        loop {
+            let changed = inner.activity_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(guard) = ClosingGuard::begin(inner, session) {
+                return guard;
+            }
+            changed.await;
+        }
+    }
+}
+
 impl Drop for ClosingGuard<'_> {
     fn drop(&mut self) {
         self.inner.active().remove(&self.session);
-        self.inner.close_done.notify_waiters();
+        self.inner.activity_changed.notify_waiters();
     }
 }
 
@@ -140,7 +159,7 @@ impl SessionPool {
             config,
             bind_lock: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
-            close_done: tokio::sync::Notify::new(),
+            activity_changed: tokio::sync::Notify::new(),
             sweeper: Mutex::new(None),
         });
         if let Some(ttl) = inner.config.idle_ttl {
@@ -224,7 +243,7 @@ impl SessionPool {
             Affinity::Strict => pool.call_on(worker, request, Wait::Queue).await,
             Affinity::FailFast => pool.call_on(worker, request, Wait::FailFast).await,
             Affinity::Hint => match pool.call_on(worker, request.clone(), Wait::FailFast).await {
-                Err(PoolError::WorkerBusy { .. }) => self.call_elsewhere(session, worker, request).await,
+                Err(PoolError::WorkerBusy { .. }) => self.call_elsewhere(session, request).await,
                 other => other,
             },
         };
@@ -251,24 +270,23 @@ impl SessionPool {
         }
     }
 
-    /// `Hint` fallback: runs the call on another worker with a fresh session
-    /// state there, which is dropped right after the call, so no state is
-    /// left behind on workers the session is not bound to.
+    /// `Hint` fallback: runs the call on any worker under a throwaway
+    /// session id (a fresh, empty state), dropped right after the call. It
+    /// can never touch the session's real state, wherever that lives.
     async fn call_elsewhere(
         &self,
         session: &SessionId,
-        bound: WorkerId,
-        request: CallRequest,
+        mut request: CallRequest,
     ) -> Result<Value, PoolError> {
         let pool = &self.inner.pool;
+        let throwaway = format!("{session}.fallback.{:016x}", rand::random::<u64>());
+        request.session = Some(throwaway.clone());
         let lease = pool.checkout_with(Checkout::Shared).await?;
-        let other = lease.worker_id();
+        let worker = lease.worker_id();
         let result = lease.call_raw(request).await;
         drop(lease);
-        if other != bound {
-            if let Err(e) = pool.close_session_on(other, session.as_str()).await {
-                tracing::debug!(%session, worker = %other, error = %e, "fallback session_close not delivered");
-            }
+        if let Err(e) = pool.close_session_on(worker, &throwaway).await {
+            tracing::debug!(%session, %worker, error = %e, "fallback session_close not delivered");
         }
         result
     }
@@ -276,6 +294,9 @@ impl SessionPool {
     /// Closes `session`: forgets its binding and tells its worker to drop
     /// the state. Closing an unknown session does nothing.
     pub async fn close(&self, session: &SessionId) -> Result<(), SessionError> {
+        // After the calls of the session that are running: none may reach
+        // the worker after its session_close.
+        let _closing = ClosingGuard::wait_begin(&self.inner, session).await;
         if let Some(binding) = self.inner.store.remove(session).await {
             self.release(session, binding.worker, "closed").await;
         }
@@ -310,7 +331,7 @@ impl SessionPool {
     /// eviction of it is in progress.
     async fn activate(&self, session: &SessionId) -> ActiveGuard<'_> {
         loop {
-            let closed = self.inner.close_done.notified();
+            let closed = self.inner.activity_changed.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
             {

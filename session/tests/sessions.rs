@@ -422,7 +422,13 @@ async fn hint_fallback_leaves_no_session_state_on_other_workers() {
         l.worker(other).unwrap().session_state(id.as_str()).is_none(),
         "and leaves none behind"
     );
-    assert_eq!(l.worker(other).unwrap().session_closes(), vec![id.to_string()]);
+    let closes = l.worker(other).unwrap().session_closes();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert!(
+        closes[0].starts_with(&format!("{id}.fallback.")),
+        "a throwaway id, dropped: {closes:?}"
+    );
+    assert!(l.worker(other).unwrap().session_state(&closes[0]).is_none());
     busy.await.unwrap().unwrap();
     assert_eq!(
         count(&sessions, &id).await.unwrap(),
@@ -546,4 +552,26 @@ impl SessionStore for SlowStore {
     async fn len(&self) -> usize {
         self.inner.len().await
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_waits_for_the_sessions_running_calls() {
+    let l = launcher().max_concurrency(4);
+    let sessions = SessionPool::new(pool(&l, 1).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    count(&sessions, &id).await.unwrap();
+    let running = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
+    });
+    tokio::time::sleep(ms(10)).await;
+    let t0 = Instant::now();
+    sessions.close(&id).await.unwrap();
+    assert_eq!(t0.elapsed(), ms(990), "close waited for the running call");
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec![id.to_string()]
+    );
+    assert!(sessions.is_empty().await);
 }
