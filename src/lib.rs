@@ -89,7 +89,7 @@ pub use portpool_session::{
 #[cfg(feature = "tower")]
 mod service;
 #[cfg(feature = "tower")]
-pub use service::{PoolRequest, PoolService};
+pub use service::PoolService;
 
 /// A [`PoolBuilder`] over Python workers running `app` (a `.py` file or
 /// `module:attr`) with the portpool runtime: `python -m portpool APP`.

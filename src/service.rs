@@ -1,83 +1,24 @@
 //! A `tower::Service` over a [`Pool`], behind the `tower` feature.
 
-use std::task::{Context, Poll};
-use std::time::Duration;
-
 use futures::future::BoxFuture;
+use std::task::{Context, Poll};
 
 use crate::{CallRequest, Pool, PoolError, Value};
 
-/// One request to a [`PoolService`]: a method, its params and, optionally, a
-/// session and a time-out. Converts into a [`CallRequest`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolRequest {
-    /// The handler to run.
-    pub method: String,
-    /// Its argument.
-    pub params: Value,
-    /// The session whose state the handler sees.
-    pub session: Option<String>,
-    /// The call's deadline (else the pool's `call_timeout`).
-    pub timeout: Option<Duration>,
-}
-
-impl PoolRequest {
-    /// A request of `method` with `params`, no session, no time-out.
-    pub fn new(method: impl Into<String>, params: impl Into<Value>) -> Self {
-        PoolRequest {
-            method: method.into(),
-            params: params.into(),
-            session: None,
-            timeout: None,
-        }
-    }
-
-    /// Runs the request in `session`.
-    pub fn with_session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
-        self
-    }
-
-    /// Sets the call's deadline.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-}
-
-impl From<PoolRequest> for CallRequest {
-    fn from(request: PoolRequest) -> Self {
-        let mut call = CallRequest::new(request.method, request.params);
-        call.session = request.session;
-        call.timeout = request.timeout;
-        call
-    }
-}
-
-impl From<CallRequest> for PoolRequest {
-    fn from(call: CallRequest) -> Self {
-        PoolRequest {
-            method: call.method,
-            params: call.params,
-            session: call.session,
-            timeout: call.timeout,
-        }
-    }
-}
-
-/// A [`Pool`] as a `tower::Service<PoolRequest>` whose response is the
+/// A [`Pool`] as a `tower::Service<CallRequest>` whose response is the
 /// call's [`Value`] and whose error is a [`PoolError`].
 ///
 /// `poll_ready` is always ready: the pool has its own bounded queue and
 /// fails fast (queue full, breaker open, pool closed) in `call`, so tower's
 /// back-pressure is not needed; add `tower::limit` layers for tighter caps.
-/// Cloning is cheap (the pool is a shared handle). A [`CallRequest`]
-/// converts with `PoolRequest::from` (e.g. in a `map_request` layer).
+/// Cloning is cheap (the pool is a shared handle). The request is a
+/// [`CallRequest`]: method, params, and optionally a session, a time-out
+/// (else the pool's `call_timeout`) and a trace context.
 ///
 /// ```
 /// use std::time::Duration;
 ///
-/// use portpool::{Pool, PoolRequest, PoolService, Value};
+/// use portpool::{CallRequest, Pool, PoolService, Value};
 /// use portpool_testkit::FakeLauncher;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
@@ -89,7 +30,7 @@ impl From<CallRequest> for PoolRequest {
 /// let service = ServiceBuilder::new()
 ///     .timeout(Duration::from_secs(5))
 ///     .service(PoolService::new(pool));
-/// let reply = service.oneshot(PoolRequest::new("echo", "hi")).await?;
+/// let reply = service.oneshot(CallRequest::new("echo", "hi")).await?;
 /// assert_eq!(reply, Value::from("hi"));
 /// # Ok(())
 /// # }
@@ -122,7 +63,7 @@ impl From<Pool> for PoolService {
     }
 }
 
-impl tower::Service<PoolRequest> for PoolService {
+impl tower::Service<CallRequest> for PoolService {
     type Response = Value;
     type Error = PoolError;
     type Future = BoxFuture<'static, Result<Value, PoolError>>;
@@ -131,8 +72,8 @@ impl tower::Service<PoolRequest> for PoolService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: PoolRequest) -> Self::Future {
+    fn call(&mut self, request: CallRequest) -> Self::Future {
         let pool = self.pool.clone();
-        Box::pin(async move { pool.call_raw(request.into()).await })
+        Box::pin(async move { pool.call_raw(request).await })
     }
 }

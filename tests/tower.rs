@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use portpool::{CallRequest, Pool, PoolError, PoolRequest, PoolService, Value};
+use portpool::{CallRequest, Pool, PoolError, PoolService, Value};
 use portpool_testkit::{remote_error, FakeLauncher};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
@@ -29,22 +29,19 @@ async fn oneshot_echo() {
     let service = PoolService::new(pool().await);
     let reply = service
         .clone()
-        .oneshot(PoolRequest::new("echo", "hi"))
+        .oneshot(CallRequest::new("echo", "hi"))
         .await
         .unwrap();
     assert_eq!(reply, Value::from("hi"));
     // A CallRequest converts.
-    let reply = service
-        .oneshot(PoolRequest::from(CallRequest::new("echo", 7)))
-        .await
-        .unwrap();
+    let reply = service.oneshot(CallRequest::new("echo", 7)).await.unwrap();
     assert_eq!(reply, Value::from(7));
 }
 
 #[tokio::test]
 async fn errors_are_pool_errors() {
     let err = PoolService::new(pool().await)
-        .oneshot(PoolRequest::new("fail", Value::Nil))
+        .oneshot(CallRequest::new("fail", Value::Nil))
         .await
         .unwrap_err();
     assert!(matches!(err, PoolError::Call(_)), "{err:?}");
@@ -57,7 +54,7 @@ async fn session_travels_with_the_request() {
         .ready()
         .await
         .unwrap()
-        .call(PoolRequest::new("whose", Value::Nil).with_session("alice"))
+        .call(CallRequest::new("whose", Value::Nil).with_session("alice"))
         .await
         .unwrap();
     assert_eq!(reply, Value::from("alice"));
@@ -68,7 +65,7 @@ async fn timeout_layer_cancels_a_slow_call() {
     let service = ServiceBuilder::new()
         .timeout(Duration::from_secs(1))
         .service(PoolService::new(pool().await));
-    let err = service.oneshot(PoolRequest::new("slow", 1)).await.unwrap_err();
+    let err = service.oneshot(CallRequest::new("slow", 1)).await.unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>(), "{err:?}");
 }
 
@@ -77,7 +74,7 @@ async fn composes_with_map_request_and_service_fn() {
     // A front service that turns a string into a request, in front of the pool.
     let pool_service = PoolService::new(pool().await);
     let service = ServiceBuilder::new()
-        .map_request(|text: &'static str| PoolRequest::new("echo", text.to_uppercase()))
+        .map_request(|text: &'static str| CallRequest::new("echo", text.to_uppercase()))
         .service(pool_service);
     assert_eq!(service.oneshot("shout").await.unwrap(), Value::from("SHOUT"));
 
@@ -85,7 +82,7 @@ async fn composes_with_map_request_and_service_fn() {
     let pool_service = PoolService::new(pool().await);
     let front = service_fn(move |text: String| {
         let pool_service = pool_service.clone();
-        async move { pool_service.oneshot(PoolRequest::new("echo", text)).await }
+        async move { pool_service.oneshot(CallRequest::new("echo", text)).await }
     });
     assert_eq!(front.oneshot("x".to_string()).await.unwrap(), Value::from("x"));
 }
