@@ -411,10 +411,16 @@ fn report(
         println!("    {kind:<16} {n:>5}   e.g. {}", tally.error_examples[kind]);
     }
     let crashed = tally.errors.get("worker_crashed").copied().unwrap_or(0);
+    let lost = tally.errors.get("session_lost").copied().unwrap_or(0);
     if let Some((slot, pid)) = killed {
         println!(
             "    -> the {crashed} worker_crashed errors are the calls that were in flight on pid {pid} (slot {slot})\n       when it was killed; every other call went on, and the slot got a new worker."
         );
+        if lost > 0 {
+            println!(
+                "    -> the {lost} session_lost errors are conversations bound to pid {pid}: their state died with it,\n       each was told so once, and started over on another worker."
+            );
+        }
     }
 
     let status = pool.status();
@@ -450,13 +456,17 @@ fn report(
     let unexpected: u64 = tally
         .errors
         .iter()
-        .filter(|(kind, _)| kind.as_str() != "worker_crashed")
+        // What the kill causes: calls in flight on the killed worker, and
+        // sessions bound to it (told once, then started over).
+        .filter(|(kind, _)| !matches!(kind.as_str(), "worker_crashed" | "session_lost"))
         .map(|(_, n)| n)
         .sum();
     let recovered = status.ready == status.size && (no_kill || (killed.is_some() && restarts >= 1));
     let healthy = ok > 0 && unexpected == 0 && recovered;
     if healthy {
-        println!("\ndemo: completed as designed (the killed worker's calls failed as WorkerCrashed; the pool recovered)");
+        println!(
+            "\ndemo: completed as designed (the killed worker's calls failed as WorkerCrashed, its sessions as SessionLost; the pool recovered)"
+        );
     } else {
         println!(
             "\ndemo: NOT as designed: unexpected errors {unexpected}, recovered {recovered} (killed {})",
