@@ -125,6 +125,11 @@ pub(crate) fn decode<R: DeserializeOwned>(method: &str, value: Value) -> Result<
 pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Result<Value, PoolError> {
     let shared = guard.shared();
     let cfg = &shared.config;
+    // A deadline the caller chose, shorter than the pool's own.
+    let caller_deadline = match (request.timeout, cfg.call_timeout) {
+        (Some(own), Some(pool)) => own < pool,
+        _ => false,
+    };
     if request.timeout.is_none() {
         request.timeout = cfg.call_timeout;
     }
@@ -144,7 +149,7 @@ pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Res
         }
         None => guard.worker.call(request).await,
     };
-    shared.finish_call(guard.id, guard.take_probe(), &res);
+    shared.finish_call(guard.id, guard.take_probe(), &res, caller_deadline);
     metrics::call_duration(&cfg.name, t0.elapsed());
     metrics::call(&cfg.name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
     if let Err(e) = &res {
@@ -174,7 +179,7 @@ pub(crate) async fn open_stream(
         Err(e) => {
             let probe = owned.as_ref().is_some_and(SlotGuard::take_probe);
             metrics::call(&shared.config.name, call_outcome(&e));
-            shared.finish_call(worker, probe, &Err(e.clone()));
+            shared.finish_call(worker, probe, &Err(e.clone()), false);
             Err(PoolError::Call(e))
         }
     }
@@ -208,7 +213,7 @@ impl PoolStream {
     fn finish(&mut self, res: &Result<Value, CallError>) {
         self.inner = None;
         let probe = self.guard.as_ref().is_some_and(SlotGuard::take_probe);
-        self.shared.finish_call(self.worker, probe, res);
+        self.shared.finish_call(self.worker, probe, res, false);
         let name = &self.shared.config.name;
         metrics::call_duration(name, self.started.elapsed());
         metrics::call(name, res.as_ref().map_or_else(call_outcome, |_| "ok"));

@@ -691,14 +691,25 @@ impl Shared {
         }
     }
 
-    /// Records a finished call: breaker, served count, max-requests recycle.
-    pub(crate) fn finish_call(&self, worker: WorkerId, probe: bool, res: &Result<Value, CallError>) {
+    /// Records a finished call: breaker, served count, recycling.
+    /// `caller_deadline`: the call ran under a deadline its caller chose,
+    /// shorter than the pool's `call_timeout`; its time-out says more about
+    /// the caller's budget than the worker's health, so it does not count
+    /// for the pool-wide breaker (it still counts for the worker's own
+    /// time-outs in a row).
+    pub(crate) fn finish_call(
+        &self,
+        worker: WorkerId,
+        probe: bool,
+        res: &Result<Value, CallError>,
+        caller_deadline: bool,
+    ) {
         let now = Instant::now();
         let mut st = self.lock();
         let neutral = matches!(
             res,
             Err(CallError::WorkerClosed { .. } | CallError::InvalidRequest { .. })
-        );
+        ) || (caller_deadline && matches!(res, Err(CallError::Timeout { .. })));
         let changed = if neutral {
             if probe {
                 st.breaker.cancel_probe();

@@ -958,3 +958,39 @@ async fn a_worker_whose_calls_keep_timing_out_is_replaced() {
     assert_eq!(v, 5);
     pool.shutdown(secs(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_own_short_deadline_does_not_open_the_breaker() {
+    let l = launcher()
+        .async_handler("hang", |_| std::future::pending())
+        .max_concurrency(8);
+    let pool = builder(&l)
+        .workers(1)
+        .call_timeout(secs(10))
+        .max_consecutive_timeouts(None)
+        .breaker(Some(BreakerConfig {
+            failure_threshold: 2,
+            open_for: secs(30),
+            half_open_probes: 1,
+        }))
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let err = pool
+            .call_raw(CallRequest::new("hang", Value::Nil).with_timeout(ms(100)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Call(CallError::Timeout { .. })), "{err}");
+    }
+    assert_eq!(
+        pool.status().breaker,
+        BreakerState::Closed,
+        "the caller's budget, not a sick worker"
+    );
+    for _ in 0..2 {
+        pool.call::<_, u32>("hang", &()).await.unwrap_err(); // the pool's own 10 s deadline
+    }
+    assert_eq!(pool.status().breaker, BreakerState::Open);
+    pool.shutdown(secs(1)).await;
+}
