@@ -587,10 +587,7 @@ async fn max_requests_recycles_make_before_break() {
     // Served calls during the replacement's launch still go to worker 0.
     let v: u32 = pool.call("echo", &9).await.unwrap();
     assert_eq!(v, 9);
-    let st = wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    let st = wait_only_worker(&pool, WorkerId(1)).await;
     assert_eq!(st.workers[0].restarts, 1);
     let events = l.events();
     let new_ready = position(
@@ -621,10 +618,7 @@ async fn recycled_worker_finishes_its_calls_before_stopping() {
     wait_status(&pool, |s| s.count(WorkerState::Draining) == 1 && s.ready == 1).await;
     assert!(l.worker(WorkerId(0)).unwrap().is_alive(), "draining, not killed");
     assert_eq!(long.await.unwrap().unwrap(), 3_000, "the in-flight call finished");
-    wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    wait_only_worker(&pool, WorkerId(1)).await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
     pool.shutdown(secs(1)).await;
 }
@@ -663,10 +657,7 @@ async fn max_lifetime_and_max_rss_recycle() {
         .await
         .unwrap();
     assert_eq!(pool.status().workers[0].rss_bytes, Some(900 << 20));
-    let st = wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    let st = wait_only_worker(&pool, WorkerId(1)).await;
     assert_eq!(st.workers[0].rss_bytes, Some(100 << 20));
     tokio::time::sleep(secs(10)).await;
     assert_eq!(l.launches(), 2, "the small replacement is kept");
@@ -949,10 +940,7 @@ async fn a_worker_whose_calls_keep_timing_out_is_replaced() {
         "two in a row: kept"
     );
     pool.call::<_, u32>("hang", &()).await.unwrap_err();
-    let st = wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    let st = wait_only_worker(&pool, WorkerId(1)).await;
     assert_eq!(st.workers[0].restarts, 1);
     let v: u32 = pool.call("echo", &5).await.unwrap();
     assert_eq!(v, 5);

@@ -174,10 +174,7 @@ async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targete
     );
 
     pool.unpin(WorkerId(0));
-    wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    wait_only_worker(&pool, WorkerId(1)).await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
     pool.shutdown(secs(1)).await;
 }
@@ -195,10 +192,7 @@ async fn a_pin_defers_recycling_only_up_to_the_drain_timeout() {
     assert!(pool.pin(WorkerId(0)));
     let t0 = Instant::now();
     pool.call::<_, u32>("echo", &1).await.unwrap();
-    wait_status(&pool, |s| {
-        s.workers.len() == 1 && s.workers[0].id == Some(WorkerId(1))
-    })
-    .await;
+    wait_only_worker(&pool, WorkerId(1)).await;
     assert!(t0.elapsed() >= secs(5), "held until the drain time-out");
     assert!(t0.elapsed() < secs(7));
     let err = pool.close_session_on(WorkerId(0), "s").await.unwrap_err();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portpool_pool::{Backoff, Pool, PoolBuilder, PoolStatus};
 use portpool_testkit::FakeLauncher;
-use portpool_transport::Value;
+use portpool_transport::{Value, WorkerId};
 
 /// Milliseconds.
 pub fn ms(n: u64) -> Duration {
@@ -65,4 +65,10 @@ pub async fn wait_status(pool: &Pool, cond: impl Fn(&PoolStatus) -> bool) -> Poo
         tokio::time::sleep(ms(10)).await;
     }
     panic!("condition never held: {:#?}", pool.status());
+}
+
+/// Waits (virtual time) until the pool's only worker is `id`: a one-worker
+/// pool whose worker was replaced.
+pub async fn wait_only_worker(pool: &Pool, id: WorkerId) -> PoolStatus {
+    wait_status(pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(id)).await
 }
