@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portpool_transport::{Hello, LaunchError, Launcher, Value, Worker, WorkerExit, WorkerId, WorkerInfo};
+use portpool_transport::{
+    Hello, HelloCause, LaunchError, Launcher, Value, Worker, WorkerExit, WorkerId, WorkerInfo,
+};
 use tokio::sync::watch;
 use tokio::time::sleep;
 
@@ -276,6 +278,7 @@ impl FakeLauncher {
             LaunchPlan::BadHello(reason) => Some(LaunchError::BadHello {
                 worker: id,
                 pid: script.pid,
+                cause: HelloCause::Malformed,
                 reason: reason.clone(),
                 stderr_tail: script.stderr_tail.clone(),
             }),

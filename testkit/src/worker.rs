@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portpool_transport::{
-    CallError, CallRequest, CallStream, Value, Worker, WorkerExit, WorkerId, WorkerInfo,
+    CallError, CallRequest, CallStream, CrashCause, Value, Worker, WorkerExit, WorkerId, WorkerInfo,
 };
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -41,7 +41,11 @@ const CRASH_EXIT: WorkerExit = WorkerExit {
 #[derive(Debug, Clone)]
 pub(crate) enum Death {
     /// A fault: in-flight and later calls get `CallError::WorkerCrashed`.
-    Crashed { reason: String, exit: WorkerExit },
+    Crashed {
+        cause: CrashCause,
+        reason: String,
+        exit: WorkerExit,
+    },
     /// Shut down or dropped: calls get `CallError::WorkerClosed`.
     Closed { reason: String, exit: WorkerExit },
 }
@@ -123,7 +127,7 @@ impl Shared {
             st.death = Some(death.clone());
         }
         let (crashed, reason, exit) = match death {
-            Death::Crashed { reason, exit } => (true, reason, exit),
+            Death::Crashed { reason, exit, .. } => (true, reason, exit),
             Death::Closed { reason, exit } => (false, reason, exit),
         };
         self.events.record(FakeEvent::Exited {
@@ -138,14 +142,19 @@ impl Shared {
 
     fn crash(&self, reason: String) {
         let exit = self.script.crash_exit.unwrap_or(CRASH_EXIT);
-        self.die(Death::Crashed { reason, exit });
+        self.die(Death::Crashed {
+            cause: CrashCause::StdoutClosed,
+            reason,
+            exit,
+        });
     }
 
     fn death_error(&self, death: &Death) -> CallError {
         match death {
-            Death::Crashed { reason, exit } => CallError::WorkerCrashed {
+            Death::Crashed { cause, reason, exit } => CallError::WorkerCrashed {
                 worker: self.id(),
                 pid: self.info.pid,
+                cause: *cause,
                 reason: reason.clone(),
                 exit: *exit,
                 stderr_tail: self.script.stderr_tail.clone(),
@@ -220,6 +229,7 @@ impl Shared {
             }
             Action::Garbage => {
                 self.die(Death::Crashed {
+                    cause: CrashCause::Malformed,
                     reason: format!(
                         "protocol violation: malformed message: garbage on stdout (scripted on call {index}, {})",
                         request.method
@@ -525,6 +535,18 @@ impl Worker for FakeWorker {
         lock(&self.shared.state).rss
     }
 
+    fn stderr_tail(&self) -> String {
+        self.shared.script.stderr_tail.clone()
+    }
+
+    fn kill(&self, cause: CrashCause, reason: &str) {
+        self.shared.die(Death::Crashed {
+            cause,
+            reason: reason.to_string(),
+            exit: KILLED,
+        });
+    }
+
     async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
         let shared = &self.shared;
         let (mut guard, plan, ctx) = shared.begin(&request, false)?;
@@ -778,6 +800,7 @@ impl FakeWorkerHandle {
     /// Crashes it now with this reason and exit.
     pub fn crash_with(&self, reason: impl Into<String>, exit: WorkerExit) {
         self.shared.die(Death::Crashed {
+            cause: CrashCause::Exited,
             reason: reason.into(),
             exit,
         });

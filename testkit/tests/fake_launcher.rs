@@ -183,7 +183,9 @@ async fn crash_after_calls_fails_in_flight_and_later_calls() {
                 exit,
                 stderr_tail,
                 reason,
+                cause,
             }) => {
+                assert_eq!(cause, portpool_transport::CrashCause::StdoutClosed);
                 assert_eq!(worker, WorkerId(7));
                 assert_eq!(pid, Some(4242));
                 assert_eq!(exit.code, Some(101));

@@ -30,6 +30,58 @@ impl std::fmt::Display for Pid {
     }
 }
 
+/// Why a worker was declared dead: the typed cause behind
+/// [`CallError::WorkerCrashed`], for code that must tell faults apart (the
+/// human-readable detail stays in its `reason`).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashCause {
+    /// The process exited by itself or was killed by a signal from outside.
+    Exited,
+    /// Its stdout reached end of file.
+    StdoutClosed,
+    /// The process exited, but a descendant kept its stdout open.
+    StdoutHeldOpen,
+    /// Writing a request failed: the worker closed its stdin (broken pipe).
+    StdinClosed,
+    /// Reading its stdout failed with an I/O error.
+    ReadFailed,
+    /// A frame header announced more than the maximum frame size.
+    FrameTooLarge,
+    /// A frame nested deeper than the decoder's depth limit.
+    TooDeep,
+    /// A frame was not valid MessagePack of a known message.
+    Malformed,
+    /// A well-formed message a worker may not send (a request, a hello...).
+    UnexpectedMessage,
+    /// It missed its heartbeats without making progress; the host killed it.
+    Unresponsive,
+    /// The host killed it for another reason, given in the error's `reason`.
+    Killed,
+}
+
+/// Why a worker's first frame was not an acceptable hello: the typed cause
+/// behind [`LaunchError::BadHello`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloCause {
+    /// The worker speaks another major version of the protocol.
+    VersionMismatch {
+        /// The worker's major version.
+        worker: u16,
+        /// The host's major version.
+        host: u16,
+    },
+    /// The first frame was a valid message, but not a hello.
+    NotHello,
+    /// The first frame was not valid MessagePack of a known message.
+    Malformed,
+    /// The first frame's header announced more than the maximum frame size.
+    FrameTooLarge,
+    /// The first frame nested deeper than the decoder's depth limit.
+    TooDeep,
+}
+
 /// A worker could not be started. Every variant names the worker and, once
 /// the process existed, its pid and the tail of its stderr.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,7 +129,9 @@ pub enum LaunchError {
         worker: WorkerId,
         /// Its process id.
         pid: Option<u32>,
-        /// What was wrong, e.g. a protocol version mismatch.
+        /// What was wrong, typed.
+        cause: HelloCause,
+        /// What was wrong, in words, e.g. a protocol version mismatch.
         reason: String,
         /// The last lines it wrote to stderr.
         stderr_tail: String,
@@ -148,7 +202,9 @@ pub enum CallError {
         worker: WorkerId,
         /// Its process id.
         pid: Option<u32>,
-        /// What was observed: "stdout closed", "protocol violation: ...".
+        /// What was observed, typed.
+        cause: CrashCause,
+        /// What was observed, in words: "stdout closed", "protocol violation: ...".
         reason: String,
         /// How the process ended.
         exit: WorkerExit,

@@ -55,7 +55,7 @@ mod id;
 mod process;
 mod worker;
 
-pub use error::{CallError, LaunchError};
+pub use error::{CallError, CrashCause, HelloCause, LaunchError};
 pub use id::{WorkerExit, WorkerId};
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{

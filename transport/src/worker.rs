@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use portpool_protocol::{Hello, Value};
 
-use crate::{CallError, LaunchError, WorkerExit, WorkerId};
+use crate::{CallError, CrashCause, LaunchError, WorkerExit, WorkerId};
 
 /// One call: a method, its params, and optional session, deadline and trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +94,29 @@ pub trait Worker: Send + Sync + std::fmt::Debug {
 
     /// Resident memory of the worker process in bytes, when known.
     fn rss_bytes(&self) -> Option<u64>;
+
+    /// CPU time (user + system) the worker process has used so far, when
+    /// known. Heartbeats use its progress to tell a busy worker from a
+    /// frozen one.
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Replies and chunks that arrived for unknown or cancelled requests and
+    /// were dropped.
+    fn discarded_replies(&self) -> u64 {
+        0
+    }
+
+    /// The last lines the worker wrote to stderr (empty when unknown).
+    fn stderr_tail(&self) -> String {
+        String::new()
+    }
+
+    /// Kills the worker at once (a frozen or otherwise unfit worker): every
+    /// in-flight call fails with [`CallError::WorkerCrashed`] carrying
+    /// `cause` and `reason`, and [`Worker::closed`] resolves.
+    fn kill(&self, cause: CrashCause, reason: &str);
 
     /// Runs one call to completion.
     async fn call(&self, request: CallRequest) -> Result<Value, CallError>;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use portpool_protocol::{Message, MessageCodec};
+use portpool_protocol::{Message, MessageCodec, ProtocolError};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
@@ -14,7 +14,7 @@ use super::signal::signal_group;
 use super::stderr::StderrLog;
 use super::worker::{ProcessWorker, Spawned};
 use super::WorkerCommand;
-use crate::{LaunchError, Launcher, Worker, WorkerExit, WorkerId, WorkerInfo};
+use crate::{HelloCause, LaunchError, Launcher, Worker, WorkerExit, WorkerId, WorkerInfo};
 
 /// How long to wait for an exit status or the rest of stderr once a worker
 /// is known to be gone; bounded so a stuck grandchild cannot hang us.
@@ -121,10 +121,13 @@ impl ProcessLauncher {
         let hello = match first {
             Ok(Some(Ok(Message::Hello(hello)))) => match hello.validate() {
                 Ok(()) => Ok(hello),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err((hello_cause(&e), e.to_string())),
             },
-            Ok(Some(Ok(other))) => Err(format!("expected hello first, got {}", other.kind())),
-            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(Some(Ok(other))) => Err((
+                HelloCause::NotHello,
+                format!("expected hello first, got {}", other.kind()),
+            )),
+            Ok(Some(Err(e))) => Err((hello_cause(&e), e.to_string())),
             Ok(None) => {
                 let exit = reap(pid, exit_rx.clone()).await;
                 unclaimed.disarm();
@@ -150,13 +153,14 @@ impl ProcessLauncher {
         };
         let hello = match hello {
             Ok(hello) => hello,
-            Err(reason) => {
+            Err((cause, reason)) => {
                 reap(pid, exit_rx.clone()).await;
                 unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::BadHello {
                     worker: id,
                     pid,
+                    cause,
                     reason,
                     stderr_tail: stderr_log.tail(),
                 });
@@ -242,5 +246,17 @@ pub(crate) async fn wait_exit(
     match waited {
         Ok(Ok(exit)) => *exit,
         _ => None,
+    }
+}
+
+/// The typed cause of a first frame that is not an acceptable hello.
+fn hello_cause(error: &ProtocolError) -> HelloCause {
+    match error {
+        ProtocolError::VersionMismatch { ours, theirs } => HelloCause::VersionMismatch {
+            worker: theirs.major,
+            host: ours.major,
+        },
+        ProtocolError::FrameTooLarge { .. } => HelloCause::FrameTooLarge,
+        _ => HelloCause::Malformed,
     }
 }

@@ -3,6 +3,7 @@
 mod command;
 mod launcher;
 mod limits;
+mod procfs;
 mod signal;
 mod stderr;
 mod worker;

@@ -21,7 +21,7 @@ use super::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
 use super::signal::signal_group;
 use super::stderr::StderrLog;
 use super::writer::FrameWriter;
-use crate::{CallError, CallRequest, CallStream, Worker, WorkerExit, WorkerInfo};
+use crate::{CallError, CallRequest, CallStream, CrashCause, Worker, WorkerExit, WorkerInfo};
 
 /// After SIGTERM, how long a worker has before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(1);
@@ -110,6 +110,9 @@ struct Inner {
     exit_rx: watch::Receiver<Option<WorkerExit>>,
     dead_tx: watch::Sender<bool>,
     stderr: Arc<StderrLog>,
+    /// Set by [`Worker::kill`]: the cause the reader reports instead of the
+    /// end of stdout that the kill brings about.
+    killed: Mutex<Option<(CrashCause, String)>>,
 }
 
 impl Inner {
@@ -251,7 +254,13 @@ impl Inner {
 
     /// The worker is gone: kill what is left, learn how it ended, and fail
     /// every pending call exactly once.
-    async fn fail(&self, reason: String) {
+    async fn fail(&self, cause: CrashCause, reason: String) {
+        let (cause, reason) = self
+            .killed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or((cause, reason));
         // Known gone from now on, before the (bounded) reaping below.
         self.broken.store(true, Ordering::Release);
         let pid = self.info.pid;
@@ -275,6 +284,7 @@ impl Inner {
             CallError::WorkerCrashed {
                 worker: self.info.id,
                 pid,
+                cause,
                 reason,
                 exit,
                 stderr_tail: self.stderr.tail(),
@@ -321,24 +331,35 @@ async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, Messag
         }
     };
     tokio::pin!(exited);
-    let reason = loop {
+    let (cause, reason) = loop {
         let next = tokio::select! {
             biased;
             next = frames.next() => next,
-            () = &mut exited => break "exited, but its stdout stayed open (held by a descendant)".to_string(),
+            () = &mut exited => break (
+                CrashCause::StdoutHeldOpen,
+                "exited, but its stdout stayed open (held by a descendant)".to_string(),
+            ),
         };
         match next {
             Some(Ok(message)) => {
                 if let Err(violation) = inner.dispatch(message) {
-                    break format!("protocol violation: {violation}");
+                    break (
+                        CrashCause::UnexpectedMessage,
+                        format!("protocol violation: {violation}"),
+                    );
                 }
             }
-            Some(Err(ProtocolError::Io(e))) => break format!("reading stdout failed: {e}"),
-            Some(Err(e)) => break format!("protocol violation: {e}"),
-            None => break "stdout closed".to_string(),
+            Some(Err(ProtocolError::Io(e))) => {
+                break (CrashCause::ReadFailed, format!("reading stdout failed: {e}"))
+            }
+            Some(Err(e @ ProtocolError::FrameTooLarge { .. })) => {
+                break (CrashCause::FrameTooLarge, format!("protocol violation: {e}"))
+            }
+            Some(Err(e)) => break (CrashCause::Malformed, format!("protocol violation: {e}")),
+            None => break (CrashCause::StdoutClosed, "stdout closed".to_string()),
         }
     };
-    inner.fail(reason).await;
+    inner.fail(cause, reason).await;
 }
 
 impl ProcessWorker {
@@ -357,6 +378,7 @@ impl ProcessWorker {
             exit_rx: spawned.exit_rx,
             dead_tx: watch::channel(false).0,
             stderr: spawned.stderr,
+            killed: Mutex::new(None),
         });
         let stdin = spawned.stdin;
         tokio::spawn(async move { writer.run(stdin).await });
@@ -442,11 +464,29 @@ impl Worker for ProcessWorker {
     }
 
     fn rss_bytes(&self) -> Option<u64> {
-        let pid = self.inner.info.pid?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        super::procfs::rss_bytes(self.inner.info.pid?)
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        super::procfs::cpu_time(self.inner.info.pid?)
+    }
+
+    fn discarded_replies(&self) -> u64 {
+        self.inner.discarded.load(Ordering::Relaxed)
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.inner.stderr.tail()
+    }
+
+    fn kill(&self, cause: CrashCause, reason: &str) {
+        if self.inner.broken.load(Ordering::Acquire) {
+            return;
+        }
+        *self.inner.killed.lock().unwrap_or_else(|e| e.into_inner()) = Some((cause, reason.to_string()));
+        if let Some(pgid) = self.inner.info.pid {
+            signal_group(pgid, Signal::SIGKILL);
+        }
     }
 
     async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
