@@ -146,4 +146,20 @@ pub trait Launcher: Send + Sync {
     /// Starts worker `id` and returns it once it is ready (its hello
     /// arrived), or the diagnosis of why it could not start.
     async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError>;
+
+    /// [`launch`](Self::launch) bounded by `timeout`. When no hello came in
+    /// time the error is [`LaunchError::InitTimeout`], with the pid and the
+    /// stderr tail where the launcher knows them (the process launcher
+    /// does). The default wraps `launch` in a timer and knows neither.
+    async fn launch_within(&self, id: WorkerId, timeout: Duration) -> Result<Box<dyn Worker>, LaunchError> {
+        match tokio::time::timeout(timeout, self.launch(id)).await {
+            Ok(launched) => launched,
+            Err(_elapsed) => Err(LaunchError::InitTimeout {
+                worker: id,
+                pid: None,
+                after: timeout,
+                stderr_tail: String::new(),
+            }),
+        }
+    }
 }

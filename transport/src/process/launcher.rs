@@ -43,6 +43,12 @@ impl ProcessLauncher {
     /// Starts one worker and waits for its hello: the concrete type, for
     /// callers that want [`ProcessWorker`]'s extra accessors.
     pub async fn spawn(&self, id: WorkerId) -> Result<ProcessWorker, LaunchError> {
+        self.spawn_within(id, self.command.init_timeout).await
+    }
+
+    /// [`spawn`](Self::spawn) with the hello awaited for at most
+    /// `init_timeout` (instead of the command's own).
+    async fn spawn_within(&self, id: WorkerId, init_timeout: Duration) -> Result<ProcessWorker, LaunchError> {
         let cmd = &*self.command;
         let mut command = Command::new(&cmd.program);
         command
@@ -117,7 +123,7 @@ impl ProcessLauncher {
         let mut unclaimed = KillGroupOnDrop(pid);
 
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
-        let first = tokio::time::timeout(cmd.init_timeout, frames.next()).await;
+        let first = tokio::time::timeout(init_timeout, frames.next()).await;
         let hello = match first {
             Ok(Some(Ok(Message::Hello(hello)))) => match hello.validate() {
                 Ok(()) => Ok(hello),
@@ -146,7 +152,7 @@ impl ProcessLauncher {
                 return Err(LaunchError::InitTimeout {
                     worker: id,
                     pid,
-                    after: cmd.init_timeout,
+                    after: init_timeout,
                     stderr_tail: stderr_log.tail(),
                 });
             }
@@ -195,6 +201,11 @@ impl ProcessLauncher {
 impl Launcher for ProcessLauncher {
     async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError> {
         Ok(Box::new(self.spawn(id).await?))
+    }
+
+    async fn launch_within(&self, id: WorkerId, timeout: Duration) -> Result<Box<dyn Worker>, LaunchError> {
+        let init_timeout = timeout.min(self.command.init_timeout);
+        Ok(Box::new(self.spawn_within(id, init_timeout).await?))
     }
 }
 
