@@ -76,7 +76,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Gives up on a launch after `timeout`.
+    /// Gives up on a launch after `timeout` with `LaunchError::InitTimeout`
+    /// (carrying the pid and stderr tail where the launcher knows them; see
+    /// [`PoolConfig::init_timeout`](crate::PoolConfig::init_timeout)).
     pub fn init_timeout(mut self, timeout: Duration) -> Self {
         self.config.init_timeout = Some(timeout);
         self

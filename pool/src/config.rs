@@ -165,8 +165,12 @@ pub struct PoolConfig {
     pub startup_concurrency: usize,
     /// Eager or lazy start.
     pub start_mode: StartMode,
-    /// Give up on a launch after this long (on top of the launcher's own
-    /// init time-out).
+    /// Give up on a launch after this long (the launcher's own init
+    /// time-out still applies; the shorter wins). The launch is bounded by
+    /// [`Launcher::launch_within`](portpool_transport::Launcher::launch_within),
+    /// so the error is `LaunchError::InitTimeout` with the pid and the
+    /// stderr tail wherever the launcher knows them (the process launcher
+    /// does).
     pub init_timeout: Option<Duration>,
     /// How long a caller waits for a free worker.
     pub checkout_timeout: Duration,

@@ -856,19 +856,11 @@ impl Shared {
         async move {
             let _permit = self.start_sem.acquire().await;
             let t0 = Instant::now();
-            let fut = self.launcher.launch(id);
+            // The launcher bounds its own wait for the hello, so an init
+            // time-out keeps the pid and the stderr tail it knows.
             let res = match self.config.init_timeout {
-                Some(after) => {
-                    tokio::time::timeout(after, fut)
-                        .await
-                        .unwrap_or(Err(LaunchError::InitTimeout {
-                            worker: id,
-                            pid: None,
-                            after,
-                            stderr_tail: String::new(),
-                        }))
-                }
-                None => fut.await,
+                Some(after) => self.launcher.launch_within(id, after).await,
+                None => self.launcher.launch(id).await,
             };
             metrics::start_duration(self.name(), res.is_ok(), t0.elapsed());
             match &res {
