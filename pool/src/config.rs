@@ -86,14 +86,29 @@ pub struct RecyclePolicy {
     pub max_consecutive_timeouts: Option<u32>,
 }
 
-/// Pinging idle workers.
+/// Pinging workers, idle or busy (the runtime answers pings while its
+/// handlers run), to find frozen ones.
+///
+/// After `max_misses` missed pongs in a row, a worker whose CPU time
+/// ([`Worker::cpu_time`](portpool_transport::Worker::cpu_time)) did not
+/// grow while its last ping went unanswered, or is unknown, is frozen
+/// (SIGSTOP, deadlock): it is killed at once, its in-flight calls fail with
+/// `CallError::WorkerCrashed { cause: CrashCause::Unresponsive, .. }` and it
+/// is replaced. A frozen worker is detected within
+/// `interval × max_misses + timeout` of freezing (when `timeout <=
+/// interval`; otherwise pings go out every `timeout`), plus the start of its
+/// replacement for full strength. A worker whose CPU time grew (busy in a
+/// C call that holds the GIL) is not killed by this rule: it is logged and
+/// counted (`portpool_worker_unresponsive_total{verdict="busy"}`); a call
+/// time-out or `max_consecutive_timeouts` still applies to its calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Heartbeat {
-    /// How often idle workers are pinged (and RSS / idle time checked).
+    /// How often every worker is pinged (and RSS / idle time checked).
     pub interval: Duration,
     /// How long a pong may take.
     pub timeout: Duration,
-    /// Consecutive missed pongs after which the worker is recycled.
+    /// Consecutive missed pongs after which a worker without CPU progress
+    /// is killed as frozen.
     pub max_misses: u32,
 }
 

@@ -13,8 +13,14 @@ pub const QUEUE_DEPTH: &str = "portpool_queue_depth";
 /// Gauge: workers by `state` (starting, ready, leased, draining, backoff).
 pub const WORKERS: &str = "portpool_workers";
 /// Counter: worker replacements, label `reason` (crash, launch_failure,
-/// heartbeat, max_requests, max_lifetime, max_rss).
+/// unresponsive, max_requests, max_lifetime, max_rss, timeouts).
 pub const RESTARTS: &str = "portpool_worker_restarts_total";
+/// Counter: heartbeats a worker failed to answer in time.
+pub const HEARTBEAT_MISSES: &str = "portpool_heartbeat_misses_total";
+/// Counter: workers that missed `max_misses` heartbeats in a row, label
+/// `verdict`: `frozen` (no CPU progress: killed) or `busy` (CPU time grew:
+/// left alone).
+pub const UNRESPONSIVE: &str = "portpool_worker_unresponsive_total";
 /// Histogram (seconds): launch duration, label `outcome` (ok, error).
 pub const START_DURATION: &str = "portpool_worker_start_duration_seconds";
 /// Gauge: breaker state (0 closed, 1 half-open, 2 open).
@@ -42,6 +48,14 @@ pub(crate) fn workers(pool: &str, state: &'static str, n: usize) {
 
 pub(crate) fn restart(pool: &str, reason: &'static str) {
     metrics::counter!(RESTARTS, "pool" => pool.to_owned(), "reason" => reason).increment(1);
+}
+
+pub(crate) fn heartbeat_missed(pool: &str) {
+    metrics::counter!(HEARTBEAT_MISSES, "pool" => pool.to_owned()).increment(1);
+}
+
+pub(crate) fn unresponsive(pool: &str, verdict: &'static str) {
+    metrics::counter!(UNRESPONSIVE, "pool" => pool.to_owned(), "verdict" => verdict).increment(1);
 }
 
 pub(crate) fn start_duration(pool: &str, ok: bool, d: Duration) {

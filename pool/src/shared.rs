@@ -692,8 +692,9 @@ impl Shared {
     }
 
     /// Records a finished call: breaker, served count, recycling.
-    /// `caller_deadline`: the call ran under a deadline its caller chose,
-    /// shorter than the pool's `call_timeout`; its time-out says more about
+    /// `caller_deadline`: the call ran under a deadline its caller chose
+    /// (any, when the pool has no `call_timeout`; else a shorter one); its
+    /// time-out says more about
     /// the caller's budget than the worker's health, so it does not count
     /// for the pool-wide breaker (it still counts for the worker's own
     /// time-outs in a row).
@@ -943,7 +944,9 @@ impl Shared {
         }
     }
 
-    pub(crate) fn on_crash(&self, slot: SlotId, worker: WorkerId, exit: WorkerExit) {
+    /// `worker` ended (crashed, or killed by the pool: `reason` is the
+    /// restart metric's label).
+    pub(crate) fn on_crash(&self, slot: SlotId, worker: WorkerId, exit: WorkerExit, reason: &'static str) {
         let now = Instant::now();
         let mut st = self.lock();
         st.entries.retain(|e| e.id != worker);
@@ -967,7 +970,7 @@ impl Shared {
                 }));
             }
         }
-        metrics::restart(self.name(), "crash");
+        metrics::restart(self.name(), reason);
         self.fail_if_unavailable(&mut st, now);
         self.publish(&st);
         drop(st);
@@ -1005,11 +1008,6 @@ impl Shared {
         self.publish(&st);
         drop(st);
         self.changed.notify_waiters();
-    }
-
-    pub(crate) fn idle(&self, worker: WorkerId) -> bool {
-        let mut st = self.lock();
-        st.entry_mut(worker).is_some_and(|e| e.in_use == 0)
     }
 
     /// Why `worker` should be recycled now, judging by its calls.

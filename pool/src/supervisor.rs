@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portpool_transport::Worker;
+use portpool_transport::{CrashCause, Worker, WorkerExit};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::metrics;
 use crate::shared::{after, Shared, SlotId, SlotPhase};
 
 type Stop = watch::Receiver<Option<Instant>>;
@@ -101,7 +102,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
             exit = worker.closed() => {
                 tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited; restarting");
                 let uptime = started.elapsed();
-                shared.on_crash(slot, id, exit);
+                shared.on_crash(slot, id, exit, "crash");
                 return End::Crashed { uptime };
             }
             deadline = stopped(stop) => {
@@ -119,7 +120,15 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
                     drain_and_stop(shared, worker, deadline, Some(cfg.stop_grace)).await;
                     return End::Retired;
                 }
-                maintenance(shared, &worker, &mut misses).await
+                match maintenance(shared, &worker, &mut misses).await {
+                    Check::Fine => None,
+                    Check::Recycle(why) => Some(why),
+                    Check::Frozen(reason) => {
+                        let uptime = started.elapsed();
+                        kill_frozen(shared, slot, &worker, &reason).await;
+                        return End::Crashed { uptime };
+                    }
+                }
             }
         };
         let Some(reason) = reason else { continue };
@@ -134,7 +143,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
                 r = &mut launch => break r,
                 exit = worker.closed(), if !old_died => {
                     tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited while its replacement started");
-                    shared.on_crash(slot, id, exit);
+                    shared.on_crash(slot, id, exit, "crash");
                     old_died = true;
                 }
                 deadline = stopped(stop) => {
@@ -189,30 +198,90 @@ fn cfg_grace(shared: &Shared) -> Duration {
     shared.config.stop_grace
 }
 
-/// Heartbeat and RSS checks; returns a recycle reason.
-async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32) -> Option<&'static str> {
+/// What a maintenance tick found.
+enum Check {
+    Fine,
+    /// Replace it, make-before-break.
+    Recycle(&'static str),
+    /// Frozen: kill it now (the reason, in words).
+    Frozen(String),
+}
+
+/// Heartbeat and RSS checks.
+///
+/// Every worker is pinged, busy or idle (the runtime answers pings while
+/// its handlers run). After `max_misses` missed pongs in a row, a worker
+/// whose CPU time did not grow while its last ping went unanswered (or
+/// whose CPU time is unknown) is frozen (stopped, deadlocked): it is
+/// killed. One whose CPU time grew is busy, e.g. in a C call holding the
+/// GIL: it is logged and counted, not killed.
+async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32) -> Check {
     let cfg = &shared.config;
     if let Some(max) = cfg.recycle.max_rss_bytes {
         if worker.rss_bytes().is_some_and(|rss| rss > max) {
-            return Some("max_rss");
+            return Check::Recycle("max_rss");
         }
     }
-    let hb = cfg.heartbeat?;
-    if !shared.idle(worker.info().id) {
-        return None;
-    }
+    let Some(hb) = cfg.heartbeat else {
+        return Check::Fine;
+    };
+    let id = worker.info().id;
+    let cpu_before = worker.cpu_time();
     match tokio::time::timeout(hb.timeout, worker.ping(hb.timeout)).await {
         Ok(Ok(_)) => {
             *misses = 0;
-            None
+            Check::Fine
         }
-        _ if !worker.is_alive() => None,
+        _ if !worker.is_alive() => Check::Fine,
         _ => {
             *misses += 1;
-            tracing::warn!(pool = %cfg.name, worker = %worker.info().id, misses = *misses, "missed heartbeat");
-            (*misses >= hb.max_misses).then_some("heartbeat")
+            let cpu_after = worker.cpu_time();
+            let progress = matches!((cpu_before, cpu_after), (Some(a), Some(b)) if b > a);
+            let in_flight = worker.in_flight();
+            metrics::heartbeat_missed(&cfg.name);
+            tracing::warn!(pool = %cfg.name, worker = %id, misses = *misses, in_flight, ?cpu_after, progress, "missed heartbeat");
+            if *misses < hb.max_misses {
+                return Check::Fine;
+            }
+            let cpu = match (cpu_before, cpu_after) {
+                (Some(a), Some(b)) => format!("CPU time {a:?} -> {b:?}"),
+                _ => "CPU time unknown".to_owned(),
+            };
+            if progress {
+                metrics::unresponsive(&cfg.name, "busy");
+                tracing::warn!(
+                    pool = %cfg.name, worker = %id, misses = *misses, in_flight,
+                    "worker missed {} heartbeats in a row but is using CPU ({cpu}): busy (e.g. a C call holding the GIL), not killed",
+                    *misses
+                );
+                Check::Fine
+            } else {
+                metrics::unresponsive(&cfg.name, "frozen");
+                Check::Frozen(format!(
+                    "unresponsive: missed {} heartbeats in a row (every {:?}, {:?} each), no CPU progress ({cpu}), {in_flight} calls in flight",
+                    *misses, hb.interval, hb.timeout
+                ))
+            }
         }
     }
+}
+
+/// Kills a frozen worker (its calls fail with `WorkerCrashed { cause:
+/// Unresponsive }`) and records the crash once it is gone.
+async fn kill_frozen(shared: &Shared, slot: SlotId, worker: &Arc<dyn Worker>, reason: &str) {
+    let id = worker.info().id;
+    tracing::error!(pool = %shared.config.name, worker = %id, pid = ?worker.info().pid, "killing frozen worker: {reason}");
+    worker.kill(CrashCause::Unresponsive, reason);
+    // A kill ends the worker at once; do not let a transport that never
+    // reports the end hold the slot.
+    let exit = match tokio::time::timeout(Duration::from_secs(5), worker.closed()).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            tracing::error!(pool = %shared.config.name, worker = %id, "killed worker did not report its end within 5 s");
+            WorkerExit::default()
+        }
+    };
+    shared.on_crash(slot, id, exit, "unresponsive");
 }
 
 /// Stops taking calls on `worker`, waits until its calls finish (or the

@@ -185,3 +185,128 @@ async fn failing_import_fails_build_fast_with_the_import_error() {
     // time-out.
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+/// Item 2: a worker frozen by SIGSTOP with a call in flight (no call
+/// time-out) misses its heartbeats without CPU progress: it is killed as
+/// unresponsive, the call fails with `WorkerCrashed { cause: Unresponsive }`
+/// within `interval × max_misses + timeout`, and a new worker (new pid)
+/// takes its place. Before the SIGSTOP, the same busy worker answers its
+/// pings while the handler runs and is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_worker_with_a_call_in_flight_is_killed_and_replaced() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use portpool_pool::Heartbeat;
+    use portpool_transport::CrashCause;
+
+    let Some(python) = python() else { return };
+    let app = app(
+        "stoppable",
+        "import time\nimport portpool\napp = portpool.App(max_concurrency=4)\n\n@app.handler\ndef sleep(s):\n    time.sleep(s)\n    return s\n\n@app.handler\ndef echo(x):\n    return x\n",
+    );
+    let hb = Heartbeat {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(300),
+        max_misses: 2,
+    };
+    let bound = hb.interval * hb.max_misses + hb.timeout;
+    let pool = Pool::builder(launcher(python, app))
+        .name("sigstop")
+        .workers(1)
+        .heartbeat(Some(hb))
+        .breaker(None)
+        .build()
+        .await
+        .unwrap();
+    let pid = pool.status().workers[0].pid.unwrap();
+    let call = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call::<_, f64>("sleep", &60.0).await }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while pool.status().workers[0].in_flight != 1 {
+        assert!(Instant::now() < until, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Busy and healthy: several heartbeats pass, nothing happens.
+    tokio::time::sleep(bound * 2).await;
+    assert!(!call.is_finished());
+    assert_eq!(pool.status().workers[0].pid, Some(pid));
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(bound + Duration::from_secs(20), call)
+        .await
+        .expect("the call on a stopped worker never ended")
+        .unwrap();
+    let took = t0.elapsed();
+    match &res {
+        Err(PoolError::Call(CallError::WorkerCrashed { cause, pid: p, .. })) => {
+            assert_eq!(*cause, CrashCause::Unresponsive, "{res:?}");
+            assert_eq!(*p, Some(pid));
+        }
+        other => panic!("expected WorkerCrashed(Unresponsive), got {other:?}"),
+    }
+    eprintln!("stopped worker detected after {took:?} (bound {bound:?})");
+    // The bound, with slack for a loaded 2-core machine.
+    assert!(
+        took < bound + Duration::from_secs(3),
+        "took {took:?}, bound {bound:?}"
+    );
+    assert!(portpool_testkit::wait_process_gone(pid, Duration::from_secs(5)).await);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = pool.status();
+        if st.ready == 1 && st.workers.len() == 1 && st.workers[0].pid.is_some_and(|p| p != pid) {
+            break;
+        }
+        assert!(Instant::now() < until, "not back to full strength: {st:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: i64 = pool.call("echo", &3).await.unwrap();
+    assert_eq!(v, 3);
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Item 16: when the pool's own `init_timeout` (shorter than the command's)
+/// fires, the error still carries the pid and the stderr tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_init_timeout_keeps_the_pid_and_stderr_tail() {
+    use portpool_transport::LaunchError;
+
+    // A raw worker (no runtime): talks on stderr, never says hello.
+    let script = "import sys, time\nsys.stderr.write('loading weights from /models/big.bin\\n')\nsys.stderr.flush()\ntime.sleep(60)\n";
+    let command = WorkerCommand::new("python3")
+        .args(["-c", script])
+        .init_timeout(Duration::from_secs(30));
+    let t0 = Instant::now();
+    let err = Pool::builder(ProcessLauncher::new(command))
+        .name("init-timeout")
+        .workers(1)
+        .init_timeout(Duration::from_millis(1_500))
+        .build()
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    let PoolError::Build { errors, .. } = &err else {
+        panic!("expected Build, got {err}");
+    };
+    match &errors[..] {
+        [LaunchError::InitTimeout {
+            pid,
+            after,
+            stderr_tail,
+            ..
+        }] => {
+            assert_eq!(*after, Duration::from_millis(1_500));
+            let pid = pid.expect("the pid of the worker that timed out");
+            assert!(stderr_tail.contains("loading weights"), "{stderr_tail:?}");
+            assert!(
+                portpool_testkit::wait_process_gone(pid, Duration::from_secs(5)).await,
+                "the timed-out worker {pid} is still running"
+            );
+        }
+        other => panic!("expected one InitTimeout, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
