@@ -27,9 +27,13 @@ pub enum Checkout {
 
 /// A checked-out worker (see [`crate::Pool::checkout`]). Calls through it
 /// all go to the same worker. Dropping the lease returns the worker, also
-/// on panic and when the owning future is cancelled.
+/// on panic and when the owning future is cancelled; a stream opened
+/// through the lease and still open keeps the checkout until the stream
+/// ends or is dropped.
 pub struct Lease {
-    guard: SlotGuard,
+    /// Shared with the streams opened through the lease: the slot comes
+    /// back when the last of them is gone.
+    guard: Arc<SlotGuard>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -44,7 +48,9 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     pub(crate) fn new(guard: SlotGuard) -> Self {
-        Lease { guard }
+        Lease {
+            guard: Arc::new(guard),
+        }
     }
 
     /// The leased worker's id.
@@ -88,14 +94,16 @@ impl Lease {
         tracing::Instrument::instrument(run_call(&self.guard, request), span).await
     }
 
-    /// Starts a streaming call on the leased worker.
+    /// Starts a streaming call on the leased worker. The stream holds the
+    /// lease's checkout too: if the lease is dropped first, the worker (or
+    /// slot) comes back only when the stream ends or is dropped.
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
         let guard = &self.guard;
         open_stream(
             guard.shared().clone(),
             guard.worker.clone(),
             guard.id,
-            None,
+            Some(guard.clone()),
             request,
         )
         .await
@@ -120,16 +128,25 @@ pub(crate) fn decode<R: DeserializeOwned>(method: &str, value: Value) -> Result<
     })
 }
 
+/// Whether `request` runs under a deadline its caller chose that the pool
+/// would not have imposed: any deadline when the pool has no
+/// `call_timeout`, else one shorter than it. A time-out under such a
+/// deadline is the caller's budget running out, not a sign of a sick
+/// worker: it does not count for the breaker.
+fn callers_own_deadline(request: &CallRequest, call_timeout: Option<std::time::Duration>) -> bool {
+    match (request.timeout, call_timeout) {
+        (Some(own), Some(pool)) => own < pool,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// Runs one call on the guard's worker, with the default call time-out,
 /// and records its outcome (breaker, served count, metrics).
 pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Result<Value, PoolError> {
     let shared = guard.shared();
     let cfg = &shared.config;
-    // A deadline the caller chose, shorter than the pool's own.
-    let caller_deadline = match (request.timeout, cfg.call_timeout) {
-        (Some(own), Some(pool)) => own < pool,
-        _ => false,
-    };
+    let caller_deadline = callers_own_deadline(&request, cfg.call_timeout);
     if request.timeout.is_none() {
         request.timeout = cfg.call_timeout;
     }
@@ -162,9 +179,10 @@ pub(crate) async fn open_stream(
     shared: Arc<Shared>,
     on: Arc<dyn Worker>,
     worker: WorkerId,
-    owned: Option<SlotGuard>,
+    owned: Option<Arc<SlotGuard>>,
     mut request: CallRequest,
 ) -> Result<PoolStream, PoolError> {
+    let caller_deadline = callers_own_deadline(&request, shared.config.call_timeout);
     if request.timeout.is_none() {
         request.timeout = shared.config.call_timeout;
     }
@@ -175,24 +193,29 @@ pub(crate) async fn open_stream(
             shared,
             worker,
             started: Instant::now(),
+            caller_deadline,
         }),
         Err(e) => {
-            let probe = owned.as_ref().is_some_and(SlotGuard::take_probe);
+            let probe = owned.as_ref().is_some_and(|g| g.take_probe());
             metrics::call(&shared.config.name, call_outcome(&e));
-            shared.finish_call(worker, probe, &Err(e.clone()), false);
+            shared.finish_call(worker, probe, &Err(e.clone()), caller_deadline);
             Err(PoolError::Call(e))
         }
     }
 }
 
 /// The chunks of a streaming call. It holds its worker slot until the
-/// stream ends or is dropped; dropping it early cancels the call.
+/// stream ends or is dropped, whether it was opened by the pool or through
+/// a [`Lease`]; dropping it early cancels the call.
 pub struct PoolStream {
     inner: Option<CallStream>,
-    guard: Option<SlotGuard>,
+    guard: Option<Arc<SlotGuard>>,
     shared: Arc<Shared>,
     worker: WorkerId,
     started: Instant,
+    /// The stream runs under a deadline its caller chose (see
+    /// `callers_own_deadline`).
+    caller_deadline: bool,
 }
 
 impl std::fmt::Debug for PoolStream {
@@ -212,8 +235,9 @@ impl PoolStream {
 
     fn finish(&mut self, res: &Result<Value, CallError>) {
         self.inner = None;
-        let probe = self.guard.as_ref().is_some_and(SlotGuard::take_probe);
-        self.shared.finish_call(self.worker, probe, res, false);
+        let probe = self.guard.as_ref().is_some_and(|g| g.take_probe());
+        self.shared
+            .finish_call(self.worker, probe, res, self.caller_deadline);
         let name = &self.shared.config.name;
         metrics::call_duration(name, self.started.elapsed());
         metrics::call(name, res.as_ref().map_or_else(call_outcome, |_| "ok"));

@@ -113,7 +113,7 @@ impl Pool {
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
         let guard = self.acquire(Checkout::Shared, true).await?;
         let (worker, id) = (guard.worker.clone(), guard.id);
-        open_stream(self.shared().clone(), worker, id, Some(guard), request).await
+        open_stream(self.shared().clone(), worker, id, Some(Arc::new(guard)), request).await
     }
 
     /// Checks out one worker exclusively for a sequence of calls. The

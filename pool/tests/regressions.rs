@@ -76,8 +76,11 @@ async fn targeted_call_not_blocked_by_unrelated_exclusive_waiter() {
 #[tokio::test(start_paused = true)]
 async fn idle_lease_holds_the_half_open_probe() {
     let l = launcher().max_concurrency(4);
+    // The fault: a time-out under the pool's own call time-out (a caller's
+    // own deadline would be the caller's budget, not a fault).
     let pool = builder(&l)
         .workers(1)
+        .call_timeout(ms(10))
         .breaker(Some(BreakerConfig {
             failure_threshold: 1,
             open_for: secs(1),
@@ -86,9 +89,7 @@ async fn idle_lease_holds_the_half_open_probe() {
         .build()
         .await
         .unwrap();
-    let mut req = CallRequest::new("sleep", 1_000);
-    req.timeout = Some(ms(10));
-    let e = pool.call_raw(req).await.unwrap_err();
+    let e = pool.call_raw(CallRequest::new("sleep", 1_000)).await.unwrap_err();
     println!("fault: {e}");
     let e = pool.call_value("echo", 1.into()).await.unwrap_err();
     assert!(matches!(e, PoolError::CircuitOpen { .. }), "{e}");
