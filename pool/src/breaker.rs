@@ -56,6 +56,14 @@ impl Breaker {
         }
     }
 
+    /// When an open breaker turns half-open.
+    pub(crate) fn open_until(&self) -> Option<Instant> {
+        match self.inner {
+            Inner::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// Lets a call in: `Ok(true)` if it is a half-open probe, `Err(retry
     /// after)` if the breaker is open.
     pub(crate) fn admit(&mut self, now: Instant) -> Result<bool, Duration> {

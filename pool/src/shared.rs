@@ -699,7 +699,7 @@ impl Shared {
     /// for the pool-wide breaker (it still counts for the worker's own
     /// time-outs in a row).
     pub(crate) fn finish_call(
-        &self,
+        self: &Arc<Self>,
         worker: WorkerId,
         probe: bool,
         res: &Result<Value, CallError>,
@@ -745,6 +745,9 @@ impl Shared {
         };
         if changed {
             metrics::breaker(self.name(), st.breaker.state(now));
+            if let Some(until) = st.breaker.open_until() {
+                self.publish_breaker_at(until);
+            }
         }
         let mut recycle = None;
         if let Some(e) = st.entry_mut(worker) {
@@ -1046,7 +1049,7 @@ impl Shared {
         let mut st = self.lock();
         st.closed = true;
         st.fail_waiters(&self.closed_error());
-        metrics::queue_depth(self.name(), 0);
+        self.publish(&st);
         drop(st);
         self.stop.send_if_modified(|v| {
             if v.is_none() {
@@ -1059,6 +1062,8 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
+    /// Sets every gauge from the state, so the gauges say what `status()`
+    /// says: workers by state, queue depth, breaker state.
     fn publish(&self, st: &State) {
         let mut counts = [0usize; WorkerState::ALL.len()];
         for row in self.rows(st) {
@@ -1067,6 +1072,24 @@ impl Shared {
         for state in WorkerState::ALL {
             metrics::workers(self.name(), state.as_str(), counts[state as usize]);
         }
+        metrics::queue_depth(self.name(), st.waiters.len());
+        metrics::breaker(self.name(), st.breaker.state(Instant::now()));
+    }
+
+    /// An open breaker turns half-open by the passing of time alone: set
+    /// its gauge then too.
+    fn publish_breaker_at(self: &Arc<Self>, at: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = Arc::downgrade(self);
+        rt.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = shared.upgrade() {
+                let st = shared.lock();
+                metrics::breaker(shared.name(), st.breaker.state(Instant::now()));
+            }
+        });
     }
 
     fn rows<'a>(&self, st: &'a State) -> impl Iterator<Item = WorkerState> + 'a {

@@ -11,8 +11,9 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use portpool_pool::PoolError;
+use portpool_pool::{BreakerConfig, BreakerState, PoolError, Wait, WorkerState};
 use portpool_testkit::WorkerScript;
+use portpool_transport::{CallError, CallRequest, WorkerId};
 
 #[derive(Default)]
 struct Store {
@@ -177,12 +178,208 @@ async fn calls_restarts_and_workers_are_measured_with_the_pool_label() {
     assert_eq!(value("portpool_workers{pool=metered,state=ready}"), 1.0);
     assert_eq!(value("portpool_workers{pool=metered,state=leased}"), 0.0);
     assert_eq!(value("portpool_queue_depth{pool=metered}"), 0.0);
-    // Every key carries the pool label.
-    for key in store().values.lock().unwrap().keys() {
-        assert!(
-            key.starts_with("portpool_") && key.contains("pool=metered"),
-            "{key}"
-        );
+    // Every key carries the pool label (other tests of this binary run
+    // pools of other names at the same time).
+    let keys: Vec<String> = store().values.lock().unwrap().keys().cloned().collect();
+    assert!(keys.iter().any(|k| k.contains("pool=metered")));
+    for key in keys {
+        assert!(key.starts_with("portpool_") && key.contains("pool="), "{key}");
     }
     pool.shutdown(secs(1)).await;
+}
+
+/// Panics unless every gauge of `pool` says what `status()` says.
+#[track_caller]
+fn assert_gauges_agree(pool: &portpool_pool::Pool, when: &str) {
+    let st = pool.status();
+    let name = pool.name();
+    let mut wrong = Vec::new();
+    let depth = value(&format!("portpool_queue_depth{{pool={name}}}"));
+    if depth != st.queue_depth as f64 {
+        wrong.push(format!("queue_depth gauge {depth}, status {}", st.queue_depth));
+    }
+    for state in [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Leased,
+        WorkerState::Draining,
+        WorkerState::Backoff,
+    ] {
+        let g = value(&format!(
+            "portpool_workers{{pool={name},state={}}}",
+            state.as_str()
+        ));
+        if g != st.count(state) as f64 {
+            wrong.push(format!(
+                "workers[{}] gauge {g}, status {}",
+                state.as_str(),
+                st.count(state)
+            ));
+        }
+    }
+    let breaker = match st.breaker {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    let g = value(&format!("portpool_breaker_state{{pool={name}}}"));
+    if g != breaker {
+        wrong.push(format!("breaker gauge {g}, status {:?}", st.breaker));
+    }
+    assert!(
+        wrong.is_empty(),
+        "{name}, {when}: gauges disagree with status(): {wrong:?}\n{st:#?}"
+    );
+}
+
+/// Item 13: after every kind of fault, every gauge agrees with `status()`.
+#[tokio::test(start_paused = true)]
+async fn every_gauge_agrees_with_status_after_each_fault() {
+    store();
+
+    // A crash fails the calls queued for that worker.
+    let l = launcher();
+    let pool = builder(&l).name("g-crash").workers(1).build().await.unwrap();
+    assert_gauges_agree(&pool, "built");
+    let running = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call::<_, u64>("sleep", &5_000).await }
+    });
+    settle().await;
+    let queued: Vec<_> = (0..3)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.call_on(WorkerId(0), CallRequest::new("echo", i), Wait::Queue)
+                    .await
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(pool.status().queue_depth, 3);
+    assert_gauges_agree(&pool, "three queued for worker 0");
+    l.worker(WorkerId(0)).unwrap().crash();
+    assert!(running.await.unwrap().unwrap_err().is_worker_fault());
+    for q in queued {
+        let e = q.await.unwrap().unwrap_err();
+        assert!(matches!(e, PoolError::WorkerGone { .. }), "{e}");
+    }
+    assert_eq!(pool.status().queue_depth, 0);
+    assert_gauges_agree(&pool, "after the crash");
+    wait_status(&pool, |s| s.ready == 1).await;
+    assert_gauges_agree(&pool, "replaced");
+    pool.shutdown(secs(1)).await;
+    assert_gauges_agree(&pool, "shut down");
+
+    // Time-outs: a checkout time-out and a call time-out.
+    let l = launcher().async_handler("hang", |_| std::future::pending());
+    let pool = builder(&l)
+        .name("g-timeout")
+        .workers(1)
+        .checkout_timeout(secs(1))
+        .call_timeout(secs(2))
+        .build()
+        .await
+        .unwrap();
+    let hang = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call::<_, u64>("hang", &()).await }
+    });
+    settle().await;
+    let e = pool.call::<_, u64>("echo", &1).await.unwrap_err();
+    assert!(matches!(e, PoolError::Timeout { .. }), "{e}");
+    assert_gauges_agree(&pool, "checkout time-out");
+    let e = hang.await.unwrap().unwrap_err();
+    assert!(matches!(e, PoolError::Call(CallError::Timeout { .. })), "{e}");
+    assert_gauges_agree(&pool, "call time-out");
+    pool.shutdown(secs(1)).await;
+
+    // A failed launch (the replacement of a crashed worker), with callers queued.
+    let l = launcher().script(|n| match n {
+        1 => WorkerScript::default().fail_launch("no more memory"),
+        _ => WorkerScript::default(),
+    });
+    let pool = builder(&l).name("g-launch").workers(1).build().await.unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call::<_, u64>("sleep", &1_000).await })
+        })
+        .collect();
+    settle().await;
+    assert_gauges_agree(&pool, "one running, one queued");
+    l.worker(WorkerId(0)).unwrap().crash();
+    settle().await;
+    assert_gauges_agree(&pool, "crashed, replacement failed");
+    for w in waiting {
+        let _ = w.await.unwrap();
+    }
+    assert_gauges_agree(&pool, "callers answered");
+    wait_status(&pool, |s| s.ready == 1).await;
+    assert_gauges_agree(&pool, "healed");
+    pool.shutdown(secs(1)).await;
+
+    // The breaker opens, half-opens with time, closes on a good probe.
+    let l = launcher().async_handler("hang", |_| std::future::pending());
+    let pool = builder(&l)
+        .name("g-breaker")
+        .workers(1)
+        .call_timeout(ms(100))
+        .max_consecutive_timeouts(None)
+        .breaker(Some(BreakerConfig {
+            failure_threshold: 1,
+            open_for: secs(1),
+            half_open_probes: 1,
+        }))
+        .build()
+        .await
+        .unwrap();
+    assert!(pool
+        .call::<_, u64>("hang", &())
+        .await
+        .unwrap_err()
+        .is_worker_fault());
+    assert_eq!(pool.status().breaker, BreakerState::Open);
+    assert_gauges_agree(&pool, "breaker open");
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(pool.status().breaker, BreakerState::HalfOpen);
+    assert_gauges_agree(&pool, "breaker half-open");
+    let v: u64 = pool.call("echo", &1).await.unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(pool.status().breaker, BreakerState::Closed);
+    assert_gauges_agree(&pool, "breaker closed");
+    pool.shutdown(secs(1)).await;
+
+    // Waiters that give up (dropped futures), then a shutdown with waiters queued.
+    let l = launcher();
+    let pool = builder(&l).name("g-drop").workers(1).build().await.unwrap();
+    let hold = pool.checkout().await.unwrap();
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call::<_, u64>("echo", &1).await })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(pool.status().queue_depth, 4);
+    assert_gauges_agree(&pool, "four waiting");
+    waiters[0].abort();
+    waiters[2].abort();
+    settle().await;
+    assert_eq!(pool.status().queue_depth, 2);
+    assert_gauges_agree(&pool, "two dropped");
+    let shutdown = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.shutdown(secs(1)).await }
+    });
+    settle().await;
+    assert_gauges_agree(&pool, "shutting down");
+    drop(hold);
+    shutdown.await.unwrap();
+    for w in waiters {
+        if let Ok(r) = w.await {
+            assert!(matches!(r, Err(PoolError::PoolClosed { .. })), "{r:?}");
+        }
+    }
+    assert_gauges_agree(&pool, "shut down");
 }
