@@ -63,6 +63,29 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Calls for one worker, and what a worker shows
+//!
+//! [`Pool::call_on`] sends a call to one particular worker (what sessions
+//! use); [`Wait`] says whether to queue for it or fail fast when it is busy.
+//! [`Pool::status`] shows each worker's stderr tail and how many replies
+//! it sent that nobody waited for any more.
+//!
+//! ```no_run
+//! use portpool::{CallRequest, Pool, PoolError, Value, Wait, WorkerId};
+//!
+//! # async fn example(pool: Pool) -> Result<(), PoolError> {
+//! let worker: WorkerId = pool.ready_workers()[0];
+//! let v: Value = pool
+//!     .call_on(worker, CallRequest::new("echo", 1), Wait::FailFast)
+//!     .await?;
+//! assert_eq!(v, Value::from(1));
+//! for w in pool.status().workers {
+//!     println!("{:?}: {} discarded replies, stderr: {}", w.id, w.discarded_replies, w.stderr_tail);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
@@ -73,12 +96,12 @@ pub use portpool_transport as transport;
 
 pub use portpool_pool::{
     Backoff, BreakerConfig, BreakerState, Checkout, CrashLoop, Heartbeat, Lease, Pool, PoolBuilder,
-    PoolConfig, PoolError, PoolStatus, PoolStream, RecyclePolicy, StartMode, WorkerState, WorkerStatus,
+    PoolConfig, PoolError, PoolStatus, PoolStream, RecyclePolicy, StartMode, Wait, WorkerState, WorkerStatus,
 };
 pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
 pub use portpool_transport::{
-    find_python, CallError, CallRequest, LaunchError, Launcher, ProcessLauncher, Worker, WorkerCommand,
-    WorkerExit, WorkerId,
+    find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, ProcessLauncher,
+    Worker, WorkerCommand, WorkerExit, WorkerId,
 };
 
 pub use portpool_session as session;

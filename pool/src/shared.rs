@@ -1125,6 +1125,8 @@ impl Shared {
                     served: e.served,
                     restarts: s.map_or(0, |s| s.restarts),
                     rss_bytes: None,
+                    discarded_replies: 0,
+                    stderr_tail: String::new(),
                     uptime: Some(now.saturating_duration_since(e.ready_at)),
                     crash_loop: s.is_some_and(|s| s.crash_looping(now, cfg)),
                     last_error: s.and_then(|s| s.last_error.clone()),
@@ -1153,6 +1155,8 @@ impl Shared {
                     served: 0,
                     restarts: s.restarts,
                     rss_bytes: None,
+                    discarded_replies: 0,
+                    stderr_tail: String::new(),
                     uptime: None,
                     crash_loop: s.crash_looping(now, cfg),
                     last_error: s.last_error.clone(),
@@ -1176,13 +1180,16 @@ impl Shared {
             workers: Vec::new(),
         };
         drop(st);
-        // Worker queries (RSS may read /proc) happen outside the lock.
+        // Worker queries (RSS may read /proc, the stderr tail is copied)
+        // happen outside the lock.
         let mut workers: Vec<WorkerStatus> = workers
             .into_iter()
             .map(|(mut w, worker)| {
                 if let Some(worker) = worker {
                     w.in_flight = worker.in_flight();
                     w.rss_bytes = worker.rss_bytes();
+                    w.discarded_replies = worker.discarded_replies();
+                    w.stderr_tail = worker.stderr_tail();
                 }
                 w
             })

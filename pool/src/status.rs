@@ -66,6 +66,13 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Resident memory in bytes, when known.
     pub rss_bytes: Option<u64>,
+    /// Replies and chunks the worker sent for requests that were unknown,
+    /// cancelled or timed out, dropped by the transport (never delivered to
+    /// another caller); a steady rise means callers give up on it.
+    pub discarded_replies: u64,
+    /// The last lines the worker wrote to stderr (empty when unknown, and
+    /// for a slot without a worker: see `last_error` for a failed start).
+    pub stderr_tail: String,
     /// Time since it became ready.
     pub uptime: Option<Duration>,
     /// Whether the slot is crash-looping.

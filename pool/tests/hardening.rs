@@ -327,7 +327,6 @@ async fn callers_own_deadlines_do_not_open_the_breaker_without_a_call_timeout() 
 /// Item 19: a worker's stderr tail and discarded-reply count show in
 /// `WorkerStatus`.
 #[tokio::test(start_paused = true)]
-#[cfg(any())]
 async fn worker_status_shows_the_stderr_tail_and_discarded_replies() {
     let l = launcher().script(|_| WorkerScript::default().stderr_tail("warning: low on memory"));
     let (sl, knobs) = scripted(&l, Cpu::Unknown);
