@@ -95,9 +95,10 @@ pub struct RecyclePolicy {
 /// (SIGSTOP, deadlock): it is killed at once, its in-flight calls fail with
 /// `CallError::WorkerCrashed { cause: CrashCause::Unresponsive, .. }` and it
 /// is replaced. A frozen worker is detected within
-/// `interval × max_misses + timeout` of freezing (when `timeout <=
-/// interval`; otherwise pings go out every `timeout`), plus the start of its
-/// replacement for full strength. A worker whose CPU time grew (busy in a
+/// `interval × max_misses + timeout` of freezing (35 s with the defaults;
+/// in general, when `timeout > interval`, `max(interval, timeout) ×
+/// max_misses + timeout`), and the pool is back at full strength once its
+/// replacement has started. A worker whose CPU time grew (busy in a
 /// C call that holds the GIL) is not killed by this rule: it is logged and
 /// counted (`portpool_worker_unresponsive_total{verdict="busy"}`); a call
 /// time-out or `max_consecutive_timeouts` still applies to its calls.
