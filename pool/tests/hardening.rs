@@ -139,7 +139,8 @@ fn frozen_bound() -> Duration {
 /// unresponsive within the bound, its call fails, it is replaced.
 async fn frozen_busy_worker_is_killed(cpu: Option<Cpu>) {
     let l = launcher().max_concurrency(4);
-    let (pool, knobs) = match cpu {
+    // The knobs stay alive with the launcher; this test does not turn them.
+    let (pool, _knobs) = match cpu {
         None => (
             builder(&l).workers(1).heartbeat(Some(HB)).build().await.unwrap(),
             None,
@@ -157,7 +158,6 @@ async fn frozen_busy_worker_is_killed(cpu: Option<Cpu>) {
             (pool, Some(knobs))
         }
     };
-    let _ = knobs;
     let call = tokio::spawn({
         let pool = pool.clone();
         async move { pool.call::<_, u64>("sleep", &3_600_000).await }
