@@ -696,7 +696,13 @@ class Runtime:
                     return None
                 received = time.monotonic()
                 for body in reader.feed(data):
-                    if not on_message(unpack(body), received, starting):
+                    try:
+                        msg = unpack(body)
+                    except protocol.InvalidParams as exc:  # fails only this call
+                        ok = self._on_invalid_params(exc)
+                    else:
+                        ok = on_message(msg, received, starting)
+                    if not ok:
                         self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
                         self._request_stop(_Stop.PROTOCOL_ERROR)
                         return None
@@ -773,9 +779,11 @@ class Runtime:
             return False
         return True
 
-    def _on_request(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
-        id_: int = msg["id"]
-        method: str = msg["method"]
+    def _refuse(self, id_: int, method: str) -> bool | None:
+        """Answers a request that cannot run (in-flight id, shutting down, unknown method).
+
+        Returns None if the request may run, else what :meth:`_on_message` returns.
+        """
         with self._lock:
             if id_ in self._requests:
                 duplicate, stopping = True, False
@@ -791,8 +799,7 @@ class Runtime:
                 )
             )
             return True
-        handler = self.app.get_handler(method)
-        if handler is None:
+        if self.app.get_handler(method) is None:
             known = ", ".join(self.app.methods) or "(none)"
             self._out.send(
                 self._error_frame_plain(
@@ -800,6 +807,24 @@ class Runtime:
                 )
             )
             return True
+        return None
+
+    def _on_invalid_params(self, exc: protocol.InvalidParams) -> bool:
+        """A request whose params cannot be decoded: an ``InvalidParams`` error for it alone."""
+        refused = self._refuse(exc.id, exc.method)
+        if refused is not None:
+            return refused
+        self._out.send(self._error_frame_plain(exc.id, "InvalidParams", str(exc)))
+        return True
+
+    def _on_request(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
+        id_: int = msg["id"]
+        method: str = msg["method"]
+        refused = self._refuse(id_, method)
+        if refused is not None:
+            return refused
+        handler = self.app.get_handler(method)
+        assert handler is not None  # _refuse answered unknown methods
         session_id: str | None = msg.get("session")
         session = None if session_id is None else self._sessions.setdefault(session_id, {})
         ctx: Context | None = None

@@ -1,0 +1,72 @@
+"""Input and handlers that used to take a whole worker down, now failing only the call concerned.
+
+Each test runs the runtime as a real subprocess over real pipes (see conftest.Worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+from conftest import Worker
+
+from portpool import protocol
+
+
+def _request_with_raw_params(id_: int, method: str, params: bytes) -> bytes:
+    """A request frame whose params are the given raw MessagePack bytes (whatever Python can decode)."""
+    body = b"\x84" + b"".join(
+        msgpack.packb(x) for x in ("type", "request", "id", id_, "method", method, "params")
+    )
+    return protocol.frame(body + params)
+
+
+# Params that are valid MessagePack (a Rust host can send them) but that msgpack-python cannot decode.
+UNDECODABLE_PARAMS = {
+    "deep": (b"\x91" * 5000 + b"\x01", "nested too deeply"),
+    "array-key": (b"\x81\x92\x01\x02\xa1x", "map key is an array or a map"),
+    "map-key": (b"\x81\x81\xa1k\x01\xa1x", "map key is an array or a map"),
+    "bad-ext": (b"\xc7\x03\xff\x00\x00\x00", "invalid timestamp"),  # ext -1 (timestamp) of length 3
+    "bad-utf8": (b"\x81\xa1k\xa2\xff\xfe", "not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNDECODABLE_PARAMS))
+def test_undecodable_params_fail_only_that_call(worker: Worker, kind: str) -> None:
+    params, fragment = UNDECODABLE_PARAMS[kind]
+    long_sync = worker.request("sync_sleep", 0.5)
+    long_async = worker.request("async_sleep", 0.5)
+    time.sleep(0.05)  # both running
+    start = time.monotonic()
+    worker.send_raw(_request_with_raw_params(41, "echo", params))
+    msg = worker.recv()
+    assert msg["id"] == 41, msg  # the bad call is answered at once, before the long ones
+    assert time.monotonic() - start < 0.4
+    err = msg["error"]
+    assert err["type"] == "InvalidParams", err
+    assert fragment in err["message"] and "41" in err["message"] and "echo" in err["message"], err
+    frames = worker.collect({long_sync, long_async})
+    assert "result" in frames[long_sync][-1] and "result" in frames[long_async][-1], frames
+    assert worker.result("echo", "still serving") == "still serving"
+    assert worker.proc.poll() is None
+    assert "protocol violation" not in worker.stderr
+
+
+def test_undecodable_params_of_an_unknown_method_or_in_flight_id(worker: Worker) -> None:
+    deep = UNDECODABLE_PARAMS["deep"][0]
+    worker.send_raw(_request_with_raw_params(1, "nope", deep))
+    assert worker.recv()["error"]["type"] == "MethodNotFound"
+    worker.request("async_sleep", 0.3, id=2)
+    worker.send_raw(_request_with_raw_params(2, "echo", deep))  # the id is in flight: a violation
+    assert worker.wait(5) == 2
+    assert "already in flight" in worker.stderr
+
+
+def test_a_frame_with_no_readable_envelope_is_still_a_violation(worker: Worker) -> None:
+    # Too deep, and no map around it: no id to answer, so the frame cannot be read as a request at all.
+    worker.send_raw(protocol.frame(b"\x91" * 5000 + b"\x01"))
+    assert worker.wait(5) == 2
+    assert "not valid MessagePack" in worker.stderr
