@@ -70,3 +70,50 @@ def test_a_frame_with_no_readable_envelope_is_still_a_violation(worker: Worker) 
     worker.send_raw(protocol.frame(b"\x91" * 5000 + b"\x01"))
     assert worker.wait(5) == 2
     assert "not valid MessagePack" in worker.stderr
+
+
+LOOP_HOG_APP = """\
+import time, portpool
+app = portpool.App(max_concurrency=8)
+
+@app.handler
+async def fast(p):
+    return "fast"
+
+@app.handler
+async def hog(p):
+    time.sleep(p)  # blocks the event loop
+    return "hog"
+
+@app.handler
+def sync_echo(p):
+    return p
+"""
+
+
+def _arrivals(w: Worker, until_id: int, start: float, timeout: float = 10.0) -> dict[tuple[str, int], float]:
+    """Reads frames until the response of ``until_id``; returns when each (type, id) arrived after ``start``."""
+    seen: dict[tuple[str, int], float] = {}
+    while ("response", until_id) not in seen:
+        msg = w.recv(max(0.01, timeout - (time.monotonic() - start)))
+        seen[(msg["type"], msg["id"])] = time.monotonic() - start
+    return seen
+
+
+@pytest.mark.parametrize("with_fast_async", [False, True], ids=["hog-only", "fast-and-hog"])
+def test_a_loop_blocking_async_handler_does_not_hold_back_other_replies(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any], with_fast_async: bool
+) -> None:
+    w = spawn(write_app(LOOP_HOG_APP))
+    batch = [protocol.request_message(2, "hog", 2.0)]
+    if with_fast_async:
+        batch.insert(0, protocol.request_message(1, "fast", None))
+    batch += [protocol.ping_message(3), protocol.request_message(4, "sync_echo", "s")]
+    start = time.monotonic()
+    w.send_raw(b"".join(protocol.encode(m) for m in batch))  # ONE write: one read in the worker
+    time.sleep(0.2)
+    w.send_raw(protocol.encode(protocol.ping_message(5)) + protocol.encode(protocol.request_message(6, "sync_echo", "t")))
+    seen = _arrivals(w, 2, start)
+    for key in (("pong", 3), ("response", 4), ("pong", 5), ("response", 6)):
+        assert seen.get(key, 99.0) < 1.0, seen  # the hog ends at 2 s
+    assert seen[("response", 2)] >= 1.9, seen

@@ -262,6 +262,9 @@ class _Output:
 
     ``lock`` guards the queue; callers that must decide under it whether a frame may still
     go out (a request's final response) use :meth:`queue_locked` and :meth:`write_queued`.
+    A thread that wants to batch several frames into one write without holding up anyone
+    else's output (the event loop) queues them with :meth:`queue_unclaimed_locked` and calls
+    :meth:`kick` when done: any thread that writes in between takes them along.
     """
 
     def __init__(self, fd: int, on_error: Callable[[OSError], None], *, nonblocking: bool) -> None:
@@ -271,7 +274,7 @@ class _Output:
         self._cond = threading.Condition(self.lock)
         self._frames: collections.deque[bytes | memoryview] = collections.deque()
         self._pending = 0  # bytes queued and not yet written
-        self._busy = False  # some thread is writing; invariant: frames queued => busy
+        self._busy = False  # some thread is writing; frames queued => busy, or a kick() will follow
         self._handoff = False  # the pipe is full: the flusher thread owns writing
         self._waiters = 0  # threads waiting on _cond for progress
         self._closed = False
@@ -307,6 +310,24 @@ class _Output:
             return False  # the thread writing now takes this frame too
         self._busy = True
         return True
+
+    def queue_unclaimed_locked(self, frame: bytes) -> None:
+        """Queues ``frame`` (``lock`` held) without becoming the writer; :meth:`kick` must follow.
+
+        The thread writing now, or the next thread that queues a frame, writes it too, so
+        frames queued this way never hold back frames of other threads.
+        """
+        if not self.broken:
+            self._frames.append(frame)
+            self._pending += len(frame)
+
+    def kick(self) -> None:
+        """Writes queued frames, if there are any and no thread is writing them already."""
+        with self.lock:
+            if self._busy or not self._frames or self.broken:
+                return
+            self._busy = True
+        self.write_queued()
 
     def write_queued(self) -> None:
         """Writes queued frames until none are left or the pipe is full (then the flusher takes over)."""
@@ -574,7 +595,7 @@ class Runtime:
         self._stop_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
         self._hold_output = False  # loop thread only: see _start_async
-        self._held_claim = False  # the loop holds the writer role of _out, to write in _release_output
+        self._held_frames = False  # the loop queued frames unclaimed, for _release_output to kick
 
     # ------------------------------------------------------------------ main
 
@@ -648,9 +669,8 @@ class Runtime:
     def close(self) -> bool:
         """Flushes queued frames (bounded) and releases the handler threads without waiting for them."""
         self._workers.close()
-        if self._held_claim:  # the loop stopped before _release_output ran
-            self._held_claim = False
-            self._out.write_queued()
+        self._held_frames = False  # the loop may have stopped before _release_output ran
+        self._out.kick()
         return self._out.close(_FLUSH_TIMEOUT)
 
     def _request_stop(self, reason: _Stop) -> None:
@@ -890,16 +910,18 @@ class Runtime:
             req.task = loop.create_task(self._run_async(req))
         if len(reqs) > 1:
             # The tasks' first steps run next, in one loop iteration: hold their output and write it
-            # all at once (one writev) from a callback that runs right after them.
+            # all at once (one writev) from a callback that runs right after them. Held frames are
+            # queued without claiming the writer role, so a task that blocks the loop holds back no
+            # other thread's output (pongs, sync replies), and those threads write held frames too.
             self._hold_output = True
             loop.call_soon(self._release_output)
 
     def _release_output(self) -> None:
         """Loop thread: writes what the loop queued while holding output."""
         self._hold_output = False
-        if self._held_claim:
-            self._held_claim = False
-            self._out.write_queued()
+        if self._held_frames:
+            self._held_frames = False
+            self._out.kick()
 
     def _finish(self, req: _Request, frame: bytes) -> None:
         """Any thread: frees the request's slot, sends its one response, and starts queued requests.
@@ -937,17 +959,21 @@ class Runtime:
     def _emit(self, req: _Request, frame: bytes, *, final: bool) -> bool:
         """Sends a chunk or the final response of ``req``; nothing goes out after the final one."""
         out = self._out
+        held = self._hold_output and threading.get_ident() == self._loop_thread
         with out.lock:
             if req.responded:
                 return False
             if final:
                 req.responded = True
-            claimed = out.queue_locked(frame)
-        if claimed:
-            if self._hold_output and threading.get_ident() == self._loop_thread:
-                self._held_claim = True  # _release_output writes it, later in this loop iteration
+            if held:  # _release_output writes it later in this loop iteration, unless another thread does first
+                out.queue_unclaimed_locked(frame)
+                claimed = False
             else:
-                out.write_queued()
+                claimed = out.queue_locked(frame)
+        if held:
+            self._held_frames = True
+        elif claimed:
+            out.write_queued()
         return True
 
     def _run_sync(self, req: _Request) -> None:
