@@ -117,3 +117,87 @@ def test_a_loop_blocking_async_handler_does_not_hold_back_other_replies(
     for key in (("pong", 3), ("response", 4), ("pong", 5), ("response", 6)):
         assert seen.get(key, 99.0) < 1.0, seen  # the hog ends at 2 s
     assert seen[("response", 2)] >= 1.9, seen
+
+
+ERRORS_APP = """\
+import portpool
+app = portpool.App(max_concurrency=4)
+
+@app.handler
+def fail(p):
+    raise ValueError(p["char"] * p["n"])
+
+@app.handler
+def fail_typed(p):
+    raise portpool.HandlerError(p["char"] * p["n"], type=p["char"] * p["n"], data=p.get("data"))
+
+@app.handler
+def fail_data(p):
+    raise portpool.HandlerError("with data", data=b"x" * p)
+
+@app.handler
+def fail_long_traceback(p):
+    try:
+        raise KeyError("ü" * p)  # shows in the traceback only, as the context
+    except KeyError:
+        raise RuntimeError("é" * 100)
+
+@app.handler
+def echo(p):
+    return p
+"""
+
+SMALL_FRAME = 4096
+
+
+@pytest.mark.parametrize("char", ["a", "é", "€", "😀"], ids=["ascii", "2-byte", "3-byte", "4-byte"])
+def test_long_error_messages_are_cut_by_encoded_bytes(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any], char: str
+) -> None:
+    env = {"PORTPOOL_MAX_FRAME": str(SMALL_FRAME)}
+    w = spawn(write_app(ERRORS_APP), env=env, max_frame=SMALL_FRAME)
+    assert w.call("fail", {"char": char, "n": 100})["error"]["message"] == char * 100  # fits: intact
+    for n in (SMALL_FRAME, 1_000_000):
+        err = w.call("fail", {"char": char, "n": n})["error"]
+        assert err["type"] == "ValueError"
+        kept, _, mark = err["message"].partition(" … ")
+        assert kept == char * len(kept) and len(kept) >= 100, err["message"]  # whole characters only
+        assert mark.startswith("[truncated ") and mark.endswith(" bytes]"), mark
+        assert len(protocol.encode(protocol.response_error_message(1, **err))) <= SMALL_FRAME
+        err = w.call("fail_typed", {"char": char, "n": n})["error"]
+        assert "[truncated" in err["message"] and len(err["type"].encode()) <= 256
+    assert w.result("echo", "alive") == "alive"
+    assert w.proc.poll() is None
+
+
+def test_huge_error_data_or_traceback_does_not_kill_the_worker(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any]
+) -> None:
+    env = {"PORTPOOL_MAX_FRAME": str(SMALL_FRAME)}
+    w = spawn(write_app(ERRORS_APP), env=env, max_frame=SMALL_FRAME)
+    err = w.call("fail_data", 100)["error"]  # small data fits: kept
+    assert err["data"] == b"x" * 100 and err["message"] == "with data"
+    err = w.call("fail_data", 10 * SMALL_FRAME)["error"]
+    assert "data" not in err and "error data dropped" in err["message"], err
+    err = w.call("fail_typed", {"char": "€", "n": 50_000, "data": {"k": "v"}})["error"]
+    assert "[truncated" in err["message"]
+    err = w.call("fail_long_traceback", 100_000)["error"]  # a traceback far over the limit: its tail is kept
+    assert err["type"] == "RuntimeError" and err["message"] == "é" * 100
+    assert "[truncated" in err["traceback"] and err["traceback"].rstrip().endswith("é" * 100), err["traceback"]
+    assert w.result("echo", "alive") == "alive"
+
+
+def test_error_responses_always_fit_the_frame_limit() -> None:
+    from portpool._runtime import _fit_error, _safe_str
+
+    texts = ["", "a" * 10, "é" * 5000, "€" * 70_000, "😀" * 30_000, "a😀" * 20_000, "\udcff" * 3000]
+    datas: list[Any] = [None, 1, b"x" * 50, b"x" * 100_000, {"k": "€" * 10_000}, {1, 2}]
+    for max_frame in (200, 300, 1000, 4096, 65_536):
+        for text in texts:
+            for data in datas:
+                body = _fit_error(9, text or "E", text, text if len(text) % 2 == 0 else None, data, max_frame)
+                assert len(body) <= max_frame, (max_frame, len(text), type(data))
+                err = protocol.unpack(body)["error"]
+                if err["message"] == _safe_str(text) and (data is None or err.get("data") == data):
+                    continue  # fitted whole
+                assert "truncated" in err["message"] or "dropped" in err["message"] or not err["message"]
