@@ -67,6 +67,9 @@ _ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean
 _MAX_GRACE = 24 * 3600.0
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The parent that started this process (the host), before any reparenting: see _kill_own_group.
+_PARENT_AT_START = os.getppid()
+_GROUP_KILL_ROUNDS = 10
 
 
 def _log(text: str) -> None:
@@ -673,6 +676,11 @@ class Runtime:
         self._out.kick()
         return self._out.close(_FLUSH_TIMEOUT)
 
+    @property
+    def stopped_on_eof(self) -> bool:
+        """The runtime stops because its input ended (not after a ``shutdown`` message or an error)."""
+        return self._stop_reason is _Stop.EOF
+
     def _request_stop(self, reason: _Stop) -> None:
         """Any thread: stop taking requests; the loop then drains (or not, per ``reason``) and exits."""
         with self._lock:
@@ -711,8 +719,12 @@ class Runtime:
                     data = b""
                 if not data:
                     reader.eof()
-                    self._watchdog(self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK, 0)
                     self._request_stop(_Stop.EOF)
+                    self._watchdog(
+                        self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK,
+                        EXIT_OK,
+                        kill_group=self.stopped_on_eof,
+                    )
                     return None
                 received = time.monotonic()
                 for body in reader.feed(data):
@@ -759,11 +771,13 @@ class Runtime:
         return mine
 
     @staticmethod
-    def _watchdog(seconds: float, code: int) -> None:
+    def _watchdog(seconds: float, code: int, *, kill_group: bool = False) -> None:
         """Guarantees the process exits even if the event loop is blocked by a misbehaving handler."""
 
         def fire() -> None:
             _log(f"event loop did not stop within {seconds:g}s; forcing exit {code}")
+            if kill_group:
+                _kill_own_group()
             os._exit(code)
 
         timer = threading.Timer(seconds, fire)
@@ -1179,6 +1193,65 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+# --------------------------------------------------------------------------- process group
+
+
+def _group_members(pgid: int) -> list[tuple[int, int]] | None:
+    """``(pid, ppid)`` of the live (not zombie) processes in group ``pgid``; None without ``/proc``."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    members: list[tuple[int, int]] = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat_line = f.read()
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+            state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or unreadable
+        if pgrp == pgid and state not in (b"Z", b"X"):
+            members.append((int(name), ppid))
+    return members
+
+
+def _kill_own_group() -> int:
+    """SIGKILLs what is left of this process's group: children and grandchildren handlers started.
+
+    Only when this process leads its group (as every worker portpool launches does); a
+    group it does not lead is never touched. Spared: this process, and processes whose
+    parent is the one that started this process (siblings, e.g. the rest of a shell
+    pipeline; a live host that adopted orphans kills the group itself). Linux (``/proc``)
+    only; elsewhere a no-op. Returns how many processes were signalled.
+    """
+    pid = os.getpid()
+    try:
+        if os.getpgid(0) != pid:
+            return 0
+    except OSError:
+        return 0
+    killed = 0
+    for _ in range(_GROUP_KILL_ROUNDS):  # again, for processes forked while we looked
+        members = _group_members(pid)
+        if members is None:
+            return killed
+        targets = [m for m, ppid in members if m != pid and ppid != _PARENT_AT_START]
+        if not targets:
+            break
+        for target in targets:
+            try:
+                os.kill(target, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        time.sleep(0.005)
+    return killed
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -1191,16 +1264,21 @@ def _run_exitfuncs() -> None:
             pass
 
 
-def _exit(code: int, *, run_atexit: bool = False) -> NoReturn:
-    """Leaves the process without waiting for stray threads (a stuck handler must not block exit)."""
+def _exit(code: int, *, run_atexit: bool = False, kill_group: bool = False) -> NoReturn:
+    """Leaves the process without waiting for stray threads (a stuck handler must not block exit).
+
+    ``kill_group``: last of all, kill what is left of the process group (see :func:`_kill_own_group`).
+    """
     if run_atexit:
-        Runtime._watchdog(_ATEXIT_TIMEOUT, code)
+        Runtime._watchdog(_ATEXIT_TIMEOUT, code, kill_group=kill_group)
         _run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+    if kill_group:
+        _kill_own_group()
     os._exit(code)
 
 
@@ -1227,7 +1305,8 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
         code = EXIT_APP_ERROR
     if not runtime.close():
         _log("could not flush all output to the host in time")
-    _exit(code, run_atexit=code == EXIT_OK)
+    # On end of input the host is gone or done with us: nothing this worker started may outlive it.
+    _exit(code, run_atexit=code == EXIT_OK, kill_group=code == EXIT_OK and runtime.stopped_on_eof)
 
 
 USAGE = """\
