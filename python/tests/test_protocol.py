@@ -198,3 +198,35 @@ def test_second_pass_keeps_the_envelope_rules() -> None:
     # and so is a key that cannot be a Python key
     msg = protocol.unpack(_raw_request(b"\x01", b"\x91\x01\x02", 1))
     assert msg == {"type": "request", "id": 7, "method": "m", "params": 1}
+
+
+def test_mutated_bodies_only_ever_raise_malformed() -> None:
+    import random
+
+    rng = random.Random(11)
+    deep_request = _raw_request(b"\x91" * 1100 + b"\x01")
+    bases = [
+        protocol.pack(protocol.request_message(5, "m", {"a": [1, {"b": b"x"}]}, session="s", deadline_ms=3)),
+        deep_request,
+        protocol.pack(protocol.ping_message(3)),
+    ]
+    kinds = set()
+    for _ in range(5000):
+        raw = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(raw) + 1)
+            op = rng.random()
+            if op < 0.4 and raw:
+                raw[min(pos, len(raw) - 1)] = rng.randrange(256)
+            elif op < 0.7:
+                raw[pos:pos] = bytes([rng.choice([0x91, 0x81, 0x80, 0xC1, 0xD6, 0xDD, 0xDF, 0xC7, 0xA2])])
+            else:
+                del raw[pos : pos + rng.randint(1, 3)]
+        try:
+            protocol.unpack(bytes(raw))
+            kinds.add("ok")
+        except protocol.InvalidParams:
+            kinds.add("invalid-params")
+        except protocol.Malformed:
+            kinds.add("malformed")
+    assert kinds == {"ok", "invalid-params", "malformed"}

@@ -11,6 +11,7 @@ See ``protocol/PROTOCOL.md`` in the repository for the authoritative rules.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -466,26 +467,44 @@ def _unpack_envelope(body: bytes, first_error: Exception) -> dict[Any, Any]:
     The envelope must be well-formed MessagePack (a map, not truncated, nothing after it)
     and its keys must decode; each value is decoded on its own, and one that cannot be is
     kept as an :class:`_Undecodable`. Keys that are not strings are dropped (unknown fields).
+
+    Values are delimited with msgpack's own ``skip`` (C speed, builds nothing); a value too
+    deep for it is walked by :func:`_skip` (pure Python, any depth, linear in its size).
     """
     not_msgpack = Malformed(f"body is not valid MessagePack ({type(first_error).__name__}: {first_error})")
     end = len(body)
+    stream = io.BytesIO(body)
+
+    def unpacker_at(pos: int) -> msgpack.Unpacker:
+        stream.seek(pos)
+        return msgpack.Unpacker(stream, max_buffer_size=max(end, 1024))
+
+    unpacker = unpacker_at(0)
+    base = 0  # offset in body where ``unpacker`` started reading
+
+    def end_of_value(pos: int) -> int:
+        nonlocal unpacker, base
+        try:
+            unpacker.skip()
+            return base + int(unpacker.tell())
+        except msgpack.OutOfData:
+            raise _Truncated() from None
+        except Exception:  # too deep for msgpack (or not valid: then _skip says so)
+            value_end = _skip(body, pos)
+            unpacker, base = unpacker_at(value_end), value_end
+            return value_end
+
     try:
-        if _skip(body, 0) != end:
-            raise not_msgpack  # trailing bytes
-        b = body[0]
-        if 0x80 <= b <= 0x8F:
-            count, pos = b & 0x0F, 1
-        elif b == 0xDE:
-            count, pos = int.from_bytes(body[1:3], "big"), 3
-        elif b == 0xDF:
-            count, pos = int.from_bytes(body[1:5], "big"), 5
-        else:
-            raise not_msgpack  # e.g. a too-deep array: not a map either way
+        try:
+            count = unpacker.read_map_header()
+        except Exception:
+            raise not_msgpack from None  # not a map (e.g. a too-deep array), or truncated
+        pos = int(unpacker.tell())
         raw: dict[Any, Any] = {}
         for _ in range(count):
-            key_end = _skip(body, pos)
+            key_end = end_of_value(pos)
             key_bytes, pos = body[pos:key_end], key_end
-            value_end = _skip(body, pos)
+            value_end = end_of_value(pos)
             start, pos = pos, value_end
             try:
                 key = msgpack.unpackb(key_bytes, raw=False, strict_map_key=False)
@@ -497,10 +516,10 @@ def _unpack_envelope(body: bytes, first_error: Exception) -> dict[Any, Any]:
                 raw[key] = msgpack.unpackb(body[start:value_end], raw=False, strict_map_key=False)
             except Exception as exc:
                 raw[key] = _Undecodable(_why_undecodable(exc))
+        if pos != end:
+            raise not_msgpack  # bytes after the map
         return raw
-    except _Truncated:
-        raise not_msgpack from None
-    except Malformed:
+    except (_Truncated, Malformed):
         raise not_msgpack from None
 
 
