@@ -92,7 +92,7 @@ def sync_echo(p):
 
 
 def _arrivals(w: Worker, until_id: int, start: float, timeout: float = 10.0) -> dict[tuple[str, int], float]:
-    """Reads frames until the response of ``until_id``; returns when each (type, id) arrived after ``start``."""
+    """Reads frames until the response of ``until_id``; returns when each (type, id) came, after ``start``."""
     seen: dict[tuple[str, int], float] = {}
     while ("response", until_id) not in seen:
         msg = w.recv(max(0.01, timeout - (time.monotonic() - start)))
@@ -112,7 +112,10 @@ def test_a_loop_blocking_async_handler_does_not_hold_back_other_replies(
     start = time.monotonic()
     w.send_raw(b"".join(protocol.encode(m) for m in batch))  # ONE write: one read in the worker
     time.sleep(0.2)
-    w.send_raw(protocol.encode(protocol.ping_message(5)) + protocol.encode(protocol.request_message(6, "sync_echo", "t")))
+    w.send_raw(
+        protocol.encode(protocol.ping_message(5))
+        + protocol.encode(protocol.request_message(6, "sync_echo", "t"))
+    )
     seen = _arrivals(w, 2, start)
     for key in (("pong", 3), ("response", 4), ("pong", 5), ("response", 6)):
         assert seen.get(key, 99.0) < 1.0, seen  # the hog ends at 2 s
@@ -183,7 +186,9 @@ def test_huge_error_data_or_traceback_does_not_kill_the_worker(
     assert "[truncated" in err["message"]
     err = w.call("fail_long_traceback", 100_000)["error"]  # a traceback far over the limit: its tail is kept
     assert err["type"] == "RuntimeError" and err["message"] == "é" * 100
-    assert "[truncated" in err["traceback"] and err["traceback"].rstrip().endswith("é" * 100), err["traceback"]
+    assert "[truncated" in err["traceback"] and err["traceback"].rstrip().endswith("é" * 100), err[
+        "traceback"
+    ]
     assert w.result("echo", "alive") == "alive"
 
 

@@ -178,7 +178,12 @@ def test_undecodable_params_are_invalid_params_with_the_id(params: bytes, fragme
         exc = info.value
         assert isinstance(exc, protocol.Malformed)
         assert (exc.id, exc.method) == (7, "m") and fragment in exc.reason and fragment in str(exc)
-        assert exc.message == {"type": "request", "id": 7, "method": "m", **({"session": "s"} if extra else {})}
+        assert exc.message == {
+            "type": "request",
+            "id": 7,
+            "method": "m",
+            **({"session": "s"} if extra else {}),
+        }
 
 
 def test_second_pass_keeps_the_envelope_rules() -> None:

@@ -979,7 +979,7 @@ class Runtime:
                 return False
             if final:
                 req.responded = True
-            if held:  # _release_output writes it later in this loop iteration, unless another thread does first
+            if held:  # _release_output writes it later in this iteration, unless another thread does first
                 out.queue_unclaimed_locked(frame)
                 claimed = False
             else:
@@ -1137,10 +1137,14 @@ def _cut_utf8(text: str, limit: int, *, keep_tail: bool = False) -> str:
 
 
 def _pack_error(id_: int, type_: str, message: str, traceback_: str | None, data: Any) -> bytes:
-    return protocol.pack(protocol.response_error_message(id_, type_, message, traceback=traceback_, data=data))
+    return protocol.pack(
+        protocol.response_error_message(id_, type_, message, traceback=traceback_, data=data)
+    )
 
 
-def _fit_error(id_: int, type_: str, message: str, traceback_: str | None, data: Any, max_frame: int) -> bytes:
+def _fit_error(
+    id_: int, type_: str, message: str, traceback_: str | None, data: Any, max_frame: int
+) -> bytes:
     """Encodes an error response body of at most ``max_frame`` bytes.
 
     Everything is kept when it fits. Otherwise, by encoded bytes (never splitting a UTF-8
