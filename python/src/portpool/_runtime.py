@@ -1108,7 +1108,8 @@ class Runtime:
 
 
 _MAX_ERROR_TYPE_BYTES = 256
-# Room kept for the message and traceback when deciding whether error data still fits.
+# Room kept for the message and traceback when deciding whether error data still fits
+# (at most a quarter of the frame limit).
 _ERROR_TEXT_RESERVE = 1024
 # Bytes a str header may grow by when its text grows (fixstr 1 byte .. str32 5 bytes), per string.
 _STR_HEADER_SLACK = 8
@@ -1150,7 +1151,7 @@ def _fit_error(
     Everything is kept when it fits. Otherwise, by encoded bytes (never splitting a UTF-8
     character, each cut marked "[truncated N bytes]"): ``type`` is cut to 256 bytes;
     ``data`` is dropped (with a note in the message) when it cannot be encoded or leaves
-    under 1 KiB for the text; the head of ``message`` and the tail of ``traceback`` (where
+    under 1 KiB (or a quarter of ``max_frame``) for the text; the head of ``message`` and the tail of ``traceback`` (where
     the exception is) share what is left, the message first.
     """
     type_, message = _safe_str(type_), _safe_str(message)
@@ -1171,7 +1172,7 @@ def _fit_error(
     type_ = _cut_utf8(type_, _MAX_ERROR_TYPE_BYTES)
     if data is not None:
         lean = len(_pack_error(id_, type_, "", None, data))
-        if lean + _ERROR_TEXT_RESERVE > max_frame:
+        if lean + min(_ERROR_TEXT_RESERVE, max_frame // 4) > max_frame:
             message += (
                 f" (error data dropped: error data of type {type(data).__name__} encodes to {lean} bytes"
                 f" with the error, more than the maximum frame size of {max_frame} less room for the message)"
