@@ -40,7 +40,18 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Worker:
     """One worker process and a frame-level client for it."""
 
-    def __init__(self, app: str | pathlib.Path, *, env: dict[str, str] | None = None, hello: bool = True):
+    def __init__(
+        self,
+        app: str | pathlib.Path,
+        *,
+        env: dict[str, str] | None = None,
+        hello: bool = True,
+        max_frame: int = protocol.DEFAULT_MAX_FRAME,
+        new_session: bool = False,
+    ):
+        """``max_frame``: the client's own limit (a larger frame from the worker fails ``recv``, as
+        the Rust host kills such a worker); ``new_session``: the worker leads its own process group."""
+        self.max_frame = max_frame
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "portpool", str(app)],
             stdin=subprocess.PIPE,
@@ -48,6 +59,7 @@ class Worker:
             stderr=subprocess.PIPE,
             env=worker_env(env),
             cwd=str(HERE),
+            start_new_session=new_session,
         )
         self._frames: queue.Queue[Any] = queue.Queue()
         self._stderr = bytearray()
@@ -62,7 +74,7 @@ class Worker:
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        reader = protocol.FrameReader()
+        reader = protocol.FrameReader(self.max_frame)
         fd = self.proc.stdout.fileno()
         while True:
             data = os.read(fd, 65536)

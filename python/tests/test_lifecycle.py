@@ -233,3 +233,68 @@ def test_app_run_entry_point(write_app: Callable[..., Any]) -> None:
     assert msgs[1]["result"] == "x"
     assert proc.returncode == 0
     assert APPS.exists()
+
+
+SPAWNING_APP = """\
+import subprocess, portpool
+app = portpool.App()
+
+@app.handler
+def spawn(p):
+    child = subprocess.Popen(["sleep", "60"])
+    # a grandchild under a live child, and one orphaned at once (its parent exits)
+    holder = subprocess.Popen(["sh", "-c", "sleep 61 & echo $!; wait"], stdout=subprocess.PIPE)
+    grandchild = int(holder.stdout.readline())
+    out = subprocess.run(["sh", "-c", "sleep 62 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    return [child.pid, holder.pid, grandchild, int(out.stdout)]
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_stdin_eof_kills_the_rest_of_the_workers_process_group(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any]
+) -> None:
+    w = spawn(write_app(SPAWNING_APP), new_session=True)  # leads its group, as under portpool
+    pids: list[int] = w.result("spawn")
+    try:
+        assert all(_alive(p) for p in pids), pids
+        w.close_stdin()
+        assert w.wait(5) == 0, w.stderr
+        deadline = time.monotonic() + 2.0
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [p for p in pids if _alive(p)], "children and grandchildren outlived the worker"
+    finally:
+        _kill_all(pids)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_stdin_eof_never_kills_a_group_the_worker_does_not_lead(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any]
+) -> None:
+    w = spawn(write_app(SPAWNING_APP))  # in pytest's own group: that group must be left alone
+    pids: list[int] = w.result("spawn")
+    try:
+        w.close_stdin()
+        assert w.wait(5) == 0, w.stderr
+        time.sleep(0.2)
+        assert all(_alive(p) for p in pids), pids
+    finally:
+        _kill_all(pids)

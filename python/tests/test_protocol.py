@@ -151,3 +151,87 @@ def test_unpack_request_fast_path_matches_the_general_rules() -> None:
             protocol.unpack(msgpack.packb(bad))
     extra = protocol.unpack(protocol.pack({"type": "request", "id": 1, "method": "m", "params": 0, "x_k": 1}))
     assert extra == {"type": "request", "id": 1, "method": "m", "params": 0}
+
+
+def _raw_request(params: bytes, tail: bytes = b"", extra_keys: int = 0) -> bytes:
+    head = bytes([0x84 + extra_keys]) + b"".join(
+        msgpack.packb(x) for x in ("type", "request", "id", 7, "method", "m", "params")
+    )
+    return head + params + tail
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        (b"\x91" * 5000 + b"\x01", "nested too deeply"),
+        (b"\x81\x91\x01\x02", "map key is an array or a map"),
+        (b"\x81\x80\x02", "map key is an array or a map"),
+        (b"\xc7\x03\xff\x00\x00\x00", "invalid timestamp"),
+        (b"\xa2\xff\xfe", "not valid UTF-8"),
+    ],
+    ids=["deep", "array-key", "map-key", "bad-ext", "bad-utf8"],
+)
+def test_undecodable_params_are_invalid_params_with_the_id(params: bytes, fragment: str) -> None:
+    for tail, extra in ((b"", 0), (msgpack.packb("session") + msgpack.packb("s"), 1)):
+        with pytest.raises(protocol.InvalidParams) as info:
+            protocol.unpack(_raw_request(params, tail, extra))
+        exc = info.value
+        assert isinstance(exc, protocol.Malformed)
+        assert (exc.id, exc.method) == (7, "m") and fragment in exc.reason and fragment in str(exc)
+        assert exc.message == {
+            "type": "request",
+            "id": 7,
+            "method": "m",
+            **({"session": "s"} if extra else {}),
+        }
+
+
+def test_second_pass_keeps_the_envelope_rules() -> None:
+    deep = b"\x91" * 5000 + b"\x01"
+    for raw in (
+        _raw_request(deep)[:-1],  # truncated
+        _raw_request(deep) + b"\x00",  # trailing bytes
+        deep,  # not a map
+        _raw_request(b"\x01", msgpack.packb("session") + deep, 1),  # a known key other than params
+    ):
+        with pytest.raises(protocol.Malformed) as info:
+            protocol.unpack(raw)
+        assert not isinstance(info.value, protocol.InvalidParams)
+    # an undecodable value under an unknown key is ignored, like any unknown key
+    msg = protocol.unpack(_raw_request(b"\x01", msgpack.packb("x_junk") + deep, 1))
+    assert msg == {"type": "request", "id": 7, "method": "m", "params": 1}
+    # and so is a key that cannot be a Python key
+    msg = protocol.unpack(_raw_request(b"\x01", b"\x91\x01\x02", 1))
+    assert msg == {"type": "request", "id": 7, "method": "m", "params": 1}
+
+
+def test_mutated_bodies_only_ever_raise_malformed() -> None:
+    import random
+
+    rng = random.Random(11)
+    deep_request = _raw_request(b"\x91" * 1100 + b"\x01")
+    bases = [
+        protocol.pack(protocol.request_message(5, "m", {"a": [1, {"b": b"x"}]}, session="s", deadline_ms=3)),
+        deep_request,
+        protocol.pack(protocol.ping_message(3)),
+    ]
+    kinds = set()
+    for _ in range(5000):
+        raw = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(raw) + 1)
+            op = rng.random()
+            if op < 0.4 and raw:
+                raw[min(pos, len(raw) - 1)] = rng.randrange(256)
+            elif op < 0.7:
+                raw[pos:pos] = bytes([rng.choice([0x91, 0x81, 0x80, 0xC1, 0xD6, 0xDD, 0xDF, 0xC7, 0xA2])])
+            else:
+                del raw[pos : pos + rng.randint(1, 3)]
+        try:
+            protocol.unpack(bytes(raw))
+            kinds.add("ok")
+        except protocol.InvalidParams:
+            kinds.add("invalid-params")
+        except protocol.Malformed:
+            kinds.add("malformed")
+    assert kinds == {"ok", "invalid-params", "malformed"}

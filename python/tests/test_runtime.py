@@ -100,16 +100,20 @@ def test_sync_handlers_run_in_parallel_on_the_pool(worker: Worker) -> None:
 
 
 def test_max_concurrency_queues_in_order(worker: Worker) -> None:
-    # max_concurrency is 4: the 5th and 6th requests wait for free slots
+    # max_concurrency is 4: the blockers take every slot; one slot frees at 0.3 s, the others at
+    # 0.9 s, so the queued requests run one after another in that one slot, in the order the queue
+    # hands them out. Each returns a ticket taken when it started: the tickets give the start order.
     start = time.monotonic()
-    ids = [worker.request("sync_sleep", 0.3) for _ in range(6)]
-    order = []
-    for _ in ids:
+    blockers = [worker.request("sync_sleep", 0.3)] + [worker.request("sync_sleep", 0.9) for _ in range(3)]
+    queued = [worker.request("ticket") for _ in range(6)]
+    arrived: dict[int, tuple[float, Any]] = {}
+    while len(arrived) < len(blockers) + len(queued):
         msg = worker.recv()
-        order.append((msg["id"], time.monotonic() - start))
-    first_four = {i for i, _ in order[:4]}
-    assert first_four == set(ids[:4])
-    assert all(t >= 0.55 for i, t in order[4:]), order  # queued ones ran after a slot freed
+        arrived[msg["id"]] = (time.monotonic() - start, msg.get("result"))
+    tickets = [arrived[i][1] for i in queued]
+    assert tickets == sorted(tickets), ("queued requests did not start in arrival order", tickets)
+    assert all(arrived[blockers[0]][0] <= arrived[i][0] for i in queued), arrived  # after a slot freed
+    assert all(arrived[i][0] < arrived[b][0] for i in queued for b in blockers[1:]), arrived
 
 
 def test_responses_out_of_order(worker: Worker) -> None:

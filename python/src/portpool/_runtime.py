@@ -67,6 +67,9 @@ _ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean
 _MAX_GRACE = 24 * 3600.0
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The parent that started this process (the host), before any reparenting: see _kill_own_group.
+_PARENT_AT_START = os.getppid()
+_GROUP_KILL_ROUNDS = 10
 
 
 def _log(text: str) -> None:
@@ -262,6 +265,9 @@ class _Output:
 
     ``lock`` guards the queue; callers that must decide under it whether a frame may still
     go out (a request's final response) use :meth:`queue_locked` and :meth:`write_queued`.
+    A thread that wants to batch several frames into one write without holding up anyone
+    else's output (the event loop) queues them with :meth:`queue_unclaimed_locked` and calls
+    :meth:`kick` when done: any thread that writes in between takes them along.
     """
 
     def __init__(self, fd: int, on_error: Callable[[OSError], None], *, nonblocking: bool) -> None:
@@ -271,7 +277,7 @@ class _Output:
         self._cond = threading.Condition(self.lock)
         self._frames: collections.deque[bytes | memoryview] = collections.deque()
         self._pending = 0  # bytes queued and not yet written
-        self._busy = False  # some thread is writing; invariant: frames queued => busy
+        self._busy = False  # some thread is writing; frames queued => busy, or a kick() will follow
         self._handoff = False  # the pipe is full: the flusher thread owns writing
         self._waiters = 0  # threads waiting on _cond for progress
         self._closed = False
@@ -307,6 +313,24 @@ class _Output:
             return False  # the thread writing now takes this frame too
         self._busy = True
         return True
+
+    def queue_unclaimed_locked(self, frame: bytes) -> None:
+        """Queues ``frame`` (``lock`` held) without becoming the writer; :meth:`kick` must follow.
+
+        The thread writing now, or the next thread that queues a frame, writes it too, so
+        frames queued this way never hold back frames of other threads.
+        """
+        if not self.broken:
+            self._frames.append(frame)
+            self._pending += len(frame)
+
+    def kick(self) -> None:
+        """Writes queued frames, if there are any and no thread is writing them already."""
+        with self.lock:
+            if self._busy or not self._frames or self.broken:
+                return
+            self._busy = True
+        self.write_queued()
 
     def write_queued(self) -> None:
         """Writes queued frames until none are left or the pipe is full (then the flusher takes over)."""
@@ -574,7 +598,7 @@ class Runtime:
         self._stop_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
         self._hold_output = False  # loop thread only: see _start_async
-        self._held_claim = False  # the loop holds the writer role of _out, to write in _release_output
+        self._held_frames = False  # the loop queued frames unclaimed, for _release_output to kick
 
     # ------------------------------------------------------------------ main
 
@@ -648,10 +672,14 @@ class Runtime:
     def close(self) -> bool:
         """Flushes queued frames (bounded) and releases the handler threads without waiting for them."""
         self._workers.close()
-        if self._held_claim:  # the loop stopped before _release_output ran
-            self._held_claim = False
-            self._out.write_queued()
+        self._held_frames = False  # the loop may have stopped before _release_output ran
+        self._out.kick()
         return self._out.close(_FLUSH_TIMEOUT)
+
+    @property
+    def stopped_on_eof(self) -> bool:
+        """The runtime stops because its input ended (not after a ``shutdown`` message or an error)."""
+        return self._stop_reason is _Stop.EOF
 
     def _request_stop(self, reason: _Stop) -> None:
         """Any thread: stop taking requests; the loop then drains (or not, per ``reason``) and exits."""
@@ -691,12 +719,22 @@ class Runtime:
                     data = b""
                 if not data:
                     reader.eof()
-                    self._watchdog(self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK, 0)
                     self._request_stop(_Stop.EOF)
+                    self._watchdog(
+                        self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK,
+                        EXIT_OK,
+                        kill_group=self.stopped_on_eof,
+                    )
                     return None
                 received = time.monotonic()
                 for body in reader.feed(data):
-                    if not on_message(unpack(body), received, starting):
+                    try:
+                        msg = unpack(body)
+                    except protocol.InvalidParams as exc:  # fails only this call
+                        ok = self._on_invalid_params(exc)
+                    else:
+                        ok = on_message(msg, received, starting)
+                    if not ok:
                         self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
                         self._request_stop(_Stop.PROTOCOL_ERROR)
                         return None
@@ -733,11 +771,13 @@ class Runtime:
         return mine
 
     @staticmethod
-    def _watchdog(seconds: float, code: int) -> None:
+    def _watchdog(seconds: float, code: int, *, kill_group: bool = False) -> None:
         """Guarantees the process exits even if the event loop is blocked by a misbehaving handler."""
 
         def fire() -> None:
             _log(f"event loop did not stop within {seconds:g}s; forcing exit {code}")
+            if kill_group:
+                _kill_own_group()
             os._exit(code)
 
         timer = threading.Timer(seconds, fire)
@@ -773,9 +813,11 @@ class Runtime:
             return False
         return True
 
-    def _on_request(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
-        id_: int = msg["id"]
-        method: str = msg["method"]
+    def _refuse(self, id_: int, method: str) -> bool | None:
+        """Answers a request that cannot run (in-flight id, shutting down, unknown method).
+
+        Returns None if the request may run, else what :meth:`_on_message` returns.
+        """
         with self._lock:
             if id_ in self._requests:
                 duplicate, stopping = True, False
@@ -791,8 +833,7 @@ class Runtime:
                 )
             )
             return True
-        handler = self.app.get_handler(method)
-        if handler is None:
+        if self.app.get_handler(method) is None:
             known = ", ".join(self.app.methods) or "(none)"
             self._out.send(
                 self._error_frame_plain(
@@ -800,6 +841,24 @@ class Runtime:
                 )
             )
             return True
+        return None
+
+    def _on_invalid_params(self, exc: protocol.InvalidParams) -> bool:
+        """A request whose params cannot be decoded: an ``InvalidParams`` error for it alone."""
+        refused = self._refuse(exc.id, exc.method)
+        if refused is not None:
+            return refused
+        self._out.send(self._error_frame_plain(exc.id, "InvalidParams", str(exc)))
+        return True
+
+    def _on_request(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
+        id_: int = msg["id"]
+        method: str = msg["method"]
+        refused = self._refuse(id_, method)
+        if refused is not None:
+            return refused
+        handler = self.app.get_handler(method)
+        assert handler is not None  # _refuse answered unknown methods
         session_id: str | None = msg.get("session")
         session = None if session_id is None else self._sessions.setdefault(session_id, {})
         ctx: Context | None = None
@@ -865,16 +924,18 @@ class Runtime:
             req.task = loop.create_task(self._run_async(req))
         if len(reqs) > 1:
             # The tasks' first steps run next, in one loop iteration: hold their output and write it
-            # all at once (one writev) from a callback that runs right after them.
+            # all at once (one writev) from a callback that runs right after them. Held frames are
+            # queued without claiming the writer role, so a task that blocks the loop holds back no
+            # other thread's output (pongs, sync replies), and those threads write held frames too.
             self._hold_output = True
             loop.call_soon(self._release_output)
 
     def _release_output(self) -> None:
         """Loop thread: writes what the loop queued while holding output."""
         self._hold_output = False
-        if self._held_claim:
-            self._held_claim = False
-            self._out.write_queued()
+        if self._held_frames:
+            self._held_frames = False
+            self._out.kick()
 
     def _finish(self, req: _Request, frame: bytes) -> None:
         """Any thread: frees the request's slot, sends its one response, and starts queued requests.
@@ -912,17 +973,21 @@ class Runtime:
     def _emit(self, req: _Request, frame: bytes, *, final: bool) -> bool:
         """Sends a chunk or the final response of ``req``; nothing goes out after the final one."""
         out = self._out
+        held = self._hold_output and threading.get_ident() == self._loop_thread
         with out.lock:
             if req.responded:
                 return False
             if final:
                 req.responded = True
-            claimed = out.queue_locked(frame)
-        if claimed:
-            if self._hold_output and threading.get_ident() == self._loop_thread:
-                self._held_claim = True  # _release_output writes it, later in this loop iteration
+            if held:  # _release_output writes it later in this iteration, unless another thread does first
+                out.queue_unclaimed_locked(frame)
+                claimed = False
             else:
-                out.write_queued()
+                claimed = out.queue_locked(frame)
+        if held:
+            self._held_frames = True
+        elif claimed:
+            out.write_queued()
         return True
 
     def _run_sync(self, req: _Request) -> None:
@@ -1019,19 +1084,11 @@ class Runtime:
     def _cancelled_frame(self, req: _Request, why: str = "cancelled") -> bytes:
         return self._error_frame_plain(req.id, "Cancelled", f"request {req.id} ({req.method}): {why}")
 
-    def _error_frame_plain(self, id_: int, type_: str, message: str, traceback_: str | None = None) -> bytes:
-        msg = protocol.response_error_message(
-            id_,
-            _safe_str(type_),
-            _safe_str(message),
-            traceback=None if traceback_ is None else _safe_str(traceback_),
-        )
-        body = protocol.pack(msg)
-        if len(body) > self.max_frame:  # an absurdly long message or traceback: keep the head
-            keep = max(256, self.max_frame // 4)
-            msg = protocol.response_error_message(id_, _safe_str(type_)[:256], _safe_str(message)[:keep])
-            body = protocol.pack(msg)
-        return protocol.frame(body)
+    def _error_frame_plain(
+        self, id_: int, type_: str, message: str, traceback_: str | None = None, *, data: Any = None
+    ) -> bytes:
+        """An error response that always fits in ``max_frame`` (see :func:`_fit_error`)."""
+        return protocol.frame(_fit_error(id_, type_, message, traceback_, data, self.max_frame))
 
     def _error_frame(self, req: _Request, exc: BaseException) -> bytes:
         """The error response for an exception a handler raised."""
@@ -1047,20 +1104,157 @@ class Runtime:
         else:
             type_ = type(exc).__name__
             data = None
-        message = str(exc)
-        if data is not None:
-            msg = protocol.response_error_message(
-                req.id, _safe_str(type_), _safe_str(message), traceback=_safe_str(text), data=data
+        return self._error_frame_plain(req.id, type_, str(exc), text, data=data)
+
+
+_MAX_ERROR_TYPE_BYTES = 256
+# Room kept for the message and traceback when deciding whether error data still fits
+# (at most a quarter of the frame limit).
+_ERROR_TEXT_RESERVE = 1024
+# Bytes a str header may grow by when its text grows (fixstr 1 byte .. str32 5 bytes), per string.
+_STR_HEADER_SLACK = 8
+
+
+def _cut_utf8(text: str, limit: int, *, keep_tail: bool = False) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes: cut on a character boundary, the cut marked.
+
+    Keeps the head (or with ``keep_tail`` the tail) and says how many bytes were dropped.
+    """
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    longest_mark = f" … [truncated {len(raw)} bytes] … "
+    keep = limit - len(longest_mark.encode("utf-8"))
+    if keep <= 0:
+        return ""
+    # errors="ignore" drops only the partial character at the cut: the source is valid UTF-8.
+    if keep_tail:
+        kept = raw[len(raw) - keep :].decode("utf-8", "ignore")
+        dropped = len(raw) - len(kept.encode("utf-8"))
+        return f"[truncated {dropped} bytes] … {kept}"
+    kept = raw[:keep].decode("utf-8", "ignore")
+    dropped = len(raw) - len(kept.encode("utf-8"))
+    return f"{kept} … [truncated {dropped} bytes]"
+
+
+def _pack_error(id_: int, type_: str, message: str, traceback_: str | None, data: Any) -> bytes:
+    return protocol.pack(
+        protocol.response_error_message(id_, type_, message, traceback=traceback_, data=data)
+    )
+
+
+def _fit_error(
+    id_: int, type_: str, message: str, traceback_: str | None, data: Any, max_frame: int
+) -> bytes:
+    """Encodes an error response body of at most ``max_frame`` bytes.
+
+    Everything is kept when it fits. Otherwise, by encoded bytes (never splitting a UTF-8
+    character, each cut marked "[truncated N bytes]"): ``type`` is cut to 256 bytes;
+    ``data`` is dropped (with a note in the message) when it cannot be encoded or leaves
+    under 1 KiB (or a quarter of ``max_frame``) for the text; the head of ``message`` and the tail of ``traceback`` (where
+    the exception is) share what is left, the message first.
+    """
+    type_, message = _safe_str(type_), _safe_str(message)
+    traceback_ = None if traceback_ is None else _safe_str(traceback_)
+    if data is not None:
+        try:
+            body = _pack_error(id_, type_, message, traceback_, data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            message += f" (error data dropped: cannot encode error data of type {type(data).__name__}: {exc})"
+            data = None
+        else:
+            if len(body) <= max_frame:
+                return body
+    if data is None:
+        body = _pack_error(id_, type_, message, traceback_, None)
+        if len(body) <= max_frame:
+            return body
+    type_ = _cut_utf8(type_, _MAX_ERROR_TYPE_BYTES)
+    if data is not None:
+        lean = len(_pack_error(id_, type_, "", None, data))
+        if lean + min(_ERROR_TEXT_RESERVE, max_frame // 4) > max_frame:
+            message += (
+                f" (error data dropped: error data of type {type(data).__name__} encodes to {lean} bytes"
+                f" with the error, more than the maximum frame size of {max_frame} less room for the message)"
             )
-            try:
-                return self._checked(msg, "error data", data)
-            except _EncodeFailure as enc:
-                message = f"{message} (error data dropped: {enc})"
-        return self._error_frame_plain(req.id, type_, message, text)
+            data = None
+    overhead = len(_pack_error(id_, type_, "", None if traceback_ is None else "", data))
+    budget = max(0, max_frame - overhead - 2 * _STR_HEADER_SLACK)
+    message_bytes = len(message.encode("utf-8"))
+    traceback_bytes = 0 if traceback_ is None else len(traceback_.encode("utf-8"))
+    if message_bytes + traceback_bytes > budget:
+        # The message gets at least half of the budget, more when the traceback needs less.
+        message_budget = min(message_bytes, max(budget // 2, budget - traceback_bytes))
+        message = _cut_utf8(message, message_budget)
+        if traceback_ is not None:
+            traceback_ = _cut_utf8(traceback_, budget - len(message.encode("utf-8")), keep_tail=True)
+    body = _pack_error(id_, type_, message, traceback_, data)
+    if len(body) > max_frame:  # pragma: no cover - only for a max_frame too small for any error
+        body = _pack_error(id_, _cut_utf8(type_, 32), _cut_utf8(message, max(0, max_frame - 96)), None, None)
+    return body
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+# --------------------------------------------------------------------------- process group
+
+
+def _group_members(pgid: int) -> list[tuple[int, int]] | None:
+    """``(pid, ppid)`` of the live (not zombie) processes in group ``pgid``; None without ``/proc``."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    members: list[tuple[int, int]] = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat_line = f.read()
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+            state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or unreadable
+        if pgrp == pgid and state not in (b"Z", b"X"):
+            members.append((int(name), ppid))
+    return members
+
+
+def _kill_own_group() -> int:
+    """SIGKILLs what is left of this process's group: children and grandchildren handlers started.
+
+    Only when this process leads its group (as every worker portpool launches does); a
+    group it does not lead is never touched. Spared: this process, and processes whose
+    parent is the one that started this process (siblings, e.g. the rest of a shell
+    pipeline; a live host that adopted orphans kills the group itself). Linux (``/proc``)
+    only; elsewhere a no-op. Returns how many processes were signalled.
+    """
+    pid = os.getpid()
+    try:
+        if os.getpgid(0) != pid:
+            return 0
+    except OSError:
+        return 0
+    killed = 0
+    for _ in range(_GROUP_KILL_ROUNDS):  # again, for processes forked while we looked
+        members = _group_members(pid)
+        if members is None:
+            return killed
+        targets = [m for m, ppid in members if m != pid and ppid != _PARENT_AT_START]
+        if not targets:
+            break
+        for target in targets:
+            try:
+                os.kill(target, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        time.sleep(0.005)
+    return killed
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1075,16 +1269,21 @@ def _run_exitfuncs() -> None:
             pass
 
 
-def _exit(code: int, *, run_atexit: bool = False) -> NoReturn:
-    """Leaves the process without waiting for stray threads (a stuck handler must not block exit)."""
+def _exit(code: int, *, run_atexit: bool = False, kill_group: bool = False) -> NoReturn:
+    """Leaves the process without waiting for stray threads (a stuck handler must not block exit).
+
+    ``kill_group``: last of all, kill what is left of the process group (see :func:`_kill_own_group`).
+    """
     if run_atexit:
-        Runtime._watchdog(_ATEXIT_TIMEOUT, code)
+        Runtime._watchdog(_ATEXIT_TIMEOUT, code, kill_group=kill_group)
         _run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+    if kill_group:
+        _kill_own_group()
     os._exit(code)
 
 
@@ -1111,7 +1310,8 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
         code = EXIT_APP_ERROR
     if not runtime.close():
         _log("could not flush all output to the host in time")
-    _exit(code, run_atexit=code == EXIT_OK)
+    # On end of input the host is gone or done with us: nothing this worker started may outlive it.
+    _exit(code, run_atexit=code == EXIT_OK, kill_group=code == EXIT_OK and runtime.stopped_on_eof)
 
 
 USAGE = """\

@@ -11,6 +11,7 @@ See ``protocol/PROTOCOL.md`` in the repository for the authoritative rules.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -23,6 +24,7 @@ __all__ = [
     "FrameReader",
     "FrameTooLarge",
     "HEADER_SIZE",
+    "InvalidParams",
     "Malformed",
     "Message",
     "PROTOCOL_MAJOR",
@@ -67,6 +69,27 @@ class ProtocolError(Exception):
 
 class Malformed(ProtocolError):
     """A body that is not a valid message (bad MessagePack, unknown type, missing or mistyped key)."""
+
+
+class InvalidParams(Malformed):
+    """A ``request`` whose envelope is readable but whose ``params`` cannot be decoded.
+
+    Examples: nesting deeper than msgpack-python decodes, a map key that is an array or
+    a map (unhashable in Python), a ``str`` that is not UTF-8, an ext value msgpack
+    rejects (a timestamp of a bad length). Only that call fails: a worker answers it
+    with an error of type ``InvalidParams`` and keeps serving. It subclasses
+    :class:`Malformed` so that code that knows only ``Malformed`` stays conservative.
+
+    ``message`` is the request without ``params`` (``type``, ``id``, ``method`` and
+    the optional keys that were present); ``reason`` says what could not be decoded.
+    """
+
+    def __init__(self, message: Message, reason: str) -> None:
+        self.message = message
+        self.id: int = message["id"]
+        self.method: str = message["method"]
+        self.reason = reason
+        super().__init__(f"params of request {self.id} ({self.method!r}) cannot be decoded: {reason}")
 
 
 class FrameTooLarge(ProtocolError):
@@ -274,6 +297,8 @@ def _check(msg: Mapping[str, Any], key: str, kind: object, *, optional: bool = F
             return False
         raise Malformed(f"{msg.get('type')!s} message is missing required key {key!r}")
     value = msg[key]
+    if type(value) is _Undecodable and not (kind is _ANY and key == "params"):
+        raise Malformed(f"{msg.get('type')!s} message key {key!r} cannot be decoded: {value.reason}")
     ok: bool
     if kind is _ANY:
         ok = True
@@ -328,21 +353,198 @@ _SCHEMA: Final[dict[str, tuple[tuple[str, object, bool], ...]]] = {
 _ERROR_SCHEMA: Final = (("type", "str", False), ("message", "str", False), ("traceback", "str", True))
 
 
+class _Undecodable:
+    """Stands for a top-level value that is valid MessagePack but that msgpack-python cannot decode."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+# Bytes 0xc0..0xdf: (kind, n, extra). kind "fixed": n payload bytes; "len": an n-byte length,
+# then extra + length payload bytes; "array"/"map": an n-byte element count. None: never valid.
+_FORMATS: Final[dict[int, tuple[str, int, int] | None]] = {
+    0xC0: ("fixed", 0, 0),
+    0xC1: None,
+    0xC2: ("fixed", 0, 0),
+    0xC3: ("fixed", 0, 0),
+    0xC4: ("len", 1, 0),
+    0xC5: ("len", 2, 0),
+    0xC6: ("len", 4, 0),
+    0xC7: ("len", 1, 1),
+    0xC8: ("len", 2, 1),
+    0xC9: ("len", 4, 1),
+    0xCA: ("fixed", 4, 0),
+    0xCB: ("fixed", 8, 0),
+    0xCC: ("fixed", 1, 0),
+    0xCD: ("fixed", 2, 0),
+    0xCE: ("fixed", 4, 0),
+    0xCF: ("fixed", 8, 0),
+    0xD0: ("fixed", 1, 0),
+    0xD1: ("fixed", 2, 0),
+    0xD2: ("fixed", 4, 0),
+    0xD3: ("fixed", 8, 0),
+    0xD4: ("fixed", 2, 0),
+    0xD5: ("fixed", 3, 0),
+    0xD6: ("fixed", 5, 0),
+    0xD7: ("fixed", 9, 0),
+    0xD8: ("fixed", 17, 0),
+    0xD9: ("len", 1, 0),
+    0xDA: ("len", 2, 0),
+    0xDB: ("len", 4, 0),
+    0xDC: ("array", 2, 0),
+    0xDD: ("array", 4, 0),
+    0xDE: ("map", 2, 0),
+    0xDF: ("map", 4, 0),
+}
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _skip(body: bytes, pos: int) -> int:
+    """Returns the offset just past the MessagePack value that starts at ``pos``.
+
+    Checks structure only (no values are built), iteratively: any depth, and at most one
+    step per byte of ``body``. Raises :class:`_Truncated` or :class:`Malformed`.
+    """
+    end = len(body)
+    remaining = 1  # values still to skip
+    while remaining:
+        if pos >= end:
+            raise _Truncated()
+        b = body[pos]
+        pos += 1
+        remaining -= 1
+        if b <= 0x7F or b >= 0xE0:  # positive / negative fixint
+            continue
+        if b <= 0x8F:  # fixmap
+            remaining += 2 * (b & 0x0F)
+            continue
+        if b <= 0x9F:  # fixarray
+            remaining += b & 0x0F
+            continue
+        if b <= 0xBF:  # fixstr
+            pos += b & 0x1F
+            continue
+        fmt = _FORMATS[b]
+        if fmt is None:
+            raise Malformed(f"body is not valid MessagePack (byte 0x{b:02x} at offset {pos - 1})")
+        kind, n, extra = fmt
+        if kind == "fixed":
+            pos += n
+            continue
+        if pos + n > end:
+            raise _Truncated()
+        count = int.from_bytes(body[pos : pos + n], "big")
+        pos += n
+        if kind == "len":
+            pos += extra + count
+        elif kind == "array":
+            remaining += count
+        else:
+            remaining += 2 * count
+    if pos > end:
+        raise _Truncated()
+    return pos
+
+
+def _why_undecodable(exc: Exception) -> str:
+    if isinstance(exc, msgpack.StackError):
+        return "it is nested too deeply for msgpack-python"
+    if isinstance(exc, TypeError) and "unhashable" in str(exc):
+        return f"a map key is an array or a map, which Python cannot use as a key ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not valid UTF-8 ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _unpack_envelope(body: bytes, first_error: Exception) -> dict[Any, Any]:
+    """Second pass, after decoding ``body`` in one go failed: the top-level map key by key.
+
+    The envelope must be well-formed MessagePack (a map, not truncated, nothing after it)
+    and its keys must decode; each value is decoded on its own, and one that cannot be is
+    kept as an :class:`_Undecodable`. Keys that are not strings are dropped (unknown fields).
+
+    Values are delimited with msgpack's own ``skip`` (C speed, builds nothing); a value too
+    deep for it is walked by :func:`_skip` (pure Python, any depth, linear in its size).
+    """
+    not_msgpack = Malformed(f"body is not valid MessagePack ({type(first_error).__name__}: {first_error})")
+    end = len(body)
+    stream = io.BytesIO(body)
+
+    def unpacker_at(pos: int) -> msgpack.Unpacker:
+        stream.seek(pos)
+        return msgpack.Unpacker(stream, max_buffer_size=max(end, 1024))
+
+    unpacker = unpacker_at(0)
+    base = 0  # offset in body where ``unpacker`` started reading
+
+    def end_of_value(pos: int) -> int:
+        nonlocal unpacker, base
+        try:
+            unpacker.skip()
+            return base + int(unpacker.tell())
+        except msgpack.OutOfData:
+            raise _Truncated() from None
+        except Exception:  # too deep for msgpack (or not valid: then _skip says so)
+            value_end = _skip(body, pos)
+            unpacker, base = unpacker_at(value_end), value_end
+            return value_end
+
+    try:
+        try:
+            count = unpacker.read_map_header()
+        except Exception:
+            raise not_msgpack from None  # not a map (e.g. a too-deep array), or truncated
+        pos = int(unpacker.tell())
+        raw: dict[Any, Any] = {}
+        for _ in range(count):
+            key_end = end_of_value(pos)
+            key_bytes, pos = body[pos:key_end], key_end
+            value_end = end_of_value(pos)
+            start, pos = pos, value_end
+            try:
+                key = msgpack.unpackb(key_bytes, raw=False, strict_map_key=False)
+            except Exception:
+                raise not_msgpack from None
+            if type(key) is not str:
+                continue
+            try:
+                raw[key] = msgpack.unpackb(body[start:value_end], raw=False, strict_map_key=False)
+            except Exception as exc:
+                raw[key] = _Undecodable(_why_undecodable(exc))
+        if pos != end:
+            raise not_msgpack  # bytes after the map
+        return raw
+    except (_Truncated, Malformed):
+        raise not_msgpack from None
+
+
 def unpack(body: bytes) -> Message:
     """Decodes and validates one body; returns known keys only, in wire order.
 
-    Raises :class:`Malformed` for anything that is not a valid 1.0 message.
+    Raises :class:`Malformed` for anything that is not a valid 1.0 message, and its
+    subclass :class:`InvalidParams` for a request that is valid except that its
+    ``params`` cannot be decoded (the exception carries the request's id and method).
     """
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types (ExtraData, ValueError, ...)
-        raise Malformed(f"body is not valid MessagePack ({type(exc).__name__}: {exc})") from None
+        return _validate(_unpack_envelope(body, exc))
     if type(raw) is dict and len(raw) == 4 and raw.get("type") == "request":
         # Fast path for the most common message, a plain request: exactly type, id, method, params.
         id_ = raw.get("id")
         method = raw.get("method")
         if type(id_) is int and 0 <= id_ <= _U64_MAX and type(method) is str and "params" in raw:
             return {"type": "request", "id": id_, "method": method, "params": raw["params"]}
+    return _validate(raw)
+
+
+def _validate(raw: Any) -> Message:
+    """Checks a decoded body against the schema; returns known keys only, in wire order."""
     if not isinstance(raw, dict):
         raise Malformed(f"body is a MessagePack {type(raw).__name__}, not a map")
     kind = raw.get("type")
@@ -355,8 +557,13 @@ def unpack(body: bytes) -> Message:
     for key, check, optional in schema:
         if _check(raw, key, check, optional=optional):
             msg[key] = raw[key]
+    if kind == "request" and type(msg["params"]) is _Undecodable:
+        reason = msg.pop("params").reason
+        raise InvalidParams(msg, reason)
     if kind == "response":
         if "result" in raw:
+            if type(raw["result"]) is _Undecodable:
+                raise Malformed(f"response message key 'result' cannot be decoded: {raw['result'].reason}")
             msg["result"] = raw["result"]
         elif "error" in raw:
             _check(raw, "error", "map")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pathlib
 import subprocess
@@ -56,6 +57,15 @@ async def async_sleep(params: float, ctx: Context) -> int:
 def sync_sleep(params: float, ctx: Context) -> dict[str, Any]:
     time.sleep(params)
     return {"id": ctx.request_id, "thread": threading.current_thread().name}
+
+
+_tickets = itertools.count(1)
+
+
+@app.handler
+def ticket(params: Any) -> int:
+    """The order in which requests started: 1, 2, 3, ..."""
+    return next(_tickets)
 
 
 @app.handler
