@@ -21,7 +21,13 @@ const EXPIRE_PAGE: usize = 64;
 /// first use, and its calls go there, so state the handler keeps in
 /// `ctx.session` stays in that process.
 ///
-/// A cheap, cloneable handle.
+/// A cheap, cloneable handle. Each session it binds pins its worker (the
+/// pool defers recycling it, up to the drain time-out) until the session is
+/// closed, expired, evicted or lost. Dropping the last handle releases
+/// every pin at once, and (inside a tokio runtime, in a background task)
+/// closes every session of its store: each worker is told to drop the
+/// state, and the binding is removed. So a store passed to
+/// [`SessionPool::with_store`] belongs to one session pool at a time.
 #[derive(Clone)]
 pub struct SessionPool {
     inner: Arc<Inner>,
@@ -500,6 +506,20 @@ impl SessionPool {
         Ok(())
     }
 
+    /// Binds `session` now, as its first call would, and returns its
+    /// worker; a bound session keeps its worker. Like a call, it waits for a
+    /// close of the session in progress, reports a lost worker
+    /// ([`SessionError::SessionLost`], by [`OnLost`]) and may evict the
+    /// least recently used idle session. With [`MemoryStore`] the cost is
+    /// O(log n) in the number of bound sessions.
+    pub async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+        if self.inner.pool.is_closed() {
+            return Err(SessionError::Pool(self.inner.pool.closed_error()));
+        }
+        let _active = self.activate(session).await;
+        self.bound_worker(session).await
+    }
+
     /// How many sessions are bound.
     pub async fn len(&self) -> usize {
         self.inner.store.len().await
@@ -559,7 +579,7 @@ impl SessionPool {
             self.lost(session, binding.worker, "is no longer in the pool".into())
                 .await?;
         }
-        self.bind(session).await
+        self.bind_new(session).await
     }
 
     /// The bound worker is gone. Exactly one caller gets `SessionLost` (in
@@ -583,7 +603,11 @@ impl SessionPool {
         }
     }
 
-    async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+    /// Binds a session that has no binding: to the ready worker with the
+    /// fewest sessions, evicting the least recently used idle session when
+    /// `max_sessions` are bound. O(log n) in the number of sessions (with
+    /// [`MemoryStore`]): no step lists the bindings.
+    async fn bind_new(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
         let inner = &self.inner;
         let _serial = inner.bind_lock.lock().await;
         if let Some(binding) = inner.store.get(session).await {
@@ -672,6 +696,8 @@ impl SessionPool {
     async fn release(&self, session: &SessionId, worker: WorkerId, why: &str) {
         tracing::debug!(%session, %worker, "session {why}");
         self.inner.unpin(worker);
+        metrics::gauge!("portpool_sessions", "pool" => self.inner.pool.name().to_string())
+            .set(self.inner.store.len().await as f64);
         if self.inner.pool.is_serving(worker) {
             if let Err(e) = self.inner.pool.close_session_on(worker, session.as_str()).await {
                 tracing::debug!(%session, %worker, error = %e, "session_close not delivered");

@@ -836,3 +836,21 @@ async fn binding_and_evicting_do_not_visit_every_session() {
     let per_worker = sessions.sessions_per_worker().await;
     assert!(per_worker.values().all(|n| *n == 250), "{per_worker:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn bind_binds_without_a_call_and_the_first_call_runs_there() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 3).await, SessionConfig::default()).unwrap();
+    let ids: Vec<SessionId> = (0..6).map(|_| SessionId::new()).collect();
+    let mut workers = Vec::new();
+    for id in &ids {
+        workers.push(sessions.bind(id).await.unwrap());
+    }
+    assert!(l.all_calls().is_empty(), "binding sends no call");
+    let per_worker = sessions.sessions_per_worker().await;
+    assert!(per_worker.values().all(|n| *n == 2), "{per_worker:?}");
+    for (id, worker) in ids.iter().zip(&workers) {
+        assert_eq!(sessions.bind(id).await.unwrap(), *worker, "bound once");
+        assert_eq!(WorkerId(whoami(&sessions, id).await), *worker);
+    }
+}
