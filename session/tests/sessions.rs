@@ -630,6 +630,20 @@ async fn close_is_not_starved_by_steady_overlapping_calls() {
         l.worker(WorkerId(0)).unwrap().session_closes(),
         vec![id.to_string()]
     );
+    // No call of the session was running on the worker when it was told
+    // to drop the state.
+    let mut running = 0i64;
+    for recorded in l.events() {
+        match recorded.event {
+            portpool_testkit::FakeEvent::CallStarted { .. } => running += 1,
+            portpool_testkit::FakeEvent::CallEnded { .. } => running -= 1,
+            portpool_testkit::FakeEvent::SessionClosed { .. } => {
+                assert_eq!(running, 0, "calls running at session_close");
+                break;
+            }
+            _ => {}
+        }
+    }
     // Calls that arrived during the close ran after it, in a fresh session.
     assert_eq!(count(&sessions, &id).await.unwrap(), 1, "fresh state after close");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -853,4 +867,42 @@ async fn bind_binds_without_a_call_and_the_first_call_runs_there() {
         assert_eq!(sessions.bind(id).await.unwrap(), *worker, "bound once");
         assert_eq!(WorkerId(whoami(&sessions, id).await), *worker);
     }
+}
+
+#[test]
+fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = launcher();
+    let pool = rt.block_on(async {
+        Pool::builder(l.clone())
+            .workers(1)
+            .heartbeat(None)
+            .breaker(None)
+            .max_requests(2)
+            .drain_timeout(Duration::from_secs(600))
+            .build()
+            .await
+            .unwrap()
+    });
+    let sessions = rt.block_on(async {
+        let sessions = SessionPool::new(pool.clone(), SessionConfig::default().idle_ttl(None)).unwrap();
+        for _ in 0..2 {
+            count(&sessions, &SessionId::new()).await.unwrap();
+        }
+        tokio::time::sleep(ms(200)).await;
+        assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+        sessions
+    });
+    drop(sessions); // no runtime here: the pins go at once
+    rt.block_on(async {
+        let t0 = std::time::Instant::now();
+        while pool.is_serving(WorkerId(0)) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "worker 0 was never recycled");
+            tokio::time::sleep(ms(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(1)).await;
+    });
 }
