@@ -14,8 +14,13 @@ use crate::{
 
 /// Sessions fetched at a time when looking for one to evict.
 const EVICT_PAGE: usize = 8;
-/// Sessions fetched at a time when looking for idle ones to expire.
+/// Sessions fetched at first when looking for idle ones to expire; each
+/// further page is twice as large (up to [`EXPIRE_PAGE_MAX`]), so a store
+/// using the default, list-based `least_recently_used` is listed O(log n)
+/// times per sweep, not O(n).
 const EXPIRE_PAGE: usize = 64;
+/// The largest expiry page.
+const EXPIRE_PAGE_MAX: usize = 8_192;
 
 /// Session affinity over a [`Pool`]: each session binds to one worker on
 /// first use, and its calls go there, so state the handler keeps in
@@ -726,13 +731,11 @@ impl SessionPool {
     async fn expire_idle(&self, ttl: Duration) {
         let now = Instant::now();
         let mut after: Option<LruPosition> = None;
+        let mut size = EXPIRE_PAGE;
         loop {
-            let page = self
-                .inner
-                .store
-                .least_recently_used(after.take(), EXPIRE_PAGE)
-                .await;
-            let last_page = page.len() < EXPIRE_PAGE;
+            let page = self.inner.store.least_recently_used(after.take(), size).await;
+            let last_page = page.len() < size;
+            size = (size * 2).min(EXPIRE_PAGE_MAX);
             for (session, binding) in page {
                 if now.duration_since(binding.last_used) < ttl {
                     return; // every later one was used more recently

@@ -900,9 +900,30 @@ fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
     rt.block_on(async {
         let t0 = std::time::Instant::now();
         while pool.is_serving(WorkerId(0)) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "worker 0 was never recycled");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "worker 0 was never recycled"
+            );
             tokio::time::sleep(ms(10)).await;
         }
         pool.shutdown(Duration::from_secs(1)).await;
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_pages_through_many_idle_sessions_and_keeps_the_recent_ones() {
+    let l = launcher();
+    let config = SessionConfig::default().idle_ttl(Some(Duration::from_secs(10)));
+    let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
+    for _ in 0..300 {
+        sessions.bind(&SessionId::new()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let recent = SessionId::new();
+    count(&sessions, &recent).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(sessions.len().await, 1, "the 300 idle sessions expired");
+    assert!(sessions.binding(&recent).await.is_some());
+    let closes: usize = l.workers().iter().map(|w| w.session_closes().len()).sum();
+    assert_eq!(closes, 300);
 }
