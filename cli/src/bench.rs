@@ -12,7 +12,9 @@
 //! 4. cold start of 8 workers whose app takes 0.5 s to import: parallel vs
 //!    sequential, and vs one worker;
 //! 5. 1 MiB binary echo throughput vs the raw floor;
-//! 6. Python's multiprocessing.Pool and ProcessPoolExecutor doing 1 and 2.
+//! 6. Python's multiprocessing.Pool and ProcessPoolExecutor doing 1 and 2;
+//! 7. binding a new session at 100 to 100,000 bound sessions (fake workers,
+//!    no Python): the cost per bind should stay flat.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -203,13 +205,14 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     );
     let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
     let started = Instant::now();
-    let scenarios: [(u32, &str); 6] = [
+    let scenarios: [(u32, &str); 7] = [
         (1, "sequential latency"),
         (2, "throughput"),
         (3, "I/O-bound multiplexing"),
         (4, "cold start"),
         (5, "1 MiB binary echo"),
         (6, "Python's process pools"),
+        (7, "session bind cost"),
     ];
     for (n, name) in scenarios {
         if !wanted(n) {
@@ -222,7 +225,8 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             3 => bench.io_bound().await,
             4 => bench.cold_start().await,
             5 => bench.binary().await,
-            _ => bench.python_pools().await,
+            6 => bench.python_pools().await,
+            _ => bench.session_binds().await,
         };
         if let Err(e) = outcome {
             eprintln!("portpool bench: scenario {n} ({name}) failed: {e}");
@@ -586,6 +590,97 @@ impl Bench {
                     "portpool / baseline",
                 )
                 .extra(figures[format!("{key}_throughput")].clone()),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// 7. The cost of binding one new session with 100 to 100,000 sessions
+    ///    bound, over 4 in-process fake workers (no Python: this measures
+    ///    the session layer alone). `max_sessions` is the size, so each
+    ///    measured bind also evicts the least recently used session (the
+    ///    dearest case). One row per size against the cost at 100.
+    async fn session_binds(&mut self) -> Result<(), String> {
+        use portpool::{SessionConfig, SessionId, SessionPool};
+
+        let sizes = [100usize, 1_000, 10_000, 100_000];
+        let measured = if self.quick { 2_000 } else { 20_000 };
+        let mut per_bind = Vec::new();
+        for size in sizes {
+            let launcher = portpool_testkit::FakeLauncher::new();
+            let pool = Pool::builder(launcher)
+                .name("bench-sessions")
+                .workers(4)
+                .heartbeat(None)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            let config = SessionConfig::default().max_sessions(size).idle_ttl(None);
+            let sessions = SessionPool::new(pool.clone(), config).map_err(|e| e.to_string())?;
+            let fill = Instant::now();
+            for _ in 0..size {
+                sessions
+                    .bind(&SessionId::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let fill_us = fill.elapsed().as_secs_f64() * 1e6 / size as f64;
+            // The median of 10 batches: the machine may be busy with
+            // something else for part of the run.
+            let batch = measured / 10;
+            let mut batches = Vec::new();
+            for _ in 0..10 {
+                let started = Instant::now();
+                for _ in 0..batch {
+                    sessions
+                        .bind(&SessionId::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                batches.push(started.elapsed().as_secs_f64() * 1e6 / batch as f64);
+            }
+            batches.sort_by(f64::total_cmp);
+            let us = batches[batches.len() / 2];
+            if sessions.len().await != size {
+                return Err(format!(
+                    "{} sessions bound, expected {size}",
+                    sessions.len().await
+                ));
+            }
+            println!(
+                "    {size:>7} sessions: {} per bind with eviction (median of 10 batches), {} per bind while filling",
+                fmt_us(us),
+                fmt_us(fill_us)
+            );
+            per_bind.push((size, us, fill_us));
+            drop(sessions);
+            pool.shutdown(Duration::from_secs(1)).await;
+        }
+        let (_, base_us, base_fill_us) = per_bind[0];
+        let all: Vec<serde_json::Value> = per_bind
+            .iter()
+            .map(|(size, us, fill_us)| {
+                serde_json::json!({"sessions": size, "bind_evict_us": us, "bind_fill_us": fill_us})
+            })
+            .collect();
+        for (id, (size, us, fill_us)) in ["7", "7b", "7c"].into_iter().zip(&per_bind[1..]) {
+            self.rows.push(
+                Row::new(
+                    id,
+                    &format!("session bind + evict at {size} sessions vs at 100 (fakes)"),
+                    Figure::us(&format!("{size} sessions"), *us),
+                    Figure::us("100 sessions", base_us),
+                    "portpool / baseline",
+                )
+                .target(Cmp::AtMost, 3.0)
+                .extra(serde_json::json!({
+                    "measured_binds": measured,
+                    "bind_fill_us": fill_us,
+                    "bind_fill_us_at_100": base_fill_us,
+                    "all_sizes": all,
+                })),
             );
         }
         Ok(())

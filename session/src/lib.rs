@@ -13,12 +13,18 @@
 //! - binding of new sessions to the worker with the fewest sessions,
 //!   `max_sessions` with least-recently-used eviction, idle TTL expiry;
 //!   closing, expiring or evicting a session sends `session_close` so the
-//!   worker frees the state;
+//!   worker frees the state; a close is a point in the session's order of
+//!   calls (calls arriving during it wait, then start fresh), bounded by
+//!   the running calls and the pool's drain time-out;
+//! - dropping the last [`SessionPool`] handle releases the pins of its
+//!   sessions (so their workers can be recycled) and closes them;
 //! - lost-worker handling ([`OnLost`]): the next call fails once with
 //!   [`SessionError::SessionLost`] and the one after starts fresh, or the
 //!   session rebinds silently. While a worker holds bound sessions the pool
 //!   defers recycling it, up to its drain time-out;
-//! - a [`SessionStore`] trait with the in-memory [`MemoryStore`] default;
+//! - a [`SessionStore`] trait with the in-memory [`MemoryStore`] default,
+//!   indexed so that binding and evicting cost O(log n) in the number of
+//!   sessions;
 //! - validated [`SessionId`]s (1-128 of `A-Z a-z 0-9 - _ . :`) and random
 //!   128-bit ones from [`SessionId::new`].
 //!
@@ -65,4 +71,4 @@ pub use config::{Affinity, OnLost, SessionConfig};
 pub use error::SessionError;
 pub use id::{SessionId, MAX_SESSION_ID_LEN};
 pub use pool::{Session, SessionPool};
-pub use store::{Binding, MemoryStore, SessionStore};
+pub use store::{Binding, LruPosition, MemoryStore, SessionStore};

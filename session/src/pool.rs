@@ -8,13 +8,31 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::{Affinity, Binding, MemoryStore, OnLost, SessionConfig, SessionError, SessionId, SessionStore};
+use crate::{
+    Affinity, Binding, LruPosition, MemoryStore, OnLost, SessionConfig, SessionError, SessionId, SessionStore,
+};
+
+/// Sessions fetched at a time when looking for one to evict.
+const EVICT_PAGE: usize = 8;
+/// Sessions fetched at first when looking for idle ones to expire; each
+/// further page is twice as large (up to [`EXPIRE_PAGE_MAX`]), so a store
+/// using the default, list-based `least_recently_used` is listed O(log n)
+/// times per sweep, not O(n).
+const EXPIRE_PAGE: usize = 64;
+/// The largest expiry page.
+const EXPIRE_PAGE_MAX: usize = 8_192;
 
 /// Session affinity over a [`Pool`]: each session binds to one worker on
 /// first use, and its calls go there, so state the handler keeps in
 /// `ctx.session` stays in that process.
 ///
-/// A cheap, cloneable handle.
+/// A cheap, cloneable handle. Each session it binds pins its worker (the
+/// pool defers recycling it, up to the drain time-out) until the session is
+/// closed, expired, evicted or lost. Dropping the last handle releases
+/// every pin at once, and (inside a tokio runtime, in a background task)
+/// closes every session of its store: each worker is told to drop the
+/// state, and the binding is removed. So a store passed to
+/// [`SessionPool::with_store`] belongs to one session pool at a time.
 #[derive(Clone)]
 pub struct SessionPool {
     inner: Arc<Inner>,
@@ -27,21 +45,84 @@ struct Inner {
     /// Serializes the binding of new sessions, so concurrent new sessions
     /// spread by session count and one session binds exactly once.
     bind_lock: tokio::sync::Mutex<()>,
-    /// Per session: calls running, or being closed by expiry/eviction. A
-    /// session with a call running is never expired or evicted, and a call
-    /// waits for a close in progress, so no request reaches a worker after
-    /// its `session_close`.
+    /// Per session: calls running, and whether a close (explicit, expiry,
+    /// eviction) is in progress. A session with a call running is never
+    /// expired or evicted; an explicit close waits for the calls running
+    /// when it began (up to the drain time-out); a call waits for a close
+    /// in progress, so no request reaches a worker after its
+    /// `session_close`.
     active: Mutex<HashMap<SessionId, Activity>>,
     /// Signalled when a session's last running call ends or a close ends.
     activity_changed: tokio::sync::Notify,
+    /// The pins this session pool holds, per worker (one per session it
+    /// bound); released when the session goes, or all at once on drop.
+    pins: Mutex<HashMap<WorkerId, usize>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
+    /// The last handle is gone, so no call of any session runs: release
+    /// every pin, so that the pool can recycle those workers. Inside a tokio
+    /// runtime, first (in a task) tell each worker to drop the state of the
+    /// sessions bound to it and remove the bindings; the pins go when that
+    /// task ends or is dropped with its runtime.
     fn drop(&mut self) {
         if let Some(task) = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+        let pins = PinRelease {
+            pool: self.pool.clone(),
+            pins: std::mem::take(&mut *self.pins.lock().unwrap_or_else(|e| e.into_inner())),
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(pins);
+            return;
+        };
+        let (pool, store) = (self.pool.clone(), self.store.clone());
+        runtime.spawn(async move {
+            close_all(&pool, store.as_ref()).await;
+            drop(pins);
+        });
+    }
+}
+
+/// Pins to release, when dropped.
+struct PinRelease {
+    pool: Pool,
+    pins: HashMap<WorkerId, usize>,
+}
+
+impl Drop for PinRelease {
+    fn drop(&mut self) {
+        for (worker, n) in self.pins.drain() {
+            for _ in 0..n {
+                self.pool.unpin(worker);
+            }
+        }
+    }
+}
+
+/// Removes every binding of `store` and tells its worker to drop the state.
+async fn close_all(pool: &Pool, store: &dyn SessionStore) {
+    let bindings = store.list().await;
+    let closed = bindings.len();
+    for (session, binding) in bindings {
+        if store.remove_if_bound_to(&session, binding.worker).await.is_none() {
+            continue;
+        }
+        if pool.is_serving(binding.worker) {
+            if let Err(e) = pool.close_session_on(binding.worker, session.as_str()).await {
+                tracing::debug!(%session, worker = %binding.worker, error = %e, "session_close not delivered");
+            }
+        }
+    }
+    if closed > 0 {
+        tracing::debug!(
+            pool = pool.name(),
+            sessions = closed,
+            "session pool dropped: sessions closed"
+        );
+        metrics::gauge!("portpool_sessions", "pool" => pool.name().to_string()).set(store.len().await as f64);
     }
 }
 
@@ -54,14 +135,44 @@ impl std::fmt::Debug for SessionPool {
     }
 }
 
-enum Activity {
-    Calls(usize),
-    Closing,
+/// What is going on in one session (absent: nothing).
+#[derive(Debug, Default)]
+struct Activity {
+    /// Calls running.
+    calls: usize,
+    /// A close (explicit, expiry or eviction) is in progress: new calls
+    /// wait for it.
+    closing: bool,
 }
 
 impl Inner {
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Activity>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, usize>> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pins `worker` for a session this session pool bound.
+    fn pin(&self, worker: WorkerId) {
+        if self.pool.pin(worker) {
+            *self.pins().entry(worker).or_insert(0) += 1;
+        }
+    }
+
+    /// Releases one pin of `worker`, if this session pool holds one.
+    fn unpin(&self, worker: WorkerId) {
+        let mut pins = self.pins();
+        let Some(n) = pins.get_mut(&worker) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            pins.remove(&worker);
+        }
+        drop(pins);
+        self.pool.unpin(worker);
     }
 }
 
@@ -74,58 +185,134 @@ struct ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         let mut active = self.inner.active();
-        if let Some(Activity::Calls(n)) = active.get_mut(&self.session) {
-            *n -= 1;
-            if *n == 0 {
-                active.remove(&self.session);
+        if let Some(activity) = active.get_mut(&self.session) {
+            activity.calls = activity.calls.saturating_sub(1);
+            if activity.calls == 0 {
+                if !activity.closing {
+                    active.remove(&self.session);
+                }
                 drop(active);
-                // An explicit close may be waiting for the calls to end.
+                // A close may be waiting for the calls to end.
                 self.inner.activity_changed.notify_waiters();
             }
         }
     }
 }
 
-/// Marks an idle session as being closed (expiry, eviction) until dropped.
+/// Closes a throwaway session on its worker when dropped armed (the call
+/// using it was dropped before it could close it itself).
+struct CloseOnDrop {
+    pool: Pool,
+    worker: WorkerId,
+    /// `None` once closed (disarmed).
+    session: Option<String>,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(worker = %self.worker, %session, "no runtime to close a dropped fallback session");
+            return;
+        };
+        let (pool, worker) = (self.pool.clone(), self.worker);
+        runtime.spawn(async move {
+            if pool.is_serving(worker) {
+                if let Err(e) = pool.close_session_on(worker, &session).await {
+                    tracing::debug!(%worker, %session, error = %e, "fallback session_close not delivered");
+                }
+            }
+        });
+    }
+}
+
+/// Marks a session as being closed until dropped: calls of it that arrive
+/// meanwhile wait.
 struct ClosingGuard<'a> {
     inner: &'a Inner,
     session: SessionId,
 }
 
 impl<'a> ClosingGuard<'a> {
-    /// `None` if the session has a call running (or is already closing).
+    /// For expiry and eviction: `None` if the session has a call running
+    /// (or is already closing).
     fn begin(inner: &'a Inner, session: &SessionId) -> Option<Self> {
         let mut active = inner.active();
         if active.contains_key(session) {
             return None;
         }
-        active.insert(session.clone(), Activity::Closing);
+        active.insert(
+            session.clone(),
+            Activity {
+                calls: 0,
+                closing: true,
+            },
+        );
         Some(ClosingGuard {
             inner,
             session: session.clone(),
         })
     }
-}
 
-impl<'a> ClosingGuard<'a> {
-    /// Waits until no call of the session runs (and no other close), then
-    /// marks it closing; calls that start meanwhile wait for the close.
-    async fn wait_begin(inner: &'a Inner, session: &SessionId) -> Self {
+    /// For an explicit close: after any other close of the session in
+    /// progress, marks it closing at once, so that calls arriving from now
+    /// on wait behind the close; then waits for the calls already running
+    /// to end, at most `limit`.
+    async fn wait_begin(inner: &'a Inner, session: &SessionId, limit: Duration) -> Self {
         loop {
             let changed = inner.activity_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(guard) = ClosingGuard::begin(inner, session) {
-                return guard;
+            {
+                let mut active = inner.active();
+                let activity = active.entry(session.clone()).or_default();
+                if !activity.closing {
+                    activity.closing = true;
+                    break;
+                }
             }
             changed.await;
         }
+        let guard = ClosingGuard {
+            inner,
+            session: session.clone(),
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let changed = inner.activity_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let running = inner.active().get(session).map_or(0, |a| a.calls);
+            if running == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!(
+                    %session,
+                    calls = running,
+                    "closing the session with calls still running after the drain time-out ({limit:?})"
+                );
+                break;
+            }
+        }
+        guard
     }
 }
 
 impl Drop for ClosingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.active().remove(&self.session);
+        let mut active = self.inner.active();
+        if let Some(activity) = active.get_mut(&self.session) {
+            if activity.calls == 0 {
+                active.remove(&self.session);
+            } else {
+                // Closed past the drain time-out: the stragglers still count.
+                activity.closing = false;
+            }
+        }
+        drop(active);
         self.inner.activity_changed.notify_waiters();
     }
 }
@@ -160,6 +347,7 @@ impl SessionPool {
             bind_lock: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
             activity_changed: tokio::sync::Notify::new(),
+            pins: Mutex::new(HashMap::new()),
             sweeper: Mutex::new(None),
         });
         if let Some(ttl) = inner.config.idle_ttl {
@@ -271,8 +459,10 @@ impl SessionPool {
     }
 
     /// `Hint` fallback: runs the call on any worker under a throwaway
-    /// session id (a fresh, empty state), dropped right after the call. It
-    /// can never touch the session's real state, wherever that lives.
+    /// session id (a fresh, empty state), closed right after the call. It
+    /// can never touch the session's real state, wherever that lives. The
+    /// throwaway session is closed on its worker whether the call completes
+    /// or is dropped (then by a task, in the background).
     async fn call_elsewhere(
         &self,
         session: &SessionId,
@@ -283,24 +473,56 @@ impl SessionPool {
         request.session = Some(throwaway.clone());
         let lease = pool.checkout_with(Checkout::Shared).await?;
         let worker = lease.worker_id();
+        // From here the worker may hold state for the throwaway session.
+        let mut cleanup = CloseOnDrop {
+            pool: pool.clone(),
+            worker,
+            session: Some(throwaway),
+        };
         let result = lease.call_raw(request).await;
         drop(lease);
-        if let Err(e) = pool.close_session_on(worker, &throwaway).await {
-            tracing::debug!(%session, %worker, error = %e, "fallback session_close not delivered");
+        if let Some(throwaway) = cleanup.session.as_deref() {
+            if let Err(e) = pool.close_session_on(worker, throwaway).await {
+                tracing::debug!(%session, %worker, error = %e, "fallback session_close not delivered");
+            }
         }
+        cleanup.session = None;
         result
     }
 
     /// Closes `session`: forgets its binding and tells its worker to drop
     /// the state. Closing an unknown session does nothing.
+    ///
+    /// The close is a point in the session's order of calls. It waits for
+    /// the calls of the session running when it began; calls that arrive
+    /// while it is in progress wait behind it and then run in a fresh
+    /// session under the same id (empty state, bound anew). So a steady
+    /// stream of calls cannot starve it: it completes within the time left
+    /// to the calls running when it began, at most the pool's
+    /// `drain_timeout` (after which it closes anyway, and the stragglers
+    /// finish without their state), plus the delivery of `session_close`
+    /// (and the end of another close of the same session in progress).
     pub async fn close(&self, session: &SessionId) -> Result<(), SessionError> {
-        // After the calls of the session that are running: none may reach
-        // the worker after its session_close.
-        let _closing = ClosingGuard::wait_begin(&self.inner, session).await;
+        let drain = self.inner.pool.config().drain_timeout;
+        let _closing = ClosingGuard::wait_begin(&self.inner, session, drain).await;
         if let Some(binding) = self.inner.store.remove(session).await {
             self.release(session, binding.worker, "closed").await;
         }
         Ok(())
+    }
+
+    /// Binds `session` now, as its first call would, and returns its
+    /// worker; a bound session keeps its worker. Like a call, it waits for a
+    /// close of the session in progress, reports a lost worker
+    /// ([`SessionError::SessionLost`], by [`OnLost`]) and may evict the
+    /// least recently used idle session. With [`MemoryStore`] the cost is
+    /// O(log n) in the number of bound sessions.
+    pub async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+        if self.inner.pool.is_closed() {
+            return Err(SessionError::Pool(self.inner.pool.closed_error()));
+        }
+        let _active = self.activate(session).await;
+        self.bound_worker(session).await
     }
 
     /// How many sessions are bound.
@@ -315,10 +537,8 @@ impl SessionPool {
 
     /// Bound sessions per worker.
     pub async fn sessions_per_worker(&self) -> HashMap<WorkerId, usize> {
-        let mut counts = HashMap::new();
-        for (_, binding) in self.inner.store.list().await {
-            *counts.entry(binding.worker).or_insert(0) += 1;
-        }
+        let mut counts = self.inner.store.sessions_per_worker().await;
+        counts.retain(|_, n| *n > 0);
         counts
     }
 
@@ -327,8 +547,8 @@ impl SessionPool {
         self.inner.store.get(session).await
     }
 
-    /// Counts a call of `session` as running; waits while an expiry or
-    /// eviction of it is in progress.
+    /// Counts a call of `session` as running; waits while a close, expiry
+    /// or eviction of it is in progress.
     async fn activate(&self, session: &SessionId) -> ActiveGuard<'_> {
         loop {
             let closed = self.inner.activity_changed.notified();
@@ -336,16 +556,10 @@ impl SessionPool {
             closed.as_mut().enable();
             {
                 let mut active = self.inner.active();
-                match active.get_mut(session) {
-                    Some(Activity::Closing) => {}
-                    Some(Activity::Calls(n)) => {
-                        *n += 1;
-                        return self.active_guard(session);
-                    }
-                    None => {
-                        active.insert(session.clone(), Activity::Calls(1));
-                        return self.active_guard(session);
-                    }
+                let activity = active.entry(session.clone()).or_default();
+                if !activity.closing {
+                    activity.calls += 1;
+                    return self.active_guard(session);
                 }
             }
             closed.await;
@@ -370,7 +584,7 @@ impl SessionPool {
             self.lost(session, binding.worker, "is no longer in the pool".into())
                 .await?;
         }
-        self.bind(session).await
+        self.bind_new(session).await
     }
 
     /// The bound worker is gone. Exactly one caller gets `SessionLost` (in
@@ -380,7 +594,7 @@ impl SessionPool {
         if removed.is_none() {
             return Ok(());
         }
-        self.inner.pool.unpin(worker);
+        self.inner.unpin(worker);
         metrics::counter!("portpool_sessions_lost_total", "pool" => self.inner.pool.name().to_string())
             .increment(1);
         tracing::info!(%session, %worker, "session lost: worker {reason}");
@@ -394,7 +608,11 @@ impl SessionPool {
         }
     }
 
-    async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+    /// Binds a session that has no binding: to the ready worker with the
+    /// fewest sessions, evicting the least recently used idle session when
+    /// `max_sessions` are bound. O(log n) in the number of sessions (with
+    /// [`MemoryStore`]): no step lists the bindings.
+    async fn bind_new(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
         let inner = &self.inner;
         let _serial = inner.bind_lock.lock().await;
         if let Some(binding) = inner.store.get(session).await {
@@ -418,7 +636,7 @@ impl SessionPool {
             }
             ready = inner.pool.ready_workers();
         }
-        let counts = self.sessions_per_worker().await;
+        let counts = inner.store.sessions_per_worker().await;
         let worker = ready
             .iter()
             .copied()
@@ -431,7 +649,7 @@ impl SessionPool {
             .bind_if_absent(session, Binding::new(worker, Instant::now()))
             .await;
         if binding.worker == worker {
-            inner.pool.pin(worker);
+            inner.pin(worker);
         }
         metrics::gauge!("portpool_sessions", "pool" => inner.pool.name().to_string())
             .set(inner.store.len().await as f64);
@@ -440,16 +658,30 @@ impl SessionPool {
 
     /// Makes room for one more session: closes the least recently used
     /// session that has no call running.
+    ///
+    /// Pages through the store's least-recently-used order, so the cost is
+    /// O(log n) plus the sessions with a call running that are older than
+    /// the victim, never a scan of every session.
     async fn evict_one(&self) -> Result<(), SessionError> {
-        let mut candidates = self.inner.store.list().await;
-        candidates.sort_by_key(|(_, b)| b.last_used);
-        let Some((victim, binding, _closing)) = candidates
-            .into_iter()
-            .find_map(|(id, b)| ClosingGuard::begin(&self.inner, &id).map(|g| (id, b, g)))
-        else {
-            return Err(SessionError::TooManySessions {
-                max: self.inner.config.max_sessions,
-            });
+        let mut after: Option<LruPosition> = None;
+        let (victim, binding, _closing) = 'search: loop {
+            let page = self
+                .inner
+                .store
+                .least_recently_used(after.take(), EVICT_PAGE)
+                .await;
+            let last_page = page.len() < EVICT_PAGE;
+            for (id, b) in page {
+                if let Some(guard) = ClosingGuard::begin(&self.inner, &id) {
+                    break 'search (id, b, guard);
+                }
+                after = Some((b.last_used, id));
+            }
+            if last_page || after.is_none() {
+                return Err(SessionError::TooManySessions {
+                    max: self.inner.config.max_sessions,
+                });
+            }
         };
         if self
             .inner
@@ -468,7 +700,9 @@ impl SessionPool {
     /// The binding is gone: tell the worker and let the pool recycle it.
     async fn release(&self, session: &SessionId, worker: WorkerId, why: &str) {
         tracing::debug!(%session, %worker, "session {why}");
-        self.inner.pool.unpin(worker);
+        self.inner.unpin(worker);
+        metrics::gauge!("portpool_sessions", "pool" => self.inner.pool.name().to_string())
+            .set(self.inner.store.len().await as f64);
         if self.inner.pool.is_serving(worker) {
             if let Err(e) = self.inner.pool.close_session_on(worker, session.as_str()).await {
                 tracing::debug!(%session, %worker, error = %e, "session_close not delivered");
@@ -492,32 +726,51 @@ async fn sweep(inner: Weak<Inner>, ttl: Duration) {
 }
 
 impl SessionPool {
+    /// Closes the sessions idle for `ttl`, oldest first, paging through the
+    /// store's least-recently-used order up to the first session in use.
     async fn expire_idle(&self, ttl: Duration) {
         let now = Instant::now();
-        for (session, binding) in self.inner.store.list().await {
-            if now.duration_since(binding.last_used) < ttl {
-                continue;
+        let mut after: Option<LruPosition> = None;
+        let mut size = EXPIRE_PAGE;
+        loop {
+            let page = self.inner.store.least_recently_used(after.take(), size).await;
+            let last_page = page.len() < size;
+            size = (size * 2).min(EXPIRE_PAGE_MAX);
+            for (session, binding) in page {
+                if now.duration_since(binding.last_used) < ttl {
+                    return; // every later one was used more recently
+                }
+                after = Some((binding.last_used, session.clone()));
+                self.expire(&session, binding, now, ttl).await;
             }
-            // Not while a call of it runs; calls that start meanwhile wait.
-            let Some(_closing) = ClosingGuard::begin(&self.inner, &session) else {
-                continue;
-            };
-            // Used since the listing? Then it is not idle.
-            match self.inner.store.get(&session).await {
-                Some(current) if now.duration_since(current.last_used) >= ttl => {}
-                _ => continue,
+            if last_page {
+                return;
             }
-            if self
-                .inner
-                .store
-                .remove_if_bound_to(&session, binding.worker)
-                .await
-                .is_some()
-            {
-                metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.pool.name().to_string())
-                    .increment(1);
-                self.release(&session, binding.worker, "expired").await;
-            }
+        }
+    }
+
+    /// Expires one session found idle, unless a call of it runs or it was
+    /// used since it was found.
+    async fn expire(&self, session: &SessionId, binding: Binding, now: Instant, ttl: Duration) {
+        // Not while a call of it runs; calls that start meanwhile wait.
+        let Some(_closing) = ClosingGuard::begin(&self.inner, session) else {
+            return;
+        };
+        // Used since the listing? Then it is not idle.
+        match self.inner.store.get(session).await {
+            Some(current) if now.duration_since(current.last_used) >= ttl => {}
+            _ => return,
+        }
+        if self
+            .inner
+            .store
+            .remove_if_bound_to(session, binding.worker)
+            .await
+            .is_some()
+        {
+            metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.pool.name().to_string())
+                .increment(1);
+            self.release(session, binding.worker, "expired").await;
         }
     }
 }

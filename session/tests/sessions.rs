@@ -575,3 +575,355 @@ async fn close_waits_for_the_sessions_running_calls() {
     );
     assert!(sessions.is_empty().await);
 }
+
+// ---------------------------------------------------------------------------
+// Close under load, dropping the session pool, cancelled fallbacks, bind cost.
+
+/// Callers that keep `sleep` calls of `id` overlapping until `stop` is set;
+/// each returns how many calls it made.
+fn steady_callers(
+    sessions: &SessionPool,
+    id: &SessionId,
+    callers: u64,
+    call_ms: u64,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..callers)
+        .map(|i| {
+            let (sessions, id, stop) = (sessions.clone(), id.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(ms(call_ms * i / callers)).await;
+                let mut made = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    sessions.call::<_, u64>(&id, "sleep", &call_ms).await.unwrap();
+                    made += 1;
+                }
+                made
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_is_not_starved_by_steady_overlapping_calls() {
+    let l = launcher().max_concurrency(8);
+    let sessions = SessionPool::new(pool(&l, 1).await, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    assert_eq!(count(&sessions, &id).await.unwrap(), 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four callers, 100 ms calls staggered by 25 ms: a call of the session
+    // is always running.
+    let callers = steady_callers(&sessions, &id, 4, 100, &stop);
+    tokio::time::sleep(ms(510)).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), sessions.close(&id))
+        .await
+        .expect("close starved by the session's calls")
+        .unwrap();
+    assert!(
+        t0.elapsed() <= ms(100),
+        "close waited only for the calls running when it began ({:?})",
+        t0.elapsed()
+    );
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec![id.to_string()]
+    );
+    // No call of the session was running on the worker when it was told
+    // to drop the state.
+    let mut running = 0i64;
+    for recorded in l.events() {
+        match recorded.event {
+            portpool_testkit::FakeEvent::CallStarted { .. } => running += 1,
+            portpool_testkit::FakeEvent::CallEnded { .. } => running -= 1,
+            portpool_testkit::FakeEvent::SessionClosed { .. } => {
+                assert_eq!(running, 0, "calls running at session_close");
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Calls that arrived during the close ran after it, in a fresh session.
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1, "fresh state after close");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for caller in callers {
+        assert!(caller.await.unwrap() >= 5, "every caller kept calling");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_of_a_session_with_a_call_that_never_ends_is_bounded_by_the_drain_timeout() {
+    let l = launcher().max_concurrency(4);
+    let pool = Pool::builder(l.clone())
+        .workers(1)
+        .heartbeat(None)
+        .breaker(None)
+        .drain_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let sessions = SessionPool::new(pool, SessionConfig::default()).unwrap();
+    let id = SessionId::new();
+    assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+    let stuck = tokio::spawn({
+        let (sessions, id) = (sessions.clone(), id.clone());
+        async move { sessions.call::<_, u64>(&id, "sleep", &3_600_000).await }
+    });
+    tokio::time::sleep(ms(10)).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), sessions.close(&id))
+        .await
+        .expect("close waited for a call that never ends")
+        .unwrap();
+    assert_eq!(t0.elapsed(), Duration::from_secs(5), "the drain time-out");
+    assert_eq!(
+        l.worker(WorkerId(0)).unwrap().session_closes(),
+        vec![id.to_string()]
+    );
+    assert!(sessions.is_empty().await);
+    stuck.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_session_pool_releases_its_pins_so_recycling_proceeds() {
+    let l = launcher();
+    let pool = Pool::builder(l.clone())
+        .workers(1)
+        .heartbeat(None)
+        .breaker(None)
+        .max_requests(3)
+        .drain_timeout(Duration::from_secs(600))
+        .build()
+        .await
+        .unwrap();
+    let sessions = SessionPool::new(pool.clone(), SessionConfig::default()).unwrap();
+    let ids: Vec<SessionId> = (0..3).map(|_| SessionId::new()).collect();
+    for id in &ids {
+        assert_eq!(count(&sessions, id).await.unwrap(), 1);
+    }
+    // Worker 0 reached max_requests: it drains, but its sessions pin it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pool.status().workers.len(), 2);
+    assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+
+    drop(sessions);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !pool.is_serving(WorkerId(0)),
+        "recycled once the pins were released"
+    );
+    assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
+    let mut closes = l.worker(WorkerId(0)).unwrap().session_closes();
+    closes.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(closes, expected, "the worker was told to drop the state first");
+    assert_eq!(pool.status().ready, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_hint_fallback_call_still_closes_its_throwaway_session() {
+    let l = launcher().async_handler_ctx("remember_then_sleep", |ctx: CallContext, v: Value| async move {
+        ctx.set_session_state(Value::from("state"));
+        tokio::time::sleep(Duration::from_millis(v.as_u64().unwrap_or(0))).await;
+        Ok(v)
+    });
+    let p = pool(&l, 2).await;
+    let sessions = SessionPool::new(p.clone(), SessionConfig::default().affinity(Affinity::Hint)).unwrap();
+    let id = SessionId::new();
+    let bound = WorkerId(whoami(&sessions, &id).await);
+    let other = WorkerId(1 - bound.0);
+    let busy = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.call_on(
+                bound,
+                CallRequest::new("sleep", 1_000),
+                portpool_pool::Wait::Queue,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(ms(1)).await;
+    // The fallback runs on the other worker; its caller gives up mid-call.
+    let gave_up = tokio::time::timeout(
+        ms(50),
+        sessions.call::<_, u64>(&id, "remember_then_sleep", &10_000),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the call was dropped");
+    let calls = l.worker(other).unwrap().calls();
+    let throwaway = calls
+        .iter()
+        .find_map(|c| c.session.clone())
+        .expect("the fallback ran on the other worker");
+    assert!(throwaway.starts_with(&format!("{id}.fallback.")), "{throwaway}");
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(
+        l.worker(other).unwrap().session_closes(),
+        vec![throwaway.clone()],
+        "the throwaway session was closed although the call was dropped"
+    );
+    assert!(l.worker(other).unwrap().session_state(&throwaway).is_none());
+    busy.await.unwrap().unwrap();
+}
+
+/// A memory store counting the bindings its listings hand out.
+#[derive(Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    visited: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingStore {
+    fn visited(&self) -> usize {
+        self.visited.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn saw(&self, n: usize) {
+        self.visited.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CountingStore {
+    async fn get(&self, session: &SessionId) -> Option<Binding> {
+        self.inner.get(session).await
+    }
+    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> Binding {
+        self.inner.bind_if_absent(session, binding).await
+    }
+    async fn touch(&self, session: &SessionId, at: Instant) {
+        self.inner.touch(session, at).await
+    }
+    async fn remove_if_bound_to(&self, session: &SessionId, worker: WorkerId) -> Option<Binding> {
+        self.inner.remove_if_bound_to(session, worker).await
+    }
+    async fn remove(&self, session: &SessionId) -> Option<Binding> {
+        self.inner.remove(session).await
+    }
+    async fn list(&self) -> Vec<(SessionId, Binding)> {
+        let all = self.inner.list().await;
+        self.saw(all.len());
+        all
+    }
+    async fn len(&self) -> usize {
+        self.inner.len().await
+    }
+    async fn sessions_per_worker(&self) -> std::collections::HashMap<WorkerId, usize> {
+        let counts = self.inner.sessions_per_worker().await;
+        self.saw(counts.len());
+        counts
+    }
+    async fn least_recently_used(
+        &self,
+        after: Option<LruPosition>,
+        limit: usize,
+    ) -> Vec<(SessionId, Binding)> {
+        let page = self.inner.least_recently_used(after, limit).await;
+        self.saw(page.len());
+        page
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn binding_and_evicting_do_not_visit_every_session() {
+    let l = launcher();
+    let config = SessionConfig::default().max_sessions(1_000).idle_ttl(None);
+    let store = std::sync::Arc::new(CountingStore::default());
+    let sessions = SessionPool::with_store(pool(&l, 4).await, config, store.clone()).unwrap();
+    for _ in 0..1_000 {
+        count(&sessions, &SessionId::new()).await.unwrap();
+    }
+    let before = store.visited();
+    // 1,000 more: each one binds and evicts the least recently used.
+    for _ in 0..1_000 {
+        count(&sessions, &SessionId::new()).await.unwrap();
+    }
+    let per_bind = (store.visited() - before) as f64 / 1_000.0;
+    assert!(
+        per_bind <= 16.0,
+        "a bind visited {per_bind} bindings on average with 1,000 bound"
+    );
+    assert_eq!(sessions.len().await, 1_000);
+    let per_worker = sessions.sessions_per_worker().await;
+    assert!(per_worker.values().all(|n| *n == 250), "{per_worker:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bind_binds_without_a_call_and_the_first_call_runs_there() {
+    let l = launcher();
+    let sessions = SessionPool::new(pool(&l, 3).await, SessionConfig::default()).unwrap();
+    let ids: Vec<SessionId> = (0..6).map(|_| SessionId::new()).collect();
+    let mut workers = Vec::new();
+    for id in &ids {
+        workers.push(sessions.bind(id).await.unwrap());
+    }
+    assert!(l.all_calls().is_empty(), "binding sends no call");
+    let per_worker = sessions.sessions_per_worker().await;
+    assert!(per_worker.values().all(|n| *n == 2), "{per_worker:?}");
+    for (id, worker) in ids.iter().zip(&workers) {
+        assert_eq!(sessions.bind(id).await.unwrap(), *worker, "bound once");
+        assert_eq!(WorkerId(whoami(&sessions, id).await), *worker);
+    }
+}
+
+#[test]
+fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = launcher();
+    let pool = rt.block_on(async {
+        Pool::builder(l.clone())
+            .workers(1)
+            .heartbeat(None)
+            .breaker(None)
+            .max_requests(2)
+            .drain_timeout(Duration::from_secs(600))
+            .build()
+            .await
+            .unwrap()
+    });
+    let sessions = rt.block_on(async {
+        let sessions = SessionPool::new(pool.clone(), SessionConfig::default().idle_ttl(None)).unwrap();
+        for _ in 0..2 {
+            count(&sessions, &SessionId::new()).await.unwrap();
+        }
+        tokio::time::sleep(ms(200)).await;
+        assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+        sessions
+    });
+    drop(sessions); // no runtime here: the pins go at once
+    rt.block_on(async {
+        let t0 = std::time::Instant::now();
+        while pool.is_serving(WorkerId(0)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "worker 0 was never recycled"
+            );
+            tokio::time::sleep(ms(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_pages_through_many_idle_sessions_and_keeps_the_recent_ones() {
+    let l = launcher();
+    let config = SessionConfig::default().idle_ttl(Some(Duration::from_secs(10)));
+    let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
+    for _ in 0..300 {
+        sessions.bind(&SessionId::new()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let recent = SessionId::new();
+    count(&sessions, &recent).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(sessions.len().await, 1, "the 300 idle sessions expired");
+    assert!(sessions.binding(&recent).await.is_some());
+    let closes: usize = l.workers().iter().map(|w| w.session_closes().len()).sum();
+    assert_eq!(closes, 300);
+}
