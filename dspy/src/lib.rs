@@ -187,10 +187,12 @@ impl Lm {
     /// Testing aid: DSPy's `DummyLM` answering `answers` in order (each an
     /// output field → value map). The list is shared by every program of a
     /// worker; for concurrent sessions use [`Lm::dummy_by_prompt`].
-    pub fn dummy<I, A>(answers: I) -> Self
+    pub fn dummy<I, A, K, V>(answers: I) -> Self
     where
         I: IntoIterator<Item = A>,
-        A: IntoIterator<Item = (&'static str, &'static str)>,
+        A: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
     {
         Lm::Dummy(DummyLm {
             dummy: DummyAnswers::InOrder(answers.into_iter().map(answer_map).collect()),
@@ -199,17 +201,19 @@ impl Lm {
 
     /// Testing aid: DSPy's `DummyLM` answering by prompt: the answer of the
     /// first key that occurs in the prompt's last message.
-    pub fn dummy_by_prompt<I, K, A>(answers: I) -> Self
+    pub fn dummy_by_prompt<I, P, A, K, V>(answers: I) -> Self
     where
-        I: IntoIterator<Item = (K, A)>,
+        I: IntoIterator<Item = (P, A)>,
+        P: Into<String>,
+        A: IntoIterator<Item = (K, V)>,
         K: Into<String>,
-        A: IntoIterator<Item = (&'static str, &'static str)>,
+        V: Into<String>,
     {
         Lm::Dummy(DummyLm {
             dummy: DummyAnswers::ByPrompt(
                 answers
                     .into_iter()
-                    .map(|(k, a)| (k.into(), answer_map(a)))
+                    .map(|(p, a)| (p.into(), answer_map(a)))
                     .collect(),
             ),
         })
@@ -264,13 +268,15 @@ impl Lm {
     }
 }
 
-fn answer_map<A>(answer: A) -> BTreeMap<String, serde_json::Value>
+fn answer_map<A, K, V>(answer: A) -> BTreeMap<String, serde_json::Value>
 where
-    A: IntoIterator<Item = (&'static str, &'static str)>,
+    A: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
 {
     answer
         .into_iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .map(|(k, v)| (k.into(), serde_json::Value::String(v.into())))
         .collect()
 }
 
@@ -676,7 +682,7 @@ fn from_remote(worker: WorkerId, error: RemoteError) -> DspyError {
     let data: ErrorData = error
         .data
         .clone()
-        .and_then(|d| portpool::from_value(d).ok())
+        .and_then(|d| decode(d, "error data").ok())
         .unwrap_or_default();
     let message = error.message;
     match error.kind.as_str() {
@@ -846,10 +852,7 @@ impl Dspy {
             .call_raw(portpool::CallRequest::new("dspy.info", Value::Nil))
             .await
             .map_err(|e| from_session(SessionError::Pool(e)))?;
-        portpool::from_value(value).map_err(|e| DspyError::Decode {
-            target: "WorkerInfo",
-            reason: e.to_string(),
-        })
+        decode(value, "WorkerInfo")
     }
 }
 
@@ -971,9 +974,7 @@ impl Program {
     }
 
     async fn raw<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> Result<Value, DspyError> {
-        let params = portpool::to_value(params).map_err(|e| DspyError::Encode {
-            reason: e.to_string(),
-        })?;
+        let params = encode(params)?;
         self.inner
             .session
             .call_raw(portpool::CallRequest::new(method, params))
@@ -988,7 +989,7 @@ impl Program {
             match &*checkpoint {
                 Checkpoint::Spec(spec) => (
                     "dspy.create",
-                    portpool::to_value(&CreateParams {
+                    serde_json::to_value(CreateParams {
                         name: &self.inner.name,
                         module: spec.module,
                         signature: &spec.signature,
@@ -996,7 +997,7 @@ impl Program {
                 ),
                 Checkpoint::State(state) => (
                     "dspy.load",
-                    portpool::to_value(&LoadParams {
+                    serde_json::to_value(LoadParams {
                         name: &self.inner.name,
                         state,
                     }),
@@ -1167,11 +1168,23 @@ impl Program {
     }
 }
 
-fn decode<T: DeserializeOwned>(value: Value, target: &'static str) -> Result<T, DspyError> {
-    portpool::from_value(value).map_err(|e| DspyError::Decode {
-        target,
+/// Params as MessagePack maps: through JSON values, since
+/// `portpool::to_value` writes structs as arrays.
+fn encode<P: Serialize + ?Sized>(params: &P) -> Result<Value, DspyError> {
+    let json = serde_json::to_value(params).map_err(|e| DspyError::Encode {
+        reason: e.to_string(),
+    })?;
+    portpool::to_value(&json).map_err(|e| DspyError::Encode {
         reason: e.to_string(),
     })
+}
+
+fn decode<T: DeserializeOwned>(value: Value, target: &'static str) -> Result<T, DspyError> {
+    // Through JSON values too, so enums and maps read as their serde JSON
+    // form (what the worker sends).
+    let decode_error = |reason: String| DspyError::Decode { target, reason };
+    let json = serde_json::to_value(&value).map_err(|e| decode_error(e.to_string()))?;
+    serde_json::from_value(json).map_err(|e| decode_error(e.to_string()))
 }
 
 #[cfg(test)]

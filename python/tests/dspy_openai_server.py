@@ -9,7 +9,8 @@
 
 Every request body is kept in ``requests``. As a script
 (``python dspy_openai_server.py MODE [SECONDS]``) it prints ``PORT <n>`` and
-serves for at most SECONDS (default 60), then exits: the Rust tests use that.
+serves until its stdin closes or for at most SECONDS (default 60), printing
+each request as ``REQUEST <json>``: the Rust tests use that.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.answers = answers or {}
         self.requests: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
+        self.echo = False  # script mode: print each request as a line "REQUEST <json>"
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -76,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         self.server.requests.append(body)
         self.server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
+        if self.server.echo:
+            auth = self.headers.get("authorization", "")
+            print("REQUEST " + json.dumps({"body": body, "authorization": auth}), flush=True)
         if self.server.mode == "500":
             self._send(500, {"error": {"message": PROVIDER_MESSAGE, "type": "server_error", "code": "down"}})
             return
@@ -107,6 +112,7 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
     with FakeOpenAI(mode, {"answer": "Paris"}) as server:
+        server.echo = True
         print(f"PORT {server.port}", flush=True)
         # Serve until stdin closes (the test that started us is gone) or SECONDS pass.
         done = threading.Event()
