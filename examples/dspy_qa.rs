@@ -5,6 +5,10 @@
 //! `OPENAI_API_KEY` are set (model: `$OPENAI_MODEL`, default `gpt-4o-mini`).
 //! The workers' interpreter is `$PORTPOOL_DSPY_PYTHON`, else `.venv-dspy`
 //! (made by `cargo xtask setup`), else as `portpool::python` finds one.
+//!
+//! `-- --bench [CALLS]` then measures calls/s through the bridge (DummyLM,
+//! 32 sessions over the 4 workers) beside DSPy called in-process in one
+//! Python (default 2000 calls each).
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +111,73 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("restored        {:<36} -> {}", QUESTIONS[2].0, out.answer);
     restored.close().await?;
     cot.close().await?;
+
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bench") {
+        let calls = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(2000);
+        bench(&dspy, calls).await?;
+    }
     pool.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn bench(dspy: &Dspy, calls: usize) -> Result<(), Box<dyn std::error::Error>> {
+    const SESSIONS: usize = 32;
+    dspy.configure(Lm::dummy_by_prompt([("bench", [("answer", "ok")])]));
+    let mut programs = Vec::new();
+    for _ in 0..SESSIONS {
+        programs.push(dspy.program(Predict::new("question -> answer")).await?);
+    }
+    let run = |per_session: usize| {
+        futures::future::try_join_all(programs.iter().map(|p| async move {
+            for i in 0..per_session {
+                let _: Answer = p
+                    .call(&Question {
+                        question: format!("bench {i}"),
+                    })
+                    .await?;
+            }
+            Ok::<_, portpool_dspy::DspyError>(())
+        }))
+    };
+    run(2).await?; // warm-up
+    let per_session = calls.div_ceil(SESSIONS);
+    let started = Instant::now();
+    run(per_session).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let total = per_session * SESSIONS;
+    println!(
+        "bridge:     {total} calls, {SESSIONS} sessions, 4 workers: {secs:.2} s, {:.0} calls/s",
+        total as f64 / secs
+    );
+    for p in programs {
+        p.close().await?;
+    }
+
+    let python = std::env::var_os(portpool_dspy::PYTHON_ENV).unwrap_or_else(|| "python3".into());
+    let script = format!(
+        r#"
+import os, time
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+lm = dspy.utils.DummyLM({{"bench": {{"answer": "ok"}}}})
+p = dspy.Predict("question -> answer")
+with dspy.context(lm=lm):
+    for i in range(64):
+        p(question=f"bench {{i}}")
+    t = time.perf_counter()
+    for i in range({total}):
+        p(question=f"bench {{i}}")
+    secs = time.perf_counter() - t
+print(f"in-process: {total} calls, one Python, one thread: {{secs:.2f}} s, {{{total} / secs:.0f}} calls/s")
+"#
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     Ok(())
 }
