@@ -295,3 +295,26 @@ def _patient(recv: Callable[..., Any]) -> Callable[..., Any]:
         return recv(max(timeout, 30.0))
 
     return wrapped
+
+
+def test_worker_configured_from_environment_at_start(
+    spawn: Callable[..., Worker], openai_server: Callable[..., FakeOpenAI]
+) -> None:
+    server = openai_server("ok", {"answer": "Paris"})
+    env = {
+        "PORTPOOL_DSPY_MODEL": "openai/env-model",
+        "PORTPOOL_DSPY_API_BASE": server.api_base,
+        "PORTPOOL_DSPY_API_KEY_ENV": "PORTPOOL_TEST_DSPY_KEY",
+        "PORTPOOL_TEST_DSPY_KEY": "sk-from-env",
+        "PORTPOOL_DSPY_CACHE": "0",
+        "PORTPOOL_DSPY_NUM_RETRIES": "0",
+    }
+    w = spawn("portpool.dspy:app", env=env)
+    w.recv = _patient(w.recv)  # type: ignore[method-assign]
+    assert w.result("dspy.info")["configured"] is True
+    w.result("dspy.create", {"name": "qa", "signature": "question -> answer"}, session="s")
+    out = w.result("dspy.call", {"name": "qa", "inputs": {"question": "capital?"}}, session="s")
+    assert out["outputs"] == {"answer": "Paris"}
+    assert server.requests[0]["model"] == "env-model"
+    assert server.headers_seen[0]["authorization"] == "Bearer sk-from-env"
+    assert "sk-from-env" not in w.stderr
