@@ -99,6 +99,8 @@ async fn dspy_bridge_scenarios() {
     openai_compatible_server_over_http(&dspy, &python).await;
     http_500_and_unparsable_replies_are_typed(&dspy, &python).await;
     restore_reloads_a_dropped_program_when_opted_in(&dspy).await;
+    // Last: it kills a worker.
+    restore_after_a_crash_during_the_call(&dspy, &python).await;
     dspy.sessions().pool().shutdown(Duration::from_secs(5)).await;
     eprintln!("dspy_bridge_scenarios took {:.2?}", started.elapsed());
 }
@@ -460,6 +462,46 @@ async fn restore_reloads_a_dropped_program_when_opted_in(dspy: &Dspy) {
     qa.close().await.unwrap();
 }
 
+#[derive(Deserialize)]
+struct Info {
+    pid: u32,
+}
+
+async fn restore_after_a_crash_during_the_call(dspy: &Dspy, python: &PathBuf) {
+    let slow = FakeServer::start(python, "slow");
+    let restoring = dspy.clone().with_restore(true);
+    restoring.configure(slow.lm());
+    let qa = restoring
+        .program(Predict::new("question -> answer"))
+        .await
+        .unwrap();
+    let before: Info = qa.session().call("dspy.info", &()).await.unwrap();
+    let call = tokio::spawn({
+        let qa = qa.clone();
+        async move { qa.call::<_, Answer>(&Question::new("capital of France?")).await }
+    });
+    // The request reached the LM server: the call is in flight in the worker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the call never reached the LM server");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-9", &before.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = call
+        .await
+        .unwrap()
+        .expect("restored on another worker and retried");
+    assert_eq!(out.answer, "Paris");
+    assert_eq!(qa.restores(), 1);
+    let after: Info = qa.session().call("dspy.info", &()).await.unwrap();
+    assert_ne!(after.pid, before.pid);
+    qa.close().await.unwrap();
+}
+
 /// 4 workers, 32 sessions each with its own program; one worker is
 /// SIGKILLed mid-run and opt-in restore brings its sessions back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,10 +525,6 @@ async fn four_workers_thirty_two_sessions_survive_a_sigkill() {
     }))
     .await;
     // The worker to kill: the one holding session 0.
-    #[derive(Deserialize)]
-    struct Info {
-        pid: u32,
-    }
     let victim: Info = programs[0].session().call("dspy.info", &()).await.unwrap();
     let victims: Vec<bool> = futures::future::join_all(programs.iter().map(|p| async {
         let info: Info = p.session().call("dspy.info", &()).await.unwrap();

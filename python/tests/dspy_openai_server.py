@@ -5,7 +5,8 @@
 - ``"ok"``: a ChatAdapter-formatted reply giving every output field of the
   last user message a scripted value (``answers``: field -> value), else ``"ok"``;
 - ``"500"``: HTTP 500 with an OpenAI-style error body;
-- ``"garbage"``: a 200 whose text has no output fields at all.
+- ``"garbage"``: a 200 whose text has no output fields at all;
+- ``"slow"``: as ``"ok"``, after 1 s (a call to be in flight when its worker dies).
 
 Every request body is kept in ``requests``. As a script
 (``python dspy_openai_server.py MODE [SECONDS]``) it prints ``PORT <n>`` and
@@ -84,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.mode == "500":
             self._send(500, {"error": {"message": PROVIDER_MESSAGE, "type": "server_error", "code": "down"}})
             return
+        if self.server.mode == "slow":
+            time.sleep(1.0)
         text = "I cannot help with that." if self.server.mode == "garbage" else _reply_text(self.server, body)
         self._send(
             200,
