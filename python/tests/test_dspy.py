@@ -318,3 +318,45 @@ def test_worker_configured_from_environment_at_start(
     assert server.requests[0]["model"] == "env-model"
     assert server.headers_seen[0]["authorization"] == "Bearer sk-from-env"
     assert "sk-from-env" not in w.stderr
+
+
+OFFLINE_PROBE = """
+import socket, sys
+attempts = []
+real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else str(address)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        attempts.append(("connect", host))
+        raise OSError("network blocked by the test")
+    return real_connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+    if host not in ("127.0.0.1", "::1", "localhost", None):
+        attempts.append(("getaddrinfo", host))
+        raise OSError("network blocked by the test")
+    return real_getaddrinfo(host, *args, **kwargs)
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+from portpool.app import Context
+import portpool.dspy as pd
+ctx = Context(1, "x", session_id="s", session={})
+pd.create({"name": "qa", "signature": "question -> answer", "module": "ChainOfThought"}, ctx)
+lm = {"dummy": [{"reasoning": "r", "answer": "a"}]}
+assert pd.call({"name": "qa", "inputs": {"question": "q"}, "lm": lm}, ctx)["outputs"] == {"answer": "a"}
+print("ATTEMPTS", attempts)
+"""
+
+
+def test_import_and_calls_reach_no_network() -> None:
+    """Importing portpool.dspy (so dspy and litellm) and calling a program opens no outside connection."""
+    import subprocess
+    import sys
+
+    from conftest import worker_env
+
+    env = worker_env()
+    env.pop("LITELLM_LOCAL_MODEL_COST_MAP", None)  # the module must set it itself
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ATTEMPTS []" in proc.stdout, proc.stdout + proc.stderr
