@@ -130,6 +130,11 @@ pub struct LmConfig {
     /// LiteLLM retries on transient errors (DSPy's default: 3).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub num_retries: Option<u32>,
+    /// Seconds one LM request may take (LiteLLM's `timeout`). Bound it
+    /// below the pool's call time-out: a cancelled call does not stop the
+    /// worker's LM request.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeout: Option<f64>,
 }
 
 /// Scripted answers for DSPy's `DummyLM` (testing aid).
@@ -168,6 +173,7 @@ impl Lm {
             max_tokens: None,
             cache: None,
             num_retries: None,
+            timeout: None,
         })
     }
 
@@ -181,6 +187,7 @@ impl Lm {
             max_tokens: None,
             cache: None,
             num_retries: None,
+            timeout: None,
         })
     }
 
@@ -255,6 +262,14 @@ impl Lm {
     pub fn cache(mut self, on: bool) -> Self {
         if let Some(c) = self.config() {
             c.cache = Some(on);
+        }
+        self
+    }
+
+    /// Bounds each LM request (see [`LmConfig::timeout`]).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        if let Some(c) = self.config() {
+            c.timeout = Some(timeout.as_secs_f64());
         }
         self
     }
@@ -1195,11 +1210,12 @@ mod tests {
     fn lm_serializes_without_unset_settings() {
         let lm = Lm::openai_compatible("m", "http://127.0.0.1:1/v1")
             .api_key_env("K")
-            .temperature(0.5);
+            .temperature(0.5)
+            .timeout(std::time::Duration::from_millis(1500));
         let json = serde_json::to_value(&lm).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "api_key_env": "K", "temperature": 0.5})
+            serde_json::json!({"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "api_key_env": "K", "temperature": 0.5, "timeout": 1.5})
         );
         let dummy = serde_json::to_value(Lm::dummy([[("answer", "x")]])).unwrap();
         assert_eq!(dummy, serde_json::json!({"dummy": [{"answer": "x"}]}));

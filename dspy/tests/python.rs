@@ -362,6 +362,7 @@ impl FakeServer {
             .num_retries(0)
             .temperature(0.0)
             .max_tokens(64)
+            .timeout(Duration::from_secs(20))
     }
 
     fn requests(&self) -> Vec<serde_json::Value> {

@@ -10,6 +10,7 @@ LiteLLM does not fetch its price list.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -360,3 +361,16 @@ def test_import_and_calls_reach_no_network() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "ATTEMPTS []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_lm_timeout_bounds_a_slow_provider(
+    ctx: Context, openai_server: Callable[..., FakeOpenAI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORTPOOL_TEST_DSPY_KEY", "k")
+    server = openai_server("slow")  # answers after 1 s
+    pd.create({"name": "qa", "signature": "question -> answer"}, ctx)
+    lm = {**http_lm(server), "timeout": 0.2}
+    started = time.monotonic()
+    kind, e = error_type(lambda: pd.call({"name": "qa", "inputs": {"question": "x"}, "lm": lm}, ctx))
+    assert kind == "LmError" and "imeout" in e.message, e.message
+    assert time.monotonic() - started < 0.9, "gave up before the slow reply"

@@ -16,15 +16,16 @@ Methods (params and results are maps):
 - ``dspy.list`` → names; ``dspy.drop`` ``{"name"}`` → whether it existed; ``dspy.info`` → versions
 
 An LM is ``{"model", "api_base"?, "api_key_env"?, "temperature"?, "max_tokens"?,
-"cache"?, "num_retries"?}``; the API key is read from the environment variable
-*named* by ``api_key_env`` in the worker, never sent over the wire nor logged.
+"cache"?, "num_retries"?, "timeout"?}`` (``timeout``: seconds per LM request);
+the API key is read from the environment variable *named* by ``api_key_env`` in
+the worker, never sent over the wire nor logged.
 ``{"dummy": [...] | {...}}`` is ``dspy.utils.DummyLM`` (a testing aid: scripted
 answers, a list consumed in order or a map from a text in the prompt to the answer).
 A call uses its own ``lm``, else the worker's default, which can also come from
 the environment at start: ``PORTPOOL_DSPY_MODEL``, ``PORTPOOL_DSPY_API_BASE``,
 ``PORTPOOL_DSPY_API_KEY_ENV``, ``PORTPOOL_DSPY_TEMPERATURE``,
 ``PORTPOOL_DSPY_MAX_TOKENS``, ``PORTPOOL_DSPY_CACHE`` (``0``/``1``),
-``PORTPOOL_DSPY_NUM_RETRIES``.
+``PORTPOOL_DSPY_NUM_RETRIES``, ``PORTPOOL_DSPY_TIMEOUT``.
 
 Errors are typed (the remote error's ``type``): ``BadSignature``, ``BadRequest``,
 ``MissingField``, ``UnknownField``, ``NoProgram``, ``NotConfigured``, ``LmError``
@@ -120,6 +121,7 @@ def _lm_from_env() -> dict[str, Any] | None:
         ("temperature", "PORTPOOL_DSPY_TEMPERATURE", float),
         ("max_tokens", "PORTPOOL_DSPY_MAX_TOKENS", int),
         ("num_retries", "PORTPOOL_DSPY_NUM_RETRIES", int),
+        ("timeout", "PORTPOOL_DSPY_TIMEOUT", float),
     ):
         raw = os.environ.get(var)
         if raw:
@@ -177,7 +179,7 @@ def _make_lm(spec: dict[str, Any]) -> Any:
         raise _err(
             "BadRequest", "lm.model must be a non-empty string (a LiteLLM model, e.g. openai/gpt-4o-mini)"
         )
-    unknown = set(spec) - {
+    known = {
         "model",
         "api_base",
         "api_key_env",
@@ -185,7 +187,9 @@ def _make_lm(spec: dict[str, Any]) -> Any:
         "max_tokens",
         "cache",
         "num_retries",
+        "timeout",
     }
+    unknown = set(spec) - known
     if unknown:
         raise _err("BadRequest", f"unknown lm settings: {sorted(unknown)}")
     kwargs: dict[str, Any] = {
@@ -196,6 +200,8 @@ def _make_lm(spec: dict[str, Any]) -> Any:
         kwargs["temperature"] = float(spec["temperature"])
     if spec.get("max_tokens") is not None:
         kwargs["max_tokens"] = int(spec["max_tokens"])
+    if spec.get("timeout") is not None:
+        kwargs["timeout"] = float(spec["timeout"])  # seconds, per LM request (LiteLLM)
     if spec.get("api_base"):
         kwargs["api_base"] = str(spec["api_base"])
     key_env = spec.get("api_key_env")
