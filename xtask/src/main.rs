@@ -15,6 +15,8 @@
 //! Arguments after `demo` / `bench` are passed to the `portpool` command.
 #![forbid(unsafe_code)]
 
+mod dspy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup(&root).map(|_| ()),
+        Some("setup") => setup(&root).and_then(|_| dspy::setup(&root)).map(|_| ()),
         Some("ci") => ci(&root),
         Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
         Some("chaos") => chaos(&root, &args[1..]),
@@ -179,6 +181,7 @@ fn ci(root: &Path) -> Result<(), String> {
         Ok(())
     });
     let python = python.unwrap_or_else(|| venv_python(root));
+    step("dspy setup", &mut || dspy::ci_setup(root));
 
     step("cargo fmt", &mut || {
         run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))
@@ -221,6 +224,7 @@ fn ci(root: &Path) -> Result<(), String> {
             .current_dir(root.join("python"))
             .args(["-m", "pytest", "-q"]))
     });
+    step("pytest dspy", &mut || dspy::ci_pytest(root));
     step("mypy", &mut || {
         run(Command::new(&python)
             .current_dir(root.join("python"))
