@@ -385,18 +385,21 @@ async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hellos_are_typed_errors_and_the_worker_is_killed() {
     let cases = [
-        ("garbage", "import sys, time\nsys.stdout.buffer.write(b'Hello from a chatty import!\\n'); sys.stdout.flush()\ntime.sleep(60)", "exceeds the maximum"),
-        ("1 GiB header", "import sys, time\nsys.stdout.buffer.write(b'\\x40\\x00\\x00\\x00'); sys.stdout.flush()\ntime.sleep(60)", "frame of 1073741824 bytes exceeds"),
-        ("invalid msgpack", "import sys, time\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\xc1'); sys.stdout.flush()\ntime.sleep(60)", "malformed"),
-        ("wrong first message", "import sys, time, msgpack\nb = msgpack.packb({'type': 'pong', 'id': 1})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "expected hello first, got pong"),
-        ("protocol 2", "import sys, time, msgpack\nb = msgpack.packb({'type': 'hello', 'protocol_major': 2, 'protocol_minor': 0})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "we speak 1.0, the worker speaks 2.0"),
+        ("garbage", "import sys, time\nsys.stdout.buffer.write(b'Hello from a chatty import!\\n'); sys.stdout.flush()\ntime.sleep(60)", "exceeds the maximum", HelloCause::FrameTooLarge),
+        ("1 GiB header", "import sys, time\nsys.stdout.buffer.write(b'\\x40\\x00\\x00\\x00'); sys.stdout.flush()\ntime.sleep(60)", "frame of 1073741824 bytes exceeds", HelloCause::FrameTooLarge),
+        ("invalid msgpack", "import sys, time\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\xc1'); sys.stdout.flush()\ntime.sleep(60)", "malformed", HelloCause::Malformed),
+        ("wrong first message", "import sys, time, msgpack\nb = msgpack.packb({'type': 'pong', 'id': 1})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "expected hello first, got pong", HelloCause::NotHello),
+        ("protocol 2", "import sys, time, msgpack\nb = msgpack.packb({'type': 'hello', 'protocol_major': 2, 'protocol_minor': 0})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "we speak 1.0, the worker speaks 2.0", HelloCause::VersionMismatch { worker: 2, host: 1 }),
     ];
-    for (name, source, expected) in cases {
+    for (name, source, expected, expected_cause) in cases {
         let started = Instant::now();
         let err = script(source).spawn(WorkerId(4)).await.unwrap_err();
         match &err {
-            LaunchError::BadHello { reason, pid, .. } => {
+            LaunchError::BadHello {
+                reason, pid, cause, ..
+            } => {
                 assert!(reason.contains(expected), "{name}: {err}");
+                assert_eq!(*cause, expected_cause, "{name}");
                 assert!(
                     portpool_testkit::wait_process_gone(pid.unwrap(), Duration::from_secs(2)).await,
                     "{name}: killed"
@@ -561,7 +564,10 @@ os._exit(3)";
             .status();
     }
     match &err {
-        CallError::WorkerCrashed { reason, exit, .. } => {
+        CallError::WorkerCrashed {
+            reason, exit, cause, ..
+        } => {
+            assert_eq!(*cause, CrashCause::StdoutHeldOpen);
             assert!(reason.contains("stdout stayed open"), "{err}");
             assert_eq!(exit.code, Some(3), "{err}");
         }

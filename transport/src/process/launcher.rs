@@ -268,6 +268,7 @@ fn hello_cause(error: &ProtocolError) -> HelloCause {
             host: ours.major,
         },
         ProtocolError::FrameTooLarge { .. } => HelloCause::FrameTooLarge,
+        ProtocolError::TooDeep { .. } => HelloCause::TooDeep,
         _ => HelloCause::Malformed,
     }
 }
