@@ -483,31 +483,57 @@ async fn sixteen_workers_launched_at_once_all_become_ready() {
 }
 
 /// Run as a child process by `no_orphans_when_the_host_is_killed`: launches
-/// three workers, prints their pids, then waits to be killed.
+/// three raw workers, each of which starts a child (a shell) and a
+/// grandchild (`sleep 60`, in the background), prints every pid, then waits
+/// to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_host_helper() {
-    if std::env::var_os("PORTPOOL_ORPHAN_HELPER").is_none() {
+    let Some(dir) = std::env::var_os("PORTPOOL_ORPHAN_HELPER") else {
         return;
-    }
-    let launcher = basic();
+    };
+    let dir = PathBuf::from(dir);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/raw_worker.py");
     let mut workers = Vec::new();
+    let mut files = Vec::new();
     for i in 0..3 {
+        let file = dir.join(format!("pids-{i}"));
+        let launcher = ProcessLauncher::new(
+            WorkerCommand::new(find_python())
+                .arg(&script)
+                .arg("spawns_descendants")
+                .arg(&file)
+                .init_timeout(Duration::from_secs(10)),
+        );
         workers.push(launcher.spawn(WorkerId(i)).await.unwrap());
+        files.push(file);
     }
-    let pids: Vec<String> = workers
-        .iter()
-        .map(|w| w.info().pid.unwrap().to_string())
-        .collect();
+    let mut pids = Vec::new();
+    for file in &files {
+        let until = Instant::now() + Duration::from_secs(10);
+        let recorded = loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                break text;
+            }
+            assert!(Instant::now() < until, "{} never written", file.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        pids.extend(recorded.split_whitespace().map(str::to_string));
+    }
     println!("PIDS {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
+/// Bound: every process of every worker group (worker, child, grandchild)
+/// is gone within 3 s of the host's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_orphans_when_the_host_is_killed() {
     use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("portpool-no-orphans-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let mut host = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "orphan_host_helper", "--nocapture", "--test-threads=1"])
-        .env("PORTPOOL_ORPHAN_HELPER", "1")
+        .env("PORTPOOL_ORPHAN_HELPER", &dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -524,16 +550,38 @@ async fn no_orphans_when_the_host_is_killed() {
     })
     .await
     .unwrap();
-    assert_eq!(pids.len(), 3, "helper printed its workers");
+    assert_eq!(
+        pids.len(),
+        9,
+        "helper printed 3 workers with a child and a grandchild each"
+    );
+    assert!(
+        pids.iter().all(|&p| !portpool_testkit::process_gone(p)),
+        "all running before the kill: {pids:?}"
+    );
     host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
     host.wait().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for pid in pids {
-        assert!(
-            portpool_testkit::process_gone(pid),
-            "worker {pid} outlived its SIGKILLed host"
-        );
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| !portpool_testkit::process_gone(p))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            for pid in &left {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            panic!("{left:?} of {pids:?} outlived their SIGKILLed host by 3 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
