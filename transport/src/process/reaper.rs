@@ -11,7 +11,10 @@
 //! - **One group reaper per host process** ([`watch_group`]), started lazily
 //!   at the first spawn: a tiny `/bin/sh` script (fixed text, no user input)
 //!   in its own process group, ignoring SIGINT/SIGTERM/SIGHUP/SIGQUIT, whose
-//!   stdin is a pipe from the host. The host writes `+PGID` when a worker
+//!   stdin is a pipe from the host. It is started through a shell that puts
+//!   it in the background and exits at once (and is reaped), so the reaper
+//!   is not the host's child: nothing of it shows among the host's children
+//!   and nothing of it waits to be reaped. The host writes `+PGID` when a worker
 //!   group is created and `-PGID` once it is reaped and killed. When the
 //!   host dies, however it dies (SIGKILL included), the kernel closes the
 //!   pipe; the script reads end of file, sends SIGKILL to every group still
@@ -52,10 +55,15 @@ done
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 "#;
 
+/// Starts [`SCRIPT`] in the background with the pipe as its stdin (an
+/// explicit redirection: a background job's stdin is otherwise /dev/null),
+/// then exits.
+const LAUNCH: &str = r#"exec 3<&0; "$0" -c "$1" <&3 3<&- & exit 0"#;
+
 struct GroupReaper {
-    /// The script's process and the write end of its stdin; `None` if it
-    /// could not be started.
-    process: Option<(Child, ChildStdin)>,
+    /// The write end of the script's stdin; `None` if it could not be
+    /// started (or died, until restarted).
+    stdin: Option<ChildStdin>,
     /// The groups listed, to replay to a new script if the old one died.
     groups: BTreeSet<u32>,
 }
@@ -66,7 +74,7 @@ fn reaper() -> MutexGuard<'static, GroupReaper> {
     REAPER
         .get_or_init(|| {
             Mutex::new(GroupReaper {
-                process: None,
+                stdin: None,
                 groups: BTreeSet::new(),
             })
         })
@@ -77,7 +85,7 @@ fn reaper() -> MutexGuard<'static, GroupReaper> {
 impl GroupReaper {
     fn start(&mut self) {
         let spawned = Command::new("/bin/sh")
-            .args(["-c", SCRIPT])
+            .args(["-c", LAUNCH, "/bin/sh", SCRIPT])
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -87,10 +95,11 @@ impl GroupReaper {
             .process_group(0)
             .spawn();
         match spawned {
-            Ok(mut child) => match child.stdin.take() {
-                Some(stdin) => self.process = Some((child, stdin)),
-                None => stop(child),
-            },
+            Ok(mut launcher) => {
+                self.stdin = launcher.stdin.take();
+                // It exits as soon as the script is in the background.
+                let _ = launcher.wait();
+            }
             Err(e) => tracing::warn!(
                 "cannot start the group reaper (/bin/sh): {e}; worker descendants may outlive a killed host"
             ),
@@ -101,7 +110,7 @@ impl GroupReaper {
     /// once if it died.
     fn send(&mut self, line: &str) {
         for _attempt in 0..2 {
-            if self.process.is_none() {
+            if self.stdin.is_none() {
                 self.start();
                 let replay: String = self.groups.iter().map(|g| format!("+{g}\n")).collect();
                 if !self.write(&replay) {
@@ -115,23 +124,15 @@ impl GroupReaper {
     }
 
     fn write(&mut self, text: &str) -> bool {
-        let Some((_, stdin)) = &mut self.process else {
+        let Some(stdin) = &mut self.stdin else {
             return false;
         };
         if text.is_empty() || stdin.write_all(text.as_bytes()).is_ok() {
             return true;
         }
-        if let Some((child, _)) = self.process.take() {
-            stop(child);
-        }
+        self.stdin = None;
         false
     }
-}
-
-/// Ends and reaps a reaper process that can no longer be written to.
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Lists a new worker process group with the host's group reaper (starting
