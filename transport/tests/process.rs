@@ -279,8 +279,14 @@ async fn kill_9_mid_call_fails_every_in_flight_call_within_a_second() {
                 worker: id,
                 pid: p,
                 exit,
+                cause,
                 ..
             }) => {
+                assert_eq!(
+                    cause,
+                    CrashCause::Exited,
+                    "killed from outside: it ended by itself"
+                );
                 assert_eq!(id, WorkerId(7));
                 assert_eq!(p, Some(pid));
                 assert_eq!(exit.signal, Some(9), "{exit}");
