@@ -24,6 +24,14 @@ pub(crate) const REAP_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const STDERR_WAIT: Duration = Duration::from_millis(500);
 
 /// Launches workers as child processes of a [`WorkerCommand`].
+///
+/// Each worker runs in its own process group. The first launch in a host
+/// process also starts the host's group reaper: a small `/bin/sh` script,
+/// outside the host's process group, that holds a pipe from the host and,
+/// when the host dies (even by SIGKILL), sends SIGKILL to every worker group
+/// still running, so no worker, child or grandchild outlives the host.
+/// Without `/bin/sh` a warning is logged and workers still exit on stdin
+/// end of file, but their descendants may survive a killed host.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     command: Arc<WorkerCommand>,

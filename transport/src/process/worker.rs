@@ -38,9 +38,13 @@ pub(crate) struct Spawned {
 }
 
 /// A worker process: one writer task, one reader task demultiplexing replies
-/// by request id, one stderr task, one exit watcher.
+/// by request id, one stderr task, and a plain thread waiting for its exit.
 ///
-/// Dropping it kills the worker's process group.
+/// Dropping it kills the worker's process group; the exit thread reaps the
+/// process even if no tokio runtime is left (a pool dropped together with
+/// its runtime leaves no zombie). If the host process dies, however it dies,
+/// a per-host reaper kills every worker group it listed (see
+/// [`ProcessLauncher`](super::ProcessLauncher)).
 pub struct ProcessWorker {
     inner: Arc<Inner>,
 }
