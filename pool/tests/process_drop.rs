@@ -28,7 +28,9 @@ fn launcher() -> ProcessLauncher {
         "{} cannot import portpool: run `cargo xtask setup` (or set PORTPOOL_PYTHON)",
         python.display()
     );
-    ProcessLauncher::new(WorkerCommand::python_with(python, basic_app()).init_timeout(Duration::from_secs(20)))
+    ProcessLauncher::new(
+        WorkerCommand::python_with(python, basic_app()).init_timeout(Duration::from_secs(20)),
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
