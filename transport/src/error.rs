@@ -46,7 +46,7 @@ impl std::fmt::Display for Pid {
 pub enum CrashCause {
     /// The process ended by itself, or by a signal from outside the host:
     /// its stdout closed (or its stdin broke) and its exit status arrived
-    /// within 200 ms. The error's `exit` says how it ended.
+    /// within 500 ms. The error's `exit` says how it ended.
     Exited,
     /// Its stdout reached end of file while the process kept running (it
     /// closed fd 1); the host killed it.

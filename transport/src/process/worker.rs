@@ -339,7 +339,7 @@ impl Inner {
 /// When stdout closes or stdin breaks, how long to wait for an exit status
 /// before deciding the process is still running (and killing it): a process
 /// that died closes both pipes a moment before it is reaped.
-const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(200);
+const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
 
 /// After the process exited, how long its stdout may stay open (frames
 /// still in the pipe are read meanwhile) before we stop waiting for EOF: a
