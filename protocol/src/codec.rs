@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use crate::depth::{nesting_depth, DEEP_STACK, INLINE_DEPTH, MAX_DEPTH};
 use crate::{Message, ProtocolError};
 
 /// Default maximum body size of one frame: 64 MiB.
@@ -17,8 +18,35 @@ pub fn encode_body(message: &Message) -> Result<Vec<u8>, ProtocolError> {
 }
 
 /// Decodes one frame body into a message.
+///
+/// The body's nesting is checked first ([`nesting_depth`]): deeper than
+/// [`MAX_DEPTH`] is [`ProtocolError::TooDeep`], before any recursive
+/// decoding. A body nested deeper than [`INLINE_DEPTH`] is decoded on a
+/// short-lived helper thread with a [`DEEP_STACK`]-byte stack, so no input
+/// can overflow the caller's stack, whatever its size.
 pub fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
-    rmp_serde::from_slice(body).map_err(ProtocolError::malformed)
+    if nesting_depth(body)? <= INLINE_DEPTH {
+        return decode_nested(body);
+    }
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("portpool-deep-decode".into())
+            .stack_size(DEEP_STACK)
+            .spawn_scoped(scope, || decode_nested(body))?;
+        helper.join().unwrap_or_else(|_| {
+            Err(ProtocolError::Malformed {
+                reason: "decoding a deeply nested message panicked".into(),
+            })
+        })
+    })
+}
+
+/// The serde decoding proper, once the depth is known to be within bounds.
+fn decode_nested(body: &[u8]) -> Result<Message, ProtocolError> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    // Our own limit was checked already; leave rmp-serde room for it.
+    deserializer.set_max_depth(MAX_DEPTH + 1);
+    serde::Deserialize::deserialize(&mut deserializer).map_err(ProtocolError::malformed)
 }
 
 /// Encodes one message as a whole frame: header then body.

@@ -27,6 +27,14 @@ pub enum ProtocolError {
         /// The peer's version.
         theirs: ProtocolVersion,
     },
+    /// The body nests arrays and maps deeper than `limit` levels
+    /// ([`crate::MAX_DEPTH`]). Detected by an iterative scan before any
+    /// recursive decoding, so no depth of nesting can exhaust the stack.
+    #[error("message nested deeper than {limit} levels")]
+    TooDeep {
+        /// The nesting limit.
+        limit: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     TruncatedFrame {

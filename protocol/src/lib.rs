@@ -11,7 +11,9 @@
 //!   `LengthDelimitedCodec`, with a configurable maximum frame size checked
 //!   before any allocation;
 //! - [`blocking`] helpers to read and write frames over `std::io`;
-//! - [`PROTOCOL_VERSION`] and [`Hello::validate`], the compatibility rule.
+//! - [`PROTOCOL_VERSION`] and [`Hello::validate`], the compatibility rule;
+//! - [`MAX_DEPTH`], the nesting bound every decoded body is checked against
+//!   (iteratively, before decoding), so no input can overflow a stack.
 //!
 //! # Example
 //!
@@ -38,11 +40,13 @@
 
 pub mod blocking;
 mod codec;
+mod depth;
 mod error;
 mod message;
 mod version;
 
 pub use codec::{decode_body, encode_body, encode_frame, MessageCodec, DEFAULT_MAX_FRAME, HEADER_LEN};
+pub use depth::{nesting_depth, DEEP_STACK, INLINE_DEPTH, MAX_DEPTH};
 pub use error::ProtocolError;
 pub use message::{
     Cancel, Chunk, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response, SessionClose,

@@ -32,40 +32,61 @@ impl std::fmt::Display for Pid {
 
 /// Why a worker was declared dead: the typed cause behind
 /// [`CallError::WorkerCrashed`], for code that must tell faults apart (the
-/// human-readable detail stays in its `reason`).
+/// human-readable detail stays in its `reason`). Every in-flight call of the
+/// worker, and every later call, ends with the same cause.
+///
+/// Faults of the protocol (`FrameTooLarge`, `TooDeep`, `Malformed`,
+/// `UnexpectedMessage`) and of the pipes while the process still runs
+/// (`StdoutClosed`, `StdinClosed`, `ReadFailed`) make the host kill the
+/// worker's process group; `Exited` and `StdoutHeldOpen` mean it had already
+/// ended; `Unresponsive` and `Killed` are the host's own decisions
+/// ([`Worker::kill`](crate::Worker::kill)).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashCause {
-    /// The process exited by itself or was killed by a signal from outside.
+    /// The process ended by itself, or by a signal from outside the host:
+    /// its stdout closed (or its stdin broke) and its exit status arrived
+    /// within 500 ms. The error's `exit` says how it ended.
     Exited,
-    /// Its stdout reached end of file.
+    /// Its stdout reached end of file while the process kept running (it
+    /// closed fd 1); the host killed it.
     StdoutClosed,
-    /// The process exited, but a descendant kept its stdout open.
+    /// The process exited, but a descendant that left its process group kept
+    /// its stdout open for more than a second; the host stopped waiting.
     StdoutHeldOpen,
-    /// Writing a request failed: the worker closed its stdin (broken pipe).
+    /// Writing to its stdin failed (broken pipe) while the process kept
+    /// running: it closed fd 0. Detected at the first write after the close;
+    /// the host killed it.
     StdinClosed,
-    /// Reading its stdout failed with an I/O error.
+    /// Reading its stdout failed with an I/O error other than end of file.
     ReadFailed,
-    /// A frame header announced more than the maximum frame size.
+    /// A frame header announced more than the maximum frame size
+    /// (`WorkerCommand::max_frame`), e.g. `0xFFFFFFFF` or text on stdout.
     FrameTooLarge,
-    /// A frame nested deeper than the decoder's depth limit.
+    /// A frame nested arrays and maps deeper than
+    /// [`MAX_DEPTH`](portpool_protocol::MAX_DEPTH) levels; refused before
+    /// decoding.
     TooDeep,
-    /// A frame was not valid MessagePack of a known message.
+    /// A frame body was not valid MessagePack of a known message (bad bytes,
+    /// a missing field, an unknown `type`), or the stream ended mid-frame.
     Malformed,
-    /// A well-formed message a worker may not send (a request, a hello...).
+    /// A well-formed message a worker may not send: a `request`, a second
+    /// `hello`, a `ping`, `cancel`, `shutdown` or `session_close`.
     UnexpectedMessage,
-    /// It missed its heartbeats without making progress; the host killed it.
+    /// The host judged it unresponsive (missed heartbeats without progress)
+    /// and killed it with [`Worker::kill`](crate::Worker::kill).
     Unresponsive,
-    /// The host killed it for another reason, given in the error's `reason`.
+    /// The host killed it with [`Worker::kill`](crate::Worker::kill) for
+    /// another reason, given in the error's `reason`.
     Killed,
 }
 
 /// Why a worker's first frame was not an acceptable hello: the typed cause
-/// behind [`LaunchError::BadHello`].
+/// behind [`LaunchError::BadHello`]. The worker's process group is killed.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HelloCause {
-    /// The worker speaks another major version of the protocol.
+    /// The hello announced another major version of the protocol.
     VersionMismatch {
         /// The worker's major version.
         worker: u16,
@@ -74,11 +95,15 @@ pub enum HelloCause {
     },
     /// The first frame was a valid message, but not a hello.
     NotHello,
-    /// The first frame was not valid MessagePack of a known message.
+    /// The first frame was not valid MessagePack of a known message, or the
+    /// hello was not sane (`max_concurrency` 0).
     Malformed,
-    /// The first frame's header announced more than the maximum frame size.
+    /// The first frame's header announced more than the maximum frame size;
+    /// typically text printed to stdout before the hello (four characters
+    /// read as a length).
     FrameTooLarge,
-    /// The first frame nested deeper than the decoder's depth limit.
+    /// The first frame nested deeper than
+    /// [`MAX_DEPTH`](portpool_protocol::MAX_DEPTH) levels.
     TooDeep,
 }
 

@@ -279,8 +279,14 @@ async fn kill_9_mid_call_fails_every_in_flight_call_within_a_second() {
                 worker: id,
                 pid: p,
                 exit,
+                cause,
                 ..
             }) => {
+                assert_eq!(
+                    cause,
+                    CrashCause::Exited,
+                    "killed from outside: it ended by itself"
+                );
                 assert_eq!(id, WorkerId(7));
                 assert_eq!(p, Some(pid));
                 assert_eq!(exit.signal, Some(9), "{exit}");
@@ -385,18 +391,21 @@ async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hellos_are_typed_errors_and_the_worker_is_killed() {
     let cases = [
-        ("garbage", "import sys, time\nsys.stdout.buffer.write(b'Hello from a chatty import!\\n'); sys.stdout.flush()\ntime.sleep(60)", "exceeds the maximum"),
-        ("1 GiB header", "import sys, time\nsys.stdout.buffer.write(b'\\x40\\x00\\x00\\x00'); sys.stdout.flush()\ntime.sleep(60)", "frame of 1073741824 bytes exceeds"),
-        ("invalid msgpack", "import sys, time\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\xc1'); sys.stdout.flush()\ntime.sleep(60)", "malformed"),
-        ("wrong first message", "import sys, time, msgpack\nb = msgpack.packb({'type': 'pong', 'id': 1})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "expected hello first, got pong"),
-        ("protocol 2", "import sys, time, msgpack\nb = msgpack.packb({'type': 'hello', 'protocol_major': 2, 'protocol_minor': 0})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "we speak 1.0, the worker speaks 2.0"),
+        ("garbage", "import sys, time\nsys.stdout.buffer.write(b'Hello from a chatty import!\\n'); sys.stdout.flush()\ntime.sleep(60)", "exceeds the maximum", HelloCause::FrameTooLarge),
+        ("1 GiB header", "import sys, time\nsys.stdout.buffer.write(b'\\x40\\x00\\x00\\x00'); sys.stdout.flush()\ntime.sleep(60)", "frame of 1073741824 bytes exceeds", HelloCause::FrameTooLarge),
+        ("invalid msgpack", "import sys, time\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\xc1'); sys.stdout.flush()\ntime.sleep(60)", "malformed", HelloCause::Malformed),
+        ("wrong first message", "import sys, time, msgpack\nb = msgpack.packb({'type': 'pong', 'id': 1})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "expected hello first, got pong", HelloCause::NotHello),
+        ("protocol 2", "import sys, time, msgpack\nb = msgpack.packb({'type': 'hello', 'protocol_major': 2, 'protocol_minor': 0})\nsys.stdout.buffer.write(len(b).to_bytes(4, 'big') + b); sys.stdout.flush()\ntime.sleep(60)", "we speak 1.0, the worker speaks 2.0", HelloCause::VersionMismatch { worker: 2, host: 1 }),
     ];
-    for (name, source, expected) in cases {
+    for (name, source, expected, expected_cause) in cases {
         let started = Instant::now();
         let err = script(source).spawn(WorkerId(4)).await.unwrap_err();
         match &err {
-            LaunchError::BadHello { reason, pid, .. } => {
+            LaunchError::BadHello {
+                reason, pid, cause, ..
+            } => {
                 assert!(reason.contains(expected), "{name}: {err}");
+                assert_eq!(*cause, expected_cause, "{name}");
                 assert!(
                     portpool_testkit::wait_process_gone(pid.unwrap(), Duration::from_secs(2)).await,
                     "{name}: killed"
@@ -480,31 +489,57 @@ async fn sixteen_workers_launched_at_once_all_become_ready() {
 }
 
 /// Run as a child process by `no_orphans_when_the_host_is_killed`: launches
-/// three workers, prints their pids, then waits to be killed.
+/// three raw workers, each of which starts a child (a shell) and a
+/// grandchild (`sleep 60`, in the background), prints every pid, then waits
+/// to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_host_helper() {
-    if std::env::var_os("PORTPOOL_ORPHAN_HELPER").is_none() {
+    let Some(dir) = std::env::var_os("PORTPOOL_ORPHAN_HELPER") else {
         return;
-    }
-    let launcher = basic();
+    };
+    let dir = PathBuf::from(dir);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/raw_worker.py");
     let mut workers = Vec::new();
+    let mut files = Vec::new();
     for i in 0..3 {
+        let file = dir.join(format!("pids-{i}"));
+        let launcher = ProcessLauncher::new(
+            WorkerCommand::new(find_python())
+                .arg(&script)
+                .arg("spawns_descendants")
+                .arg(&file)
+                .init_timeout(Duration::from_secs(10)),
+        );
         workers.push(launcher.spawn(WorkerId(i)).await.unwrap());
+        files.push(file);
     }
-    let pids: Vec<String> = workers
-        .iter()
-        .map(|w| w.info().pid.unwrap().to_string())
-        .collect();
+    let mut pids = Vec::new();
+    for file in &files {
+        let until = Instant::now() + Duration::from_secs(10);
+        let recorded = loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                break text;
+            }
+            assert!(Instant::now() < until, "{} never written", file.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        pids.extend(recorded.split_whitespace().map(str::to_string));
+    }
     println!("PIDS {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
+/// Bound: every process of every worker group (worker, child, grandchild)
+/// is gone within 3 s of the host's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_orphans_when_the_host_is_killed() {
     use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("portpool-no-orphans-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let mut host = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "orphan_host_helper", "--nocapture", "--test-threads=1"])
-        .env("PORTPOOL_ORPHAN_HELPER", "1")
+        .env("PORTPOOL_ORPHAN_HELPER", &dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -521,16 +556,38 @@ async fn no_orphans_when_the_host_is_killed() {
     })
     .await
     .unwrap();
-    assert_eq!(pids.len(), 3, "helper printed its workers");
+    assert_eq!(
+        pids.len(),
+        9,
+        "helper printed 3 workers with a child and a grandchild each"
+    );
+    assert!(
+        pids.iter().all(|&p| !portpool_testkit::process_gone(p)),
+        "all running before the kill: {pids:?}"
+    );
     host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
     host.wait().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for pid in pids {
-        assert!(
-            portpool_testkit::process_gone(pid),
-            "worker {pid} outlived its SIGKILLed host"
-        );
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| !portpool_testkit::process_gone(p))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            for pid in &left {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            panic!("{left:?} of {pids:?} outlived their SIGKILLed host by 3 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +618,10 @@ os._exit(3)";
             .status();
     }
     match &err {
-        CallError::WorkerCrashed { reason, exit, .. } => {
+        CallError::WorkerCrashed {
+            reason, exit, cause, ..
+        } => {
+            assert_eq!(*cause, CrashCause::StdoutHeldOpen);
             assert!(reason.contains("stdout stayed open"), "{err}");
             assert_eq!(exit.code, Some(3), "{err}");
         }

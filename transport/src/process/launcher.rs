@@ -1,3 +1,4 @@
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,10 +7,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use portpool_protocol::{Message, MessageCodec, ProtocolError};
-use tokio::process::Command;
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
+use super::reaper::{wait_on_thread, watch_group};
 use super::signal::signal_group;
 use super::stderr::StderrLog;
 use super::worker::{ProcessWorker, Spawned};
@@ -22,6 +24,14 @@ pub(crate) const REAP_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const STDERR_WAIT: Duration = Duration::from_millis(500);
 
 /// Launches workers as child processes of a [`WorkerCommand`].
+///
+/// Each worker runs in its own process group. The first launch in a host
+/// process also starts the host's group reaper: a small `/bin/sh` script,
+/// outside the host's process group, that holds a pipe from the host and,
+/// when the host dies (even by SIGKILL), sends SIGKILL to every worker group
+/// still running, so no worker, child or grandchild outlives the host.
+/// Without `/bin/sh` a warning is logged and workers still exit on stdin
+/// end of file, but their descendants may survive a killed host.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     command: Arc<WorkerCommand>,
@@ -50,7 +60,7 @@ impl ProcessLauncher {
     /// `init_timeout` (instead of the command's own).
     async fn spawn_within(&self, id: WorkerId, init_timeout: Duration) -> Result<ProcessWorker, LaunchError> {
         let cmd = &*self.command;
-        let mut command = Command::new(&cmd.program);
+        let mut command = std::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
             .stdin(Stdio::piped())
@@ -58,8 +68,7 @@ impl ProcessLauncher {
             .stderr(Stdio::piped())
             // Own process group: we can signal the worker and everything it
             // started at once, and a terminal's Ctrl-C is ours to forward.
-            .process_group(0)
-            .kill_on_drop(true);
+            .process_group(0);
         if cmd.env_clear || cmd.env_allowlist.is_some() {
             command.env_clear();
         }
@@ -82,14 +91,49 @@ impl ProcessLauncher {
 
         let span = tracing::info_span!("portpool.launch", worker = %id);
         let _enter = span.enter();
+        // A std child, waited for on a plain thread (see `reaper`): reaping
+        // must not depend on a tokio runtime that may be dropped first.
         let mut child = command.spawn().map_err(|e| LaunchError::Spawn {
             worker: id,
             program: cmd.program.display().to_string(),
             source: Arc::new(e),
         })?;
-        let pid = child.id();
-        let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(i), Some(o), Some(e)) => (i, o, e),
+        let raw_pid = child.id();
+        let pid = Some(raw_pid);
+        // Listed before anything else can fail: if the host dies from here
+        // on, the reaper kills the whole group.
+        watch_group(raw_pid);
+        let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+
+        // The exit waiter owns the child: it reaps it, kills whatever is
+        // left of its group, and publishes how it ended.
+        let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
+        wait_on_thread(child, exit_tx);
+        // Until the hello, nothing else owns the process: kill its group if
+        // this future is dropped (a caller's time-out, a pool shut down
+        // while starting) or fails, rather than leave it running.
+        let mut unclaimed = KillGroupOnDrop(pid);
+
+        let (stdin, stdout, stderr) = match stdio {
+            (Some(i), Some(o), Some(e)) => {
+                match (
+                    ChildStdin::from_std(i),
+                    ChildStdout::from_std(o),
+                    ChildStderr::from_std(e),
+                ) {
+                    (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+                    (i, o, e) => {
+                        let error = [i.err(), o.err(), e.err()].into_iter().flatten().next();
+                        return Err(LaunchError::Other {
+                            worker: id,
+                            reason: format!(
+                                "cannot register the child's pipes with tokio: {}",
+                                error.map_or_else(String::new, |e| e.to_string())
+                            ),
+                        });
+                    }
+                }
+            }
             _ => {
                 return Err(LaunchError::Other {
                     worker: id,
@@ -104,23 +148,6 @@ impl ProcessLauncher {
             let log = stderr_log.clone();
             async move { log.drain(stderr, id, pid).await }
         });
-
-        // The exit watcher owns the child: it reaps it, publishes how it
-        // ended, and kills whatever is left of its group.
-        let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let exit = status.map(exit_of).unwrap_or_default();
-            if let Some(pgid) = pid {
-                signal_group(pgid, Signal::SIGKILL);
-            }
-            exit_tx.send_replace(Some(exit));
-        });
-
-        // If this future is dropped before the hello (a caller's time-out, a
-        // pool shut down while starting), nothing else owns the process yet:
-        // kill its group rather than leave it running until its import ends.
-        let mut unclaimed = KillGroupOnDrop(pid);
 
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
         let first = tokio::time::timeout(init_timeout, frames.next()).await;
@@ -227,14 +254,6 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-fn exit_of(status: std::process::ExitStatus) -> WorkerExit {
-    use std::os::unix::process::ExitStatusExt;
-    WorkerExit {
-        code: status.code(),
-        signal: status.signal(),
-    }
-}
-
 /// Waits briefly for the worker to exit by itself, then kills its group and
 /// waits for the exit status.
 pub(crate) async fn reap(pid: Option<u32>, exit_rx: watch::Receiver<Option<WorkerExit>>) -> WorkerExit {
@@ -268,6 +287,7 @@ fn hello_cause(error: &ProtocolError) -> HelloCause {
             host: ours.major,
         },
         ProtocolError::FrameTooLarge { .. } => HelloCause::FrameTooLarge,
+        ProtocolError::TooDeep { .. } => HelloCause::TooDeep,
         _ => HelloCause::Malformed,
     }
 }

@@ -40,7 +40,8 @@ impl Limits {
     }
 
     /// Installs the hook that applies the limits in the child, if any is set.
-    pub(crate) fn apply(self, command: &mut tokio::process::Command) {
+    pub(crate) fn apply(self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
         if self.is_empty() {
             return;
         }

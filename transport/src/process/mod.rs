@@ -4,6 +4,7 @@ mod command;
 mod launcher;
 mod limits;
 mod procfs;
+mod reaper;
 mod signal;
 mod stderr;
 mod worker;

@@ -38,9 +38,13 @@ pub(crate) struct Spawned {
 }
 
 /// A worker process: one writer task, one reader task demultiplexing replies
-/// by request id, one stderr task, one exit watcher.
+/// by request id, one stderr task, and a plain thread waiting for its exit.
 ///
-/// Dropping it kills the worker's process group.
+/// Dropping it kills the worker's process group; the exit thread reaps the
+/// process even if no tokio runtime is left (a pool dropped together with
+/// its runtime leaves no zombie). If the host process dies, however it dies,
+/// a per-host reaper kills every worker group it listed (see
+/// [`ProcessLauncher`](super::ProcessLauncher)).
 pub struct ProcessWorker {
     inner: Arc<Inner>,
 }
@@ -254,27 +258,43 @@ impl Inner {
 
     /// The worker is gone: kill what is left, learn how it ended, and fail
     /// every pending call exactly once.
+    ///
+    /// The cause reported is, in order: the one given to [`Worker::kill`] if
+    /// the host killed it; [`CrashCause::Exited`] if its stdout closed or its
+    /// stdin broke because the process ended by itself (its exit status
+    /// arrives within [`EXIT_SEEN_WITHIN`]); else the cause observed.
     async fn fail(&self, cause: CrashCause, reason: String) {
-        let (cause, reason) = self
-            .killed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or((cause, reason));
+        let killed = self.killed.lock().unwrap_or_else(|e| e.into_inner()).take();
         // Known gone from now on, before the (bounded) reaping below.
         self.broken.store(true, Ordering::Release);
         let pid = self.info.pid;
-        let exit = if self.closing.load(Ordering::Acquire) {
-            // A requested shutdown: give it the time `shutdown` is giving it.
-            match wait_exit(&self.exit_rx, REAP_WAIT).await {
-                Some(exit) => exit,
-                None => reap(pid, self.exit_rx.clone()).await,
-            }
-        } else {
+        let kill_group = || {
             if let Some(pgid) = pid {
                 signal_group(pgid, Signal::SIGKILL);
             }
-            reap(pid, self.exit_rx.clone()).await
+        };
+        let (cause, reason, exit) = if let Some((cause, reason)) = killed {
+            kill_group();
+            (cause, reason, reap(pid, self.exit_rx.clone()).await)
+        } else if self.closing.load(Ordering::Acquire) {
+            // A requested shutdown: give it the time `shutdown` is giving it.
+            let exit = match wait_exit(&self.exit_rx, REAP_WAIT).await {
+                Some(exit) => exit,
+                None => reap(pid, self.exit_rx.clone()).await,
+            };
+            (cause, reason, exit)
+        } else {
+            let ended = match cause {
+                CrashCause::StdoutClosed | CrashCause::StdinClosed => {
+                    wait_exit(&self.exit_rx, EXIT_SEEN_WITHIN).await
+                }
+                _ => None,
+            };
+            kill_group();
+            match ended {
+                Some(exit) => (CrashCause::Exited, format!("exited ({reason})"), exit),
+                None => (cause, reason, reap(pid, self.exit_rx.clone()).await),
+            }
         };
         self.stderr.wait_drained(STDERR_WAIT).await;
         let error = if self.closing.load(Ordering::Acquire) {
@@ -316,6 +336,11 @@ impl Inner {
     }
 }
 
+/// When stdout closes or stdin breaks, how long to wait for an exit status
+/// before deciding the process is still running (and killing it): a process
+/// that died closes both pipes a moment before it is reaped.
+const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
+
 /// After the process exited, how long its stdout may stay open (frames
 /// still in the pipe are read meanwhile) before we stop waiting for EOF: a
 /// descendant that left the process group can hold the pipe open forever.
@@ -331,6 +356,9 @@ async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, Messag
         }
     };
     tokio::pin!(exited);
+    let writer = inner.writer.clone();
+    let stdin_broken = writer.failed();
+    tokio::pin!(stdin_broken);
     let (cause, reason) = loop {
         let next = tokio::select! {
             biased;
@@ -339,6 +367,7 @@ async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, Messag
                 CrashCause::StdoutHeldOpen,
                 "exited, but its stdout stayed open (held by a descendant)".to_string(),
             ),
+            failure = &mut stdin_broken => break (CrashCause::StdinClosed, failure),
         };
         match next {
             Some(Ok(message)) => {
@@ -354,6 +383,9 @@ async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, Messag
             }
             Some(Err(e @ ProtocolError::FrameTooLarge { .. })) => {
                 break (CrashCause::FrameTooLarge, format!("protocol violation: {e}"))
+            }
+            Some(Err(e @ ProtocolError::TooDeep { .. })) => {
+                break (CrashCause::TooDeep, format!("protocol violation: {e}"))
             }
             Some(Err(e)) => break (CrashCause::Malformed, format!("protocol violation: {e}")),
             None => break (CrashCause::StdoutClosed, "stdout closed".to_string()),

@@ -11,11 +11,14 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 pub(crate) struct FrameWriter {
     state: Mutex<State>,
     wake: Notify,
+    /// Set once a write failed (the worker closed its stdin, or died): what
+    /// went wrong, for the reader to fail the worker with at once.
+    failure: watch::Sender<Option<String>>,
 }
 
 struct State {
@@ -47,6 +50,24 @@ impl FrameWriter {
                 closed: false,
             }),
             wake: Notify::new(),
+            failure: watch::channel(None).0,
+        }
+    }
+
+    /// Resolves, with what went wrong, once a write to the pipe failed.
+    /// Never resolves for a writer that was closed without a failure.
+    pub(crate) async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        let seen = failure
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|failure| failure.clone());
+        match seen {
+            Some(failure) => failure,
+            // The sender lives as long as `self`: unreachable, but never
+            // report a failure that did not happen.
+            None => std::future::pending().await,
         }
     }
 
@@ -112,11 +133,16 @@ impl FrameWriter {
         }
     }
 
-    fn broken(&self) {
+    /// A write failed: drop everything queued, refuse further frames, and
+    /// tell whoever waits in [`FrameWriter::failed`].
+    fn broken(&self, error: &std::io::Error) {
         let mut st = self.state();
         st.closed = true;
         st.direct = None;
         st.queue.clear();
+        drop(st);
+        self.failure
+            .send_replace(Some(format!("writing to its stdin failed: {error}")));
     }
 }
 
@@ -149,16 +175,16 @@ impl FrameWriter {
         loop {
             match self.next() {
                 Next::Write(frame) => {
-                    if stdin.write_all(&frame).await.is_err() {
-                        self.broken();
+                    if let Err(e) = stdin.write_all(&frame).await {
+                        self.broken(&e);
                         return;
                     }
                 }
                 Next::Idle => {
                     // Flush before handing the pipe back: nothing of ours may
                     // still be buffered when a direct write goes out.
-                    if stdin.flush().await.is_err() {
-                        self.broken();
+                    if let Err(e) = stdin.flush().await {
+                        self.broken(&e);
                         return;
                     }
                     if self.release() {

@@ -1,0 +1,104 @@
+//! Dropping a pool (or a bare `ProcessWorker`) together with its tokio
+//! runtime, without `shutdown()`, kills and reaps every worker: nothing is
+//! left running and nothing is left a zombie. The real-process counterpart
+//! of `pool.rs::dropping_the_last_handle_stops_the_workers` (which uses fakes).
+//!
+//! Needs an interpreter with the `portpool` package (`PORTPOOL_PYTHON`, else
+//! `.venv/bin/python` upwards): `cargo xtask setup` makes one.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use portpool_pool::Pool;
+use portpool_transport::{find_python, ProcessLauncher, Value, Worker, WorkerCommand, WorkerId};
+
+fn basic_app() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transport/tests/apps/basic.py")
+}
+
+fn launcher() -> ProcessLauncher {
+    let python = find_python();
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import portpool"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import portpool: run `cargo xtask setup` (or set PORTPOOL_PYTHON)",
+        python.display()
+    );
+    ProcessLauncher::new(
+        WorkerCommand::python_with(python, basic_app()).init_timeout(Duration::from_secs(20)),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What `/proc` says about `pid`: `None` once it is fully gone (reaped),
+/// else its state letter (`Z` for a zombie nobody reaped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// Waits (at most 5 s) until every pid is absent from `/proc`: killed AND
+/// reaped. A zombie does not count as gone.
+fn assert_reaped(pids: &[u32]) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<(u32, char)> = pids
+            .iter()
+            .filter_map(|&pid| proc_state(pid).map(|state| (pid, state)))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "still in /proc 5 s after the drop (pid, state): {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dropping_a_pool_of_real_processes_with_its_runtime_kills_and_reaps_every_worker() {
+    let rt = runtime();
+    let (pool, pids) = rt.block_on(async {
+        let pool = Pool::builder(launcher())
+            .name("drop-with-runtime")
+            .workers(3)
+            .build()
+            .await
+            .unwrap();
+        let echoed: Value = pool.call("echo", &"up").await.unwrap();
+        assert_eq!(echoed, Value::from("up"));
+        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        (pool, pids)
+    });
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|&pid| proc_state(pid).is_some_and(|s| s != 'Z')));
+    // No shutdown(): the handle and the runtime go at once, so no task of
+    // the pool's ever runs again.
+    drop(pool);
+    drop(rt);
+    assert_reaped(&pids);
+}
+
+#[test]
+fn dropping_a_process_worker_with_its_runtime_kills_and_reaps_it() {
+    let rt = runtime();
+    let worker = rt.block_on(async { launcher().spawn(WorkerId(1)).await.unwrap() });
+    let pid = worker.info().pid.unwrap();
+    // The runtime goes first, then the worker's handle, outside any runtime.
+    drop(rt);
+    drop(worker);
+    assert_reaped(&[pid]);
+}
