@@ -56,10 +56,25 @@ pub use rmpv::Value;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};
 
 /// Converts any serializable value to a [`Value`] (for request params).
+///
+/// Structs become maps keyed by field name (as a Python handler expects a
+/// dict), not positional arrays; tuples and sequences become arrays; byte
+/// buffers marked `serde_bytes` become MessagePack bin.
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// struct Question { question: String }
+/// let value = portpool_protocol::to_value(&Question { question: "why?".into() }).unwrap();
+/// assert_eq!(value["question"].as_str(), Some("why?"));
+/// ```
 pub fn to_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Value, ProtocolError> {
-    rmpv::ext::to_value(value).map_err(|e| ProtocolError::Malformed {
+    let encode_error = |e: &dyn std::fmt::Display| ProtocolError::Malformed {
         reason: format!("cannot encode value: {e}"),
-    })
+    };
+    // rmpv's own serializer writes structs as arrays; rmp-serde's named
+    // encoding writes them as maps, which is what the other side expects.
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| encode_error(&e))?;
+    rmpv::decode::read_value_with_max_depth(&mut bytes.as_slice(), MAX_DEPTH).map_err(|e| encode_error(&e))
 }
 
 /// Converts a [`Value`] to any deserializable type (for call results).
