@@ -105,7 +105,10 @@ mod script;
 mod worker;
 
 pub use events::{EventRecorder, Recorded};
-pub use fake_bin::{fake_worker_path, FakeWorkerArgs, FakeWorkerNotFound, FAKE_WORKER_ENV};
+pub use fake_bin::{
+    fake_worker_path, FakeWorkerArgs, FakeWorkerError, FakeWorkerNotFound, FAKE_WORKER_ENV,
+    FAKE_WORKER_NO_BUILD_ENV, FAKE_WORKER_TARGET_DIR,
+};
 pub use handler::{remote_error, CallContext, HandlerResult};
 pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
