@@ -394,7 +394,7 @@ fn fake_worker_path_finds_the_built_binary() {
 /// `worker_command()` is what a transport launcher or a pool takes.
 #[tokio::test]
 async fn worker_command_launches_through_the_transport() {
-    use portpool_transport::{CallRequest, Launcher, ProcessLauncher, Worker, WorkerId};
+    use portpool_transport::{CallRequest, ProcessLauncher, Worker, WorkerId};
     let command = FakeWorkerArgs::new()
         .max_concurrency(3)
         .worker_command()
