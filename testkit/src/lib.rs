@@ -114,7 +114,10 @@ pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
 pub use pool::fake_pool;
-pub use procs::{process_gone, wait_process_gone};
+pub use procs::{
+    leftover_processes, process_gone, process_info, process_state, process_tree, processes, wait_all_gone,
+    wait_process_gone, ProcessInfo, ProcessState,
+};
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
 pub use worker::{FakeWorker, FakeWorkerHandle};
