@@ -431,3 +431,32 @@ async fn a_worker_sending_the_host_requests_is_unexpected_message() {
     hostile.assert_start_gone(0, Duration::from_secs(5)).await;
     assert_recovers_and_cleans_up(&hostile, pool, 1).await;
 }
+
+/// Item 15: a pool dropped together with its runtime, without `shutdown()`,
+/// must leave nothing: no worker alive and no zombie of ours (a zombie
+/// child of the host is a leak, see `portpool_testkit::ProcessState`).
+#[test]
+fn dropping_a_pool_with_its_runtime_leaves_no_process_not_even_a_zombie() {
+    let hostile = Hostile::new("idle");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = runtime.block_on(hostile.pool(2).build()).unwrap();
+    let reply = runtime.block_on(pool.call_value("echo", Value::from(1))).unwrap();
+    assert_eq!(reply, Value::from(1));
+    let pids = hostile.pids();
+    assert_eq!(pids.len(), 2);
+    drop(pool);
+    drop(runtime);
+    let until = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left = portpool_testkit::leftover_processes(&pids, &pids);
+        if left.is_empty() || Instant::now() > until {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(left.is_empty(), "left after dropping pool and runtime: {left:?}");
+}
