@@ -250,7 +250,16 @@ fn mutants(root: &Path, args: &[String]) -> Result<(), String> {
         .current_dir(root)
         .env("PORTPOOL_PYTHON", &python)
         .env("PORTPOOL_FAKE_WORKER", &fake_worker)
-        .args(["mutants", "--no-shuffle", "--jobs", "1", "--timeout"])
+        // `--workspace`: the root is itself a package, which cargo-mutants
+        // would otherwise take as the only one; `--file` narrows it.
+        .args([
+            "mutants",
+            "--workspace",
+            "--no-shuffle",
+            "--jobs",
+            "1",
+            "--timeout",
+        ])
         .arg(args.timeout.to_string())
         .arg("--output")
         .arg(&output);
