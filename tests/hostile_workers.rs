@@ -437,7 +437,8 @@ async fn a_worker_sending_the_host_requests_is_unexpected_message() {
 /// child of the host is a leak, see `portpool_testkit::ProcessState`).
 #[test]
 fn dropping_a_pool_with_its_runtime_leaves_no_process_not_even_a_zombie() {
-    let hostile = Hostile::new("idle");
+    // Workers that exit 300 ms after stdin EOF, when the runtime is gone.
+    let hostile = Hostile::new("every_linger_on_eof");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

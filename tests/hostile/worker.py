@@ -363,6 +363,12 @@ def main() -> int:
         return wait_eof()
     if mode == "idle":
         return serve()
+    if mode == "every_linger_on_eof":
+        # Serves, then outlives stdin EOF by 300 ms: exits after a host
+        # that dropped it without waiting is long past looking.
+        code = serve()
+        time.sleep(0.3)
+        return code
     log(f"unknown mode {mode}")
     return 9
 
