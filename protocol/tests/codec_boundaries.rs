@@ -91,3 +91,18 @@ fn an_oversize_header_after_a_good_frame_is_frame_too_large() {
         other => panic!("expected FrameTooLarge, got {other:?}"),
     }
 }
+
+/// Encoding a message by value writes the same frame as by reference
+/// (kills `Encoder<Message>::encode -> Ok(())`).
+#[test]
+fn encoding_by_value_writes_the_frame() {
+    let message = Message::Cancel(Cancel { id: 9 });
+    let mut by_value = BytesMut::new();
+    Encoder::<Message>::encode(&mut MessageCodec::default(), message.clone(), &mut by_value).unwrap();
+    let expected = encode_frame(&message, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(&by_value[..], &expected[..]);
+    assert_eq!(
+        MessageCodec::default().decode(&mut by_value).unwrap(),
+        Some(message)
+    );
+}
