@@ -14,7 +14,12 @@
 //!   under `tokio::time::pause()`.
 //! - The `fake-worker` binary, which speaks the real wire protocol over
 //!   stdio with the same faults chosen by flags ([`FakeWorkerArgs`]), for
-//!   process-level tests; [`fake_worker_path`] finds it.
+//!   process-level tests; [`fake_worker_path`] finds it, or builds it when
+//!   missing (so any crate's tests, and a downstream crate's, work on a clean
+//!   checkout), and [`FakeWorkerArgs::worker_command`] gives a ready
+//!   `WorkerCommand`.
+//! - Process checks on `/proc` ([`process_state`], [`wait_all_gone`]): a
+//!   zombie child of the test process counts as a leak, not as gone.
 //! - [`CallLedger`] ("every call ended exactly once") and [`EventRecorder`]
 //!   (a timestamped event log).
 //! - With the `mock` feature: mockall mocks of the traits, `MockWorker` and
