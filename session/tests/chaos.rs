@@ -62,23 +62,6 @@ fn own_rss() -> u64 {
         * 1024
 }
 
-/// (pid, ppid, pgrp, state) of every process, from /proc.
-fn processes() -> Vec<(u32, u32, u32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
-        let state = rest.next()?.chars().next()?;
-        let ppid = rest.next()?.parse().ok()?;
-        let pgrp = rest.next()?.parse().ok()?;
-        Some((pid, ppid, pgrp, state))
-    })
-    .collect()
-}
-
 #[derive(Default)]
 struct Tally {
     ok: AtomicU64,
@@ -429,18 +412,19 @@ async fn chaos_soak() {
         wrong.join("\n")
     );
 
-    // No orphans: after shutdown no process is our child (zombies count as
-    // gone) and none is left in any worker's process group.
+    // No orphans and no leaks: after shutdown no process is our child and
+    // none is left in any worker's process group. A zombie whose parent is
+    // us is a leak (the pool did not reap it); only a zombie of another
+    // parent (init will reap it) counts as gone.
     pool.shutdown(Duration::from_secs(2)).await;
     let me = std::process::id();
     let pgids = pgids.lock().unwrap().clone();
     let until = Instant::now() + Duration::from_secs(3);
     let orphans = loop {
-        let orphans: Vec<_> = processes()
+        let orphans: Vec<_> = portpool_testkit::processes()
             .into_iter()
-            .filter(|&(pid, ppid, pgrp, state)| {
-                state != 'Z' && pid != me && (ppid == me || pgids.contains(&pgrp))
-            })
+            .filter(|p| p.pid != me && (p.ppid == me || pgids.contains(&p.pgrp)))
+            .filter(|p| !p.process_state().is_gone())
             .collect();
         if orphans.is_empty() || Instant::now() > until {
             break orphans;
@@ -449,7 +433,7 @@ async fn chaos_soak() {
     };
     assert!(
         orphans.is_empty(),
-        "orphan processes (pid, ppid, pgrp, state): {orphans:?}"
+        "processes left after shutdown (a zombie with ppid {me} is one we never reaped): {orphans:?}"
     );
 
     let growth = rss_end.saturating_sub(rss_start);

@@ -1,38 +1,112 @@
-//! The `fake-worker` binary's flags, and how tests find the binary.
+//! The `fake-worker` binary's flags, and how tests find (or build) the binary.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use portpool_transport::WorkerCommand;
 
 /// Environment variable naming the `fake-worker` binary explicitly; checked
 /// first by [`fake_worker_path`].
 pub const FAKE_WORKER_ENV: &str = "PORTPOOL_FAKE_WORKER";
 
-/// The `fake-worker` binary was not found by [`fake_worker_path`].
+/// Environment variable that, set to `1`, stops [`fake_worker_path`] from
+/// building the binary when it finds none (it returns
+/// [`FakeWorkerError::NotFound`] instead).
+pub const FAKE_WORKER_NO_BUILD_ENV: &str = "PORTPOOL_FAKE_WORKER_NO_BUILD";
+
+/// Name of the directory, inside the calling test's profile directory
+/// (`target/<profile>/`), that is the target directory of the testkit's own
+/// build of `fake-worker`.
+pub const FAKE_WORKER_TARGET_DIR: &str = "portpool-testkit-fake-worker";
+
+/// Why [`fake_worker_path`] could not give the `fake-worker` binary.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the fake-worker binary was not found (looked at: {}); build it first with \
-     `cargo build -p portpool-testkit --bin fake-worker` (same profile and target dir as the tests), \
-     or set {FAKE_WORKER_ENV} to its path",
-    .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-)]
-pub struct FakeWorkerNotFound {
-    /// The paths that were tried, in order.
-    pub searched: Vec<PathBuf>,
+#[non_exhaustive]
+pub enum FakeWorkerError {
+    /// No binary was found and building was disabled
+    /// (`PORTPOOL_FAKE_WORKER_NO_BUILD=1`).
+    #[error(
+        "the fake-worker binary was not found (looked at: {}) and building it is disabled by \
+         {FAKE_WORKER_NO_BUILD_ENV}; set {FAKE_WORKER_ENV} to its path, or unset \
+         {FAKE_WORKER_NO_BUILD_ENV} to let the testkit build it",
+        display_paths(.searched)
+    )]
+    NotFound {
+        /// The paths that were tried, in order.
+        searched: Vec<PathBuf>,
+    },
+    /// No binary was found, and `cargo` (from `$CARGO`, else `PATH`) could
+    /// not be started to build it.
+    #[error(
+        "the fake-worker binary was not found (looked at: {}) and cargo could not be started \
+         to build it ({cargo}: {error}); install cargo or set {FAKE_WORKER_ENV} to the binary's path",
+        display_paths(.searched), cargo = .cargo.display()
+    )]
+    CargoUnavailable {
+        /// The paths that were tried, in order.
+        searched: Vec<PathBuf>,
+        /// The cargo program that was tried.
+        cargo: PathBuf,
+        /// Why it could not be started.
+        error: String,
+    },
+    /// `cargo build` of the testkit's `fake-worker` failed.
+    #[error("building fake-worker failed ({status}): {command}\n{output_tail}")]
+    BuildFailed {
+        /// The command that was run.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its output.
+        output_tail: String,
+    },
+    /// `cargo build` succeeded but the binary is not where it should be
+    /// (e.g. `CARGO_BUILD_TARGET` moved it).
+    #[error("cargo built fake-worker but it is not at {}", .path.display())]
+    BuiltButMissing {
+        /// Where it was expected.
+        path: PathBuf,
+    },
 }
 
-/// The path of the `fake-worker` binary, for tests that spawn it.
+/// The former name of [`FakeWorkerError`].
+pub type FakeWorkerNotFound = FakeWorkerError;
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The path of the `fake-worker` binary, for tests that spawn it; builds it
+/// when it is missing, so any crate's tests work on a clean checkout.
 ///
-/// Looks, in order, at `$PORTPOOL_FAKE_WORKER`, then next to the current
-/// executable and in its parent directory: a test binary lives in
-/// `target/<profile>/deps/`, and `fake-worker` in `target/<profile>/`.
+/// Looks, in order:
+/// 1. at `$PORTPOOL_FAKE_WORKER`;
+/// 2. next to the current executable and in its parent directory: a test
+///    binary lives in `target/<profile>/deps/`, and a `fake-worker` that
+///    cargo built for the same workspace (e.g. by `cargo test --workspace`)
+///    in `target/<profile>/`;
+/// 3. otherwise it builds it: `cargo build --manifest-path
+///    <testkit>/Cargo.toml --bin fake-worker --target-dir
+///    target/<profile>/portpool-testkit-fake-worker` (the testkit's own
+///    manifest, in its own target directory, so it never waits on the
+///    `cargo test` that runs the caller, and never needs `-p` to resolve the
+///    testkit as a dependency of the caller). That build runs once per test
+///    process (a no-op when it is up to date); threads of one process wait
+///    for one build, and cargo's own lock on the target directory serializes
+///    concurrent test processes. The first build takes as long as building
+///    the testkit; later ones take well under a second.
 ///
-/// Cargo builds `fake-worker` automatically only for this crate's own
-/// tests. Another crate's tests (pool, transport, yours) need it built
-/// first, with the same profile and target directory:
-/// `cargo build -p portpool-testkit --bin fake-worker`. This function never
-/// builds it; when it is missing it returns an error saying so.
-pub fn fake_worker_path() -> Result<PathBuf, FakeWorkerNotFound> {
+/// Set `PORTPOOL_FAKE_WORKER_NO_BUILD=1` to forbid step 3. Errors are typed
+/// ([`FakeWorkerError`]): cargo missing, the build failing (with its output
+/// tail), or the binary not found.
+pub fn fake_worker_path() -> Result<PathBuf, FakeWorkerError> {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut searched = Vec::new();
     if let Some(path) = std::env::var_os(FAKE_WORKER_ENV) {
         let path = PathBuf::from(path);
@@ -41,8 +115,9 @@ pub fn fake_worker_path() -> Result<PathBuf, FakeWorkerNotFound> {
         }
         searched.push(path);
     }
-    if let Ok(exe) = std::env::current_exe() {
-        let name = format!("fake-worker{}", std::env::consts::EXE_SUFFIX);
+    let name = format!("fake-worker{}", std::env::consts::EXE_SUFFIX);
+    let exe = std::env::current_exe().ok();
+    if let Some(exe) = &exe {
         for dir in exe.ancestors().skip(1).take(2) {
             let candidate = dir.join(&name);
             if candidate.is_file() {
@@ -51,7 +126,93 @@ pub fn fake_worker_path() -> Result<PathBuf, FakeWorkerNotFound> {
             searched.push(candidate);
         }
     }
-    Err(FakeWorkerNotFound { searched })
+    if std::env::var_os(FAKE_WORKER_NO_BUILD_ENV).is_some_and(|v| v == "1") {
+        return Err(FakeWorkerError::NotFound { searched });
+    }
+    // One build per process; other threads wait for it.
+    let mut built = crate::lock(&BUILT);
+    if let Some(path) = built.as_ref() {
+        if path.is_file() {
+            return Ok(path.clone());
+        }
+    }
+    let target_dir = build_target_dir(exe.as_deref());
+    let path = build_fake_worker(&cargo_program(), &target_dir, searched)?;
+    *built = Some(path.clone());
+    Ok(path)
+}
+
+/// Where the testkit builds `fake-worker`: beside the calling test binary's
+/// profile directory, or in the system temp directory when there is none.
+fn build_target_dir(exe: Option<&Path>) -> PathBuf {
+    let profile_dir = exe
+        .and_then(Path::parent)
+        .filter(|deps| deps.file_name().is_some_and(|n| n == "deps"))
+        .and_then(Path::parent);
+    match profile_dir {
+        Some(dir) => dir.join(FAKE_WORKER_TARGET_DIR),
+        None => std::env::temp_dir().join(FAKE_WORKER_TARGET_DIR),
+    }
+}
+
+/// The cargo to build with: `$CARGO` (set by `cargo test` for the tests it
+/// runs), else the cargo that built the testkit, else `cargo` from `PATH`.
+fn cargo_program() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("CARGO")
+            .or_else(|| option_env!("CARGO").map(OsString::from))
+            .unwrap_or_else(|| "cargo".into()),
+    )
+}
+
+/// Runs `cargo build` of the testkit's own manifest into `target_dir` and
+/// returns the binary's path.
+fn build_fake_worker(
+    cargo: &Path,
+    target_dir: &Path,
+    searched: Vec<PathBuf>,
+) -> Result<PathBuf, FakeWorkerError> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--bin", "fake-worker", "--target-dir"])
+        .arg(target_dir)
+        // The calling `cargo test` may have set these for itself; the
+        // testkit's build must go where it says.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stdin(Stdio::null());
+    let described = format!("{command:?}");
+    let output = command
+        .output()
+        .map_err(|error| FakeWorkerError::CargoUnavailable {
+            searched,
+            cargo: cargo.to_path_buf(),
+            error: error.to_string(),
+        })?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        let output_tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        return Err(FakeWorkerError::BuildFailed {
+            command: described,
+            status: output.status.to_string(),
+            output_tail,
+        });
+    }
+    let path = target_dir
+        .join("debug")
+        .join(format!("fake-worker{}", std::env::consts::EXE_SUFFIX));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(FakeWorkerError::BuiltButMissing { path })
+    }
 }
 
 /// The flags of the `fake-worker` binary, as a builder: build the command
@@ -300,18 +461,83 @@ impl FakeWorkerArgs {
         Ok(parsed)
     }
 
-    /// A [`Command`] running the `fake-worker` binary (found with
-    /// [`fake_worker_path`]) with these flags.
-    pub fn command(&self) -> Result<Command, FakeWorkerNotFound> {
+    /// A [`std::process::Command`] running the `fake-worker` binary (found
+    /// or built with [`fake_worker_path`]) with these flags: for tests that
+    /// spawn it themselves. To launch it through the transport or a pool,
+    /// use [`FakeWorkerArgs::worker_command`].
+    pub fn command(&self) -> Result<Command, FakeWorkerError> {
         let mut command = Command::new(fake_worker_path()?);
         command.args(self.to_args());
         Ok(command)
+    }
+
+    /// A [`WorkerCommand`] running the `fake-worker` binary (found or built
+    /// with [`fake_worker_path`]) with these flags, ready for a
+    /// `ProcessLauncher` or a pool; chain more settings onto it
+    /// (`.init_timeout(..)`, `.max_frame(..)`, limits).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use portpool_testkit::FakeWorkerArgs;
+    ///
+    /// let command = FakeWorkerArgs::new()
+    ///     .crash_after(3)
+    ///     .worker_command()
+    ///     .unwrap()
+    ///     .init_timeout(Duration::from_secs(2));
+    /// let launcher = portpool_transport::ProcessLauncher::new(command);
+    /// # drop(launcher);
+    /// ```
+    pub fn worker_command(&self) -> Result<WorkerCommand, FakeWorkerError> {
+        Ok(WorkerCommand::new(fake_worker_path()?).args(self.to_args()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_or_failing_cargo_is_a_typed_error() {
+        let target = std::env::temp_dir().join(format!("portpool-fake-bin-test-{}", std::process::id()));
+        let missing = build_fake_worker(
+            Path::new("/nonexistent/cargo"),
+            &target,
+            vec![PathBuf::from("/a")],
+        );
+        match missing {
+            Err(FakeWorkerError::CargoUnavailable { cargo, searched, .. }) => {
+                assert_eq!(cargo, Path::new("/nonexistent/cargo"));
+                assert_eq!(searched, [PathBuf::from("/a")]);
+            }
+            other => panic!("expected CargoUnavailable, got {other:?}"),
+        }
+        // `false` exits 1 whatever its arguments: a failed build.
+        match build_fake_worker(Path::new("false"), &target, vec![]) {
+            Err(FakeWorkerError::BuildFailed { command, status, .. }) => {
+                assert!(command.contains("fake-worker"), "{command}");
+                assert!(status.contains('1'), "{status}");
+            }
+            other => panic!("expected BuildFailed, got {other:?}"),
+        }
+        // `true` succeeds without building anything.
+        match build_fake_worker(Path::new("true"), &target, vec![]) {
+            Err(FakeWorkerError::BuiltButMissing { path }) => assert!(path.starts_with(&target)),
+            other => panic!("expected BuiltButMissing, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_build_goes_beside_the_test_binary_profile_dir() {
+        assert_eq!(
+            build_target_dir(Some(Path::new("/t/debug/deps/x-123"))),
+            Path::new("/t/debug").join(FAKE_WORKER_TARGET_DIR)
+        );
+        assert_eq!(
+            build_target_dir(Some(Path::new("/usr/bin/x"))),
+            std::env::temp_dir().join(FAKE_WORKER_TARGET_DIR)
+        );
+    }
 
     #[test]
     fn every_flag_round_trips() {
@@ -354,15 +580,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_binary_error_says_how_to_build_it() {
-        let error = FakeWorkerNotFound {
+    fn missing_binary_errors_say_what_was_tried() {
+        let error = FakeWorkerError::NotFound {
             searched: vec![PathBuf::from("/nope/fake-worker")],
         };
         let message = error.to_string();
         assert!(message.contains("/nope/fake-worker"), "{message}");
-        assert!(
-            message.contains("cargo build -p portpool-testkit --bin fake-worker"),
-            "{message}"
-        );
+        assert!(message.contains(FAKE_WORKER_ENV), "{message}");
+        let error = FakeWorkerError::CargoUnavailable {
+            searched: vec![],
+            cargo: PathBuf::from("/no/cargo"),
+            error: "No such file or directory".into(),
+        };
+        let message = error.to_string();
+        assert!(message.contains("/no/cargo"), "{message}");
+        assert!(message.contains("No such file"), "{message}");
     }
 }

@@ -14,7 +14,12 @@
 //!   under `tokio::time::pause()`.
 //! - The `fake-worker` binary, which speaks the real wire protocol over
 //!   stdio with the same faults chosen by flags ([`FakeWorkerArgs`]), for
-//!   process-level tests; [`fake_worker_path`] finds it.
+//!   process-level tests; [`fake_worker_path`] finds it, or builds it when
+//!   missing (so any crate's tests, and a downstream crate's, work on a clean
+//!   checkout), and [`FakeWorkerArgs::worker_command`] gives a ready
+//!   `WorkerCommand`.
+//! - Process checks on `/proc` ([`process_state`], [`wait_all_gone`]): a
+//!   zombie child of the test process counts as a leak, not as gone.
 //! - [`CallLedger`] ("every call ended exactly once") and [`EventRecorder`]
 //!   (a timestamped event log).
 //! - With the `mock` feature: mockall mocks of the traits, `MockWorker` and
@@ -105,13 +110,19 @@ mod script;
 mod worker;
 
 pub use events::{EventRecorder, Recorded};
-pub use fake_bin::{fake_worker_path, FakeWorkerArgs, FakeWorkerNotFound, FAKE_WORKER_ENV};
+pub use fake_bin::{
+    fake_worker_path, FakeWorkerArgs, FakeWorkerError, FakeWorkerNotFound, FAKE_WORKER_ENV,
+    FAKE_WORKER_NO_BUILD_ENV, FAKE_WORKER_TARGET_DIR,
+};
 pub use handler::{remote_error, CallContext, HandlerResult};
 pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
 pub use pool::fake_pool;
-pub use procs::{process_gone, wait_process_gone};
+pub use procs::{
+    leftover_processes, process_gone, process_info, process_state, process_tree, processes, wait_all_gone,
+    wait_process_gone, ProcessInfo, ProcessState,
+};
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
 pub use worker::{FakeWorker, FakeWorkerHandle};

@@ -390,3 +390,21 @@ fn fake_worker_path_finds_the_built_binary() {
     let command = FakeWorkerArgs::new().crash_after(1).command().unwrap();
     assert_eq!(command.get_args().collect::<Vec<_>>(), ["--crash-after", "1"]);
 }
+
+/// `worker_command()` is what a transport launcher or a pool takes.
+#[tokio::test]
+async fn worker_command_launches_through_the_transport() {
+    use portpool_transport::{CallRequest, ProcessLauncher, Worker, WorkerId};
+    let command = FakeWorkerArgs::new()
+        .max_concurrency(3)
+        .worker_command()
+        .unwrap()
+        .init_timeout(Duration::from_secs(5));
+    let worker = ProcessLauncher::new(command).spawn(WorkerId(1)).await.unwrap();
+    assert_eq!(worker.info().max_concurrency, 3);
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 5)).await.unwrap(),
+        portpool_protocol::Value::from(5)
+    );
+    worker.shutdown(Duration::from_secs(2)).await;
+}

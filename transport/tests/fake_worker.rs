@@ -2,8 +2,8 @@
 //! testkit's `fake-worker` binary (fast, no interpreter): concurrency, every
 //! start failure, crashes, shutdown escalation, big frames.
 //!
-//! `cargo xtask ci` builds the binary before the tests; alone, run
-//! `cargo build -p portpool-testkit --bin fake-worker` first.
+//! `fake_worker_path()` finds the binary, or builds it when missing (so
+//! `cargo test -p portpool-transport` works alone on a clean checkout).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,6 +12,14 @@
 //!   seconds (default 60), checked for exactly-once outcomes, leaks and
 //!   orphans. `ci` runs a 5 s version of it.
 //!
+//! - `mutants [--minutes N] [--timeout S] [--file PATH]... [-- ARGS]`: a
+//!   mutation check with cargo-mutants (installed with `cargo install
+//!   cargo-mutants --locked` when missing) over the protocol crate,
+//!   transport's process worker and the pool's scheduler (or the given
+//!   files), each mutant's tests bounded by `--timeout` (default 60 s) and
+//!   the whole run by `--minutes` (default 30); prints the surviving
+//!   mutants. Not part of `ci`.
+//!
 //! Arguments after `demo` / `bench` are passed to the `portpool` command.
 #![forbid(unsafe_code)]
 
@@ -29,6 +37,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(&root),
         Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
         Some("chaos") => chaos(&root, &args[1..]),
+        Some("mutants") => mutants(&root, &args[1..]),
         Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
         None => Err(USAGE.to_string()),
     };
@@ -42,7 +51,8 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <setup | ci | demo | bench [--quick] [--json FILE] [--workers N] | chaos [--seconds N]>";
+    "usage: cargo xtask <setup | ci | demo | bench [--quick] [--json FILE] [--workers N] | chaos [--seconds N] \
+     | mutants [--minutes N] [--timeout S] [--file PATH]... [-- CARGO_MUTANTS_ARGS]>";
 
 /// The longest chaos run accepted, so a typo cannot start an endless soak.
 const MAX_CHAOS_SECONDS: u64 = 600;
@@ -162,6 +172,149 @@ fn portpool_release(root: &Path, command: &str, extra: &[String]) -> Result<(), 
         .args(extra))
 }
 
+/// The files `cargo xtask mutants` mutates by default: the protocol crate,
+/// transport's process worker and the pool's scheduler.
+const MUTANT_FILES: &[&str] = &[
+    "protocol/src/*.rs",
+    "transport/src/process/worker.rs",
+    "transport/src/process/writer.rs",
+    "pool/src/shared.rs",
+];
+
+/// Options of `cargo xtask mutants`.
+#[derive(Debug, PartialEq)]
+struct MutantsArgs {
+    minutes: u64,
+    timeout: u64,
+    files: Vec<String>,
+    extra: Vec<String>,
+}
+
+/// The longest mutation run accepted.
+const MAX_MUTANTS_MINUTES: u64 = 600;
+
+fn parse_mutants_args(args: &[String]) -> Result<MutantsArgs, String> {
+    let mut parsed = MutantsArgs {
+        minutes: 30,
+        timeout: 60,
+        files: Vec::new(),
+        extra: Vec::new(),
+    };
+    let mut args = args.iter();
+    let number = |flag: &str, value: Option<&String>, max: u64| -> Result<u64, String> {
+        value
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("{flag} takes a whole number from 1 to {max}, not {value:?}"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--minutes" => parsed.minutes = number("--minutes", args.next(), MAX_MUTANTS_MINUTES)?,
+            "--timeout" => parsed.timeout = number("--timeout", args.next(), 3600)?,
+            "--file" => parsed
+                .files
+                .push(args.next().ok_or("--file needs a path")?.clone()),
+            "--" => parsed.extra.extend(args.by_ref().cloned()),
+            other => return Err(format!("cargo xtask mutants: unknown argument {other:?}")),
+        }
+    }
+    if parsed.files.is_empty() {
+        parsed.files = MUTANT_FILES.iter().map(|f| f.to_string()).collect();
+    }
+    Ok(parsed)
+}
+
+/// `cargo xtask mutants`: cargo-mutants over the scheduler-critical files,
+/// each mutant bounded by `--timeout`, the run by `--minutes`; prints the
+/// survivors (and the mutants whose tests timed out).
+fn mutants(root: &Path, args: &[String]) -> Result<(), String> {
+    let args = parse_mutants_args(args)?;
+    let has_mutants = cargo()
+        .args(["mutants", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_mutants {
+        println!("xtask: installing cargo-mutants");
+        run(cargo().args(["install", "cargo-mutants", "--locked"]))?;
+    }
+    let python = setup(root)?;
+    // One fake-worker, built from the unmutated tree, for every mutant's
+    // process tests (a mutated protocol must not change the fixture).
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "-p", "portpool-testkit", "--bin", "fake-worker"]))?;
+    let fake_worker = root.join("target/debug/fake-worker");
+    let output = root.join("target/mutants");
+    let mut command = cargo();
+    command
+        .current_dir(root)
+        .env("PORTPOOL_PYTHON", &python)
+        .env("PORTPOOL_FAKE_WORKER", &fake_worker)
+        // `--workspace`: the root is itself a package, which cargo-mutants
+        // would otherwise take as the only one; `--file` narrows it.
+        .args([
+            "mutants",
+            "--workspace",
+            "--no-shuffle",
+            "--jobs",
+            "1",
+            "--timeout",
+        ])
+        .arg(args.timeout.to_string())
+        .arg("--output")
+        .arg(&output);
+    for file in &args.files {
+        command.arg("--file").arg(file);
+    }
+    command.args(&args.extra);
+    println!("xtask: {command:?} (at most {} min)", args.minutes);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start cargo mutants: {e}"))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(args.minutes * 60);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "xtask: mutants: --minutes {} reached; stopping cargo-mutants",
+                args.minutes
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let results = output.join("mutants.out");
+    let read = |name: &str| std::fs::read_to_string(results.join(name)).unwrap_or_default();
+    let missed = read("missed.txt");
+    let timeout = read("timeout.txt");
+    let caught = read("caught.txt").lines().count();
+    println!(
+        "\n==> mutants: {caught} caught, {} missed, {} timed out",
+        missed.lines().count(),
+        timeout.lines().count()
+    );
+    for line in missed.lines() {
+        println!("  SURVIVED {line}");
+    }
+    for line in timeout.lines() {
+        println!("  TIMEOUT  {line}");
+    }
+    println!("(full results in {})", results.display());
+    match status {
+        // cargo-mutants exits 2 when mutants survive, 3 on time-outs: the
+        // report above is the result; only other failures are errors.
+        Some(status) if matches!(status.code(), Some(0 | 2 | 3)) => Ok(()),
+        Some(status) => Err(format!("cargo mutants failed with {status}")),
+        None => Ok(()),
+    }
+}
+
 fn ci(root: &Path) -> Result<(), String> {
     let started = Instant::now();
     let mut results: Vec<(&str, Result<(), String>, f64)> = Vec::new();
@@ -198,15 +351,9 @@ fn ci(root: &Path) -> Result<(), String> {
         ]))
     });
     step("cargo test", &mut || {
-        // The fake-worker binary that other crates' process tests spawn.
-        run(cargo().current_dir(root).args([
-            "build",
-            "--all-features",
-            "-p",
-            "portpool-testkit",
-            "--bin",
-            "fake-worker",
-        ]))?;
+        // No pre-build step: the testkit's `fake_worker_path` finds the
+        // `fake-worker` this very command builds (for the testkit's own
+        // tests), and builds it itself when a crate is tested alone.
         run(cargo().current_dir(root).env("PORTPOOL_PYTHON", &python).args([
             "test",
             "--workspace",
@@ -244,5 +391,55 @@ fn ci(root: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} of {} steps failed", results.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn mutants_defaults_cover_protocol_process_worker_and_scheduler() {
+        let parsed = parse_mutants_args(&[]).unwrap();
+        assert_eq!(parsed.minutes, 30);
+        assert_eq!(parsed.timeout, 60);
+        assert!(parsed.files.iter().any(|f| f.starts_with("protocol/")));
+        assert!(parsed
+            .files
+            .iter()
+            .any(|f| f == "transport/src/process/worker.rs"));
+        assert!(parsed.files.iter().any(|f| f == "pool/src/shared.rs"));
+    }
+
+    #[test]
+    fn mutants_args_parse_and_reject_junk() {
+        let parsed = parse_mutants_args(&strings(&[
+            "--minutes",
+            "5",
+            "--timeout",
+            "20",
+            "--file",
+            "protocol/src/codec.rs",
+            "--",
+            "--list",
+        ]))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            MutantsArgs {
+                minutes: 5,
+                timeout: 20,
+                files: strings(&["protocol/src/codec.rs"]),
+                extra: strings(&["--list"]),
+            }
+        );
+        assert!(parse_mutants_args(&strings(&["--minutes", "0"])).is_err());
+        assert!(parse_mutants_args(&strings(&["--minutes", "100000"])).is_err());
+        assert!(parse_mutants_args(&strings(&["--file"])).is_err());
+        assert!(parse_mutants_args(&strings(&["--bogus"])).is_err());
     }
 }
