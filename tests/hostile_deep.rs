@@ -1,11 +1,12 @@
-//! A hostile worker whose reply nests 600 arrays deep (well under
-//! rmp-serde's own 1024 cap, deeper than anything the Python runtime can
-//! produce: msgpack-python stops at 511). The decoder must bound the depth
-//! and fail the worker as `CrashCause::TooDeep`, never abort the host.
+//! Hostile workers whose replies nest deep. rmp-serde's recursive decoder
+//! overflowed the reading thread's stack at ~600 levels in debug builds and
+//! aborted the whole host. Now the depth is bounded at
+//! `portpool_protocol::MAX_DEPTH` (1024: msgpack-python encodes and decodes up
+//! to that), deep bodies decode on a thread with a big stack, and anything
+//! deeper fails the worker as `CrashCause::TooDeep`.
 //!
-//! In its own test binary: before the fix the decode overflows the stack of
-//! the reading thread and aborts the whole process, which would take every
-//! other hostile scenario down with it.
+//! In its own test binary: a stack overflow aborts the whole process, which
+//! would take every other hostile scenario down with it.
 
 mod hostile;
 
@@ -15,14 +16,36 @@ use hostile::*;
 use portpool::transport::CrashCause;
 use portpool::{CallError, PoolError, Value};
 
+/// Depth of `nested(depth)`: `depth` arrays around a nil.
+fn depth_of(mut value: &Value) -> usize {
+    let mut depth = 0;
+    while let Value::Array(items) = value {
+        depth += 1;
+        value = &items[0];
+    }
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_600_deep_reply_is_delivered_and_the_host_survives() {
+    let hostile = Hostile::new("deep_reply_600");
+    let pool = hostile.pool(1).build().await.unwrap();
+    let reply = tokio::time::timeout(BOUND, pool.call_value("echo", Value::from(1)))
+        .await
+        .expect("the call hung")
+        .expect("600 levels are within the bound");
+    assert_eq!(depth_of(&reply), 600);
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_deep_reply_is_too_deep_and_the_host_survives() {
-    let hostile = Hostile::new("deep_reply");
+    let hostile = Hostile::new("deep_reply_100000");
     let pool = hostile.pool(1).build().await.unwrap();
     let outcome = tokio::time::timeout(BOUND, pool.call_value("echo", Value::from(1)))
         .await
         .expect("the call hung");
-    let error = outcome.expect_err("a 600-deep reply must fail the worker");
+    let error = outcome.expect_err("a 100,000-deep reply must fail the worker");
     assert!(
         matches!(
             error,

@@ -354,11 +354,12 @@ def main() -> int:
         recv_until_request()
         send({"type": "request", "id": 1, "method": "host_please", "params": None})
         return wait_eof()
-    if mode == "deep_reply":
+    if mode.startswith("deep_reply_"):
+        depth = int(mode.removeprefix("deep_reply_"))
         req = recv_until_request()
         body = pack({"type": "response", "id": req["id"]})
-        # A fixmap of 3 entries whose `result` is 600 nested arrays.
-        body = b"\x83" + body[1:] + pack("result") + nested(600)
+        # A fixmap of 3 entries whose `result` is `depth` nested arrays.
+        body = b"\x83" + body[1:] + pack("result") + nested(depth)
         raw(struct.pack(">I", len(body)) + body)
         return wait_eof()
     if mode == "idle":
