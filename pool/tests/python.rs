@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use portpool_pool::{Pool, PoolError};
 use portpool_testkit::CallLedger;
-use portpool_transport::{find_python, CallError, ProcessLauncher, WorkerCommand};
+use portpool_transport::{find_python, CallError, ProcessLauncher, Value, WorkerCommand};
 
 fn python() -> Option<PathBuf> {
     let python = find_python();
@@ -309,4 +309,67 @@ async fn the_pools_init_timeout_keeps_the_pid_and_stderr_tail() {
         other => panic!("expected one InitTimeout, got {other:?}"),
     }
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// Params the Python side cannot decode fail only their own call with
+/// `InvalidParams`; a call running beside them on the same worker completes
+/// and the worker is not replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_python_cannot_decode_fail_only_their_call() {
+    let Some(python) = python() else { return };
+    let source = "import time\nfrom portpool import App\napp = App()\n\n\
+                  @app.handler\ndef echo(x):\n    return x\n\n\
+                  @app.handler\ndef slow(x):\n    time.sleep(0.5)\n    return x\n";
+    let pool = Pool::builder(launcher(python, app("invalid_params", source)))
+        .workers(1)
+        .build()
+        .await
+        .unwrap();
+    let pid = pool.status().workers[0].pid;
+    let slow = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.call_value("slow", Value::from("still here")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut deep = Value::Nil;
+    for _ in 0..1100 {
+        deep = Value::Array(vec![deep]);
+    }
+    let undecodable = [
+        (
+            "a map keyed by an array",
+            Value::Map(vec![(Value::Array(vec![Value::from(1)]), Value::from(1))]),
+        ),
+        (
+            "a map keyed by a map",
+            Value::Map(vec![(Value::Map(vec![]), Value::from(1))]),
+        ),
+        ("a timestamp ext of a bad length", Value::Ext(-1, vec![1, 2, 3])),
+        ("params nested 1,100 deep", deep),
+    ];
+    for (what, params) in undecodable {
+        match pool.call_value("echo", params).await {
+            Err(PoolError::Call(CallError::Remote { error, .. })) => {
+                assert_eq!(error.kind, "InvalidParams", "{what}: {error:?}");
+            }
+            other => panic!("{what}: expected a Remote InvalidParams error, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        Value::from("still here"),
+        "the call beside the bad ones completes"
+    );
+    assert_eq!(
+        pool.call_value("echo", Value::from(7)).await.unwrap(),
+        Value::from(7)
+    );
+    let status = pool.status();
+    assert_eq!(
+        (status.workers[0].pid, status.workers[0].restarts),
+        (pid, 0),
+        "the worker was not replaced"
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
 }
