@@ -315,6 +315,62 @@ fn mutants(root: &Path, args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Every test GUARANTEES.md names exists: a promise without a test is not a
+/// promise. Names are written `path::name` (Rust `fn` or Python `def`), or
+/// `::name` for another test in the file named just before.
+fn check_guarantees(root: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(root.join("GUARANTEES.md"))
+        .map_err(|e| format!("cannot read GUARANTEES.md: {e}"))?;
+    let missing = missing_tests(&text, |path| std::fs::read_to_string(root.join(path)).ok());
+    let named = text.matches("::").count();
+    if missing.is_empty() {
+        println!("GUARANTEES.md: every named test exists ({named} references)");
+        Ok(())
+    } else {
+        Err(format!(
+            "GUARANTEES.md names tests that do not exist:\n  {}",
+            missing.join("\n  ")
+        ))
+    }
+}
+
+/// The `path::name` references of `text` whose test is not in its file.
+fn missing_tests(text: &str, read: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut file: Option<(String, Option<String>)> = None;
+    for quoted in text.split('`').skip(1).step_by(2) {
+        let Some((head, name)) = quoted.rsplit_once("::") else {
+            continue;
+        };
+        let path = head.strip_suffix("::tests").unwrap_or(head);
+        if name.is_empty() && (path.ends_with(".rs") || path.ends_with(".py")) {
+            file = Some((path.to_string(), read(path))); // a table header: `file::`
+            continue;
+        }
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        if path.ends_with(".rs") || path.ends_with(".py") {
+            file = Some((path.to_string(), read(path)));
+        } else if !path.is_empty() {
+            continue; // a Rust path such as `portpool::Wait`, not a test
+        }
+        let Some((path, source)) = &file else {
+            missing.push(format!("::{name} (no file named before it)"));
+            continue;
+        };
+        let defined = source.as_deref().is_some_and(|source| {
+            [format!("fn {name}("), format!("def {name}(")]
+                .iter()
+                .any(|definition| source.contains(definition.as_str()))
+        });
+        if !defined {
+            missing.push(format!("{path}::{name}"));
+        }
+    }
+    missing
+}
+
 fn ci(root: &Path) -> Result<(), String> {
     let started = Instant::now();
     let mut results: Vec<(&str, Result<(), String>, f64)> = Vec::new();
@@ -336,6 +392,7 @@ fn ci(root: &Path) -> Result<(), String> {
     let python = python.unwrap_or_else(|| venv_python(root));
     step("dspy setup", &mut || dspy::ci_setup(root));
 
+    step("guarantees", &mut || check_guarantees(root));
     step("cargo fmt", &mut || {
         run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))
     });
@@ -396,6 +453,22 @@ fn ci(root: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guarantees_check_finds_missing_tests_and_follows_continuations() {
+        let read = |path: &str| match path {
+            "a/tests/x.rs" => Some("async fn one() {}\nfn two() {}".to_string()),
+            "p/test_y.py" => Some("def test_three():\n    pass".to_string()),
+            _ => None,
+        };
+        let text = "- `a/tests/x.rs::one`, `::two`, `::gone`\n- `p/test_y.py::test_three`\n\
+                    - `portpool::Wait` and `CrashCause::TooDeep` are types\n- `no/such.rs::four`\n\
+                    | test (`p/test_y.py::`) |\n| `::test_three` |\n| `::test_five` |";
+        assert_eq!(
+            super::missing_tests(text, read),
+            ["a/tests/x.rs::gone", "no/such.rs::four", "p/test_y.py::test_five"]
+        );
+    }
+
     use super::*;
 
     fn strings(args: &[&str]) -> Vec<String> {
