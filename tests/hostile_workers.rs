@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hostile::*;
 use portpool::transport::{CrashCause, HelloCause};
-use portpool::{CallError, CallRequest, LaunchError, PoolError, Value};
+use portpool::{CallError, CallRequest, LaunchError, PoolError, Value, WorkerCommand};
 
 /// A worker that ended by itself: the transport sees its stdout close or
 /// its exit first (either cause is right), and the exit code is typed.
@@ -31,6 +31,29 @@ fn exited_with(error: &PoolError, expected: i32) -> bool {
             ..
         }) if exit.code == Some(expected)
     )
+}
+
+/// Starts `mode` on one worker (its command changed by `configure`), makes
+/// one call that must kill the worker with `cause` (pid known), then checks
+/// that the worker is gone, the pool recovers and nothing is left.
+async fn first_call_kills_the_worker_as(
+    mode: &'static str,
+    configure: impl FnOnce(WorkerCommand) -> WorkerCommand,
+    cause: CrashCause,
+) {
+    let hostile = Hostile::new(mode);
+    let pool = hostile
+        .pool_with(configure(hostile.command()), 1)
+        .build()
+        .await
+        .unwrap();
+    let error = failing_call(&hostile, &pool, CallRequest::new("echo", 1)).await;
+    assert!(
+        matches!(crash(&error), Some((seen, Some(_), _)) if seen == cause),
+        "{mode}: expected {cause:?}, got {error:?}"
+    );
+    hostile.assert_start_gone(0, Duration::from_secs(5)).await;
+    assert_recovers_and_cleans_up(&hostile, pool, 1).await;
 }
 
 fn crash(error: &PoolError) -> Option<(CrashCause, Option<u32>, &str)> {
@@ -230,15 +253,7 @@ async fn a_late_reply_after_cancel_reaches_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ffffffff_header_is_frame_too_large() {
-    let hostile = Hostile::new("huge_header");
-    let pool = hostile.pool(1).build().await.unwrap();
-    let error = failing_call(&hostile, &pool, CallRequest::new("echo", 1)).await;
-    assert!(
-        matches!(crash(&error), Some((CrashCause::FrameTooLarge, Some(_), _))),
-        "{error:?}"
-    );
-    hostile.assert_start_gone(0, Duration::from_secs(5)).await;
-    assert_recovers_and_cleans_up(&hostile, pool, 1).await;
+    first_call_kills_the_worker_as("huge_header", |command| command, CrashCause::FrameTooLarge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,43 +408,19 @@ async fn a_huge_legal_reply_arrives_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_over_limit_reply_is_frame_too_large() {
-    let hostile = Hostile::new("over_limit_reply");
-    let command = hostile.command().max_frame(1024 * 1024);
-    let pool = hostile.pool_with(command, 1).build().await.unwrap();
     // The worker answers with a 2 MiB frame; the limit is 1 MiB.
-    let error = failing_call(&hostile, &pool, CallRequest::new("echo", 1)).await;
-    assert!(
-        matches!(crash(&error), Some((CrashCause::FrameTooLarge, Some(_), _))),
-        "{error:?}"
-    );
-    hostile.assert_start_gone(0, Duration::from_secs(5)).await;
-    assert_recovers_and_cleans_up(&hostile, pool, 1).await;
+    let one_mib = |command: WorkerCommand| command.max_frame(1024 * 1024);
+    first_call_kills_the_worker_as("over_limit_reply", one_mib, CrashCause::FrameTooLarge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_closes_stdin_fails_at_once_as_stdin_closed() {
-    let hostile = Hostile::new("stdin_closed");
-    let pool = hostile.pool(1).build().await.unwrap();
-    let error = failing_call(&hostile, &pool, CallRequest::new("echo", 1)).await;
-    assert!(
-        matches!(crash(&error), Some((CrashCause::StdinClosed, Some(_), _))),
-        "{error:?}"
-    );
-    hostile.assert_start_gone(0, Duration::from_secs(5)).await;
-    assert_recovers_and_cleans_up(&hostile, pool, 1).await;
+    first_call_kills_the_worker_as("stdin_closed", |command| command, CrashCause::StdinClosed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sending_the_host_requests_is_unexpected_message() {
-    let hostile = Hostile::new("sends_requests");
-    let pool = hostile.pool(1).build().await.unwrap();
-    let error = failing_call(&hostile, &pool, CallRequest::new("echo", 1)).await;
-    assert!(
-        matches!(crash(&error), Some((CrashCause::UnexpectedMessage, Some(_), _))),
-        "{error:?}"
-    );
-    hostile.assert_start_gone(0, Duration::from_secs(5)).await;
-    assert_recovers_and_cleans_up(&hostile, pool, 1).await;
+    first_call_kills_the_worker_as("sends_requests", |command| command, CrashCause::UnexpectedMessage).await;
 }
 
 /// Item 15: a pool dropped together with its runtime, without `shutdown()`,
