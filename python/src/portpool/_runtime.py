@@ -1091,7 +1091,22 @@ class Runtime:
         return protocol.frame(_fit_error(id_, type_, message, traceback_, data, self.max_frame))
 
     def _error_frame(self, req: _Request, exc: BaseException) -> bytes:
-        """The error response for an exception a handler raised."""
+        """The error response for an exception a handler raised; never raises.
+
+        Describing the exception runs user code (``__str__``, a ``HandlerError``'s ``type``):
+        if that fails, the call still gets an error response naming the exception's class,
+        so it ends and frees its slot (an async handler's task would otherwise die silently).
+        """
+        try:
+            return self._describe_error(req, exc)
+        except Exception as failure:
+            message = (
+                f"{type(exc).__name__} raised by the handler could not be described "
+                f"({type(failure).__name__} while formatting it)"
+            )
+            return self._error_frame_plain(req.id, type(exc).__name__, message)
+
+    def _describe_error(self, req: _Request, exc: BaseException) -> bytes:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
             tb = tb.tb_next  # drop the runtime's own frames
@@ -1099,7 +1114,7 @@ class Runtime:
             tb = exc.__traceback__
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         if isinstance(exc, HandlerError):
-            type_ = exc.type or type(exc).__name__
+            type_ = str(exc.type) if exc.type else type(exc).__name__
             data = exc.data
         else:
             type_ = type(exc).__name__
