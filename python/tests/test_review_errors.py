@@ -59,7 +59,14 @@ def echo(x):
 
 @pytest.mark.parametrize(
     "method",
-    ["sync_bad_str", "async_bad_str", "async_not_str", "async_int_type", "sync_int_type", "async_bad_str_gen"],
+    [
+        "sync_bad_str",
+        "async_bad_str",
+        "async_not_str",
+        "async_int_type",
+        "sync_int_type",
+        "async_bad_str_gen",
+    ],
 )
 def test_an_exception_that_cannot_be_described_still_ends_its_call(
     spawn: Callable[..., Worker], write_app: Callable[[str], pathlib.Path], method: str
