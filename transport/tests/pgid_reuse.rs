@@ -97,3 +97,45 @@ async fn a_reaped_workers_group_id_is_never_signalled_once_reused() {
         "the host killed an unrelated process group that reused the reaped worker's pid {pid}"
     );
 }
+
+/// Review finding R1b: a dead worker's CPU time and RSS are read from
+/// `/proc/<pid>`; once the worker is reaped that may be another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaped_workers_cpu_time_and_rss_are_not_read_from_a_reused_pid() {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/ns_last_pid")
+        .is_err()
+    {
+        eprintln!("skipped: /proc/sys/kernel/ns_last_pid is not writable");
+        return;
+    }
+    // Says hello and exits.
+    let hello_end = SOURCE.find("sys.stdin").unwrap();
+    let source = format!("{}os._exit(0)\n", &SOURCE[..hello_end]);
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::new(find_python())
+            .args(["-c", &source])
+            .init_timeout(Duration::from_secs(10)),
+    );
+    let worker = launcher.spawn(WorkerId(2)).await.unwrap();
+    let pid = worker.info().pid.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker.closed())
+        .await
+        .expect("the worker ends");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+    let mut bystander = std::process::Command::new("sleep").arg("20").spawn().unwrap();
+    let (cpu, rss) = (worker.cpu_time(), worker.rss_bytes());
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    if bystander.id() != pid {
+        eprintln!(
+            "inconclusive: the bystander got pid {} instead of {pid}",
+            bystander.id()
+        );
+        return;
+    }
+    assert_eq!(cpu, None, "CPU time of pid {pid}, now another process");
+    assert_eq!(rss, None, "RSS of pid {pid}, now another process");
+}

@@ -177,6 +177,17 @@ impl Group {
         }
     }
 
+    /// Runs `read` (a look at `/proc/<pid>`) only while the leader is not
+    /// reaped: afterwards its pid may name another process.
+    pub(crate) fn while_unreaped<T>(&self, read: impl FnOnce(u32) -> Option<T>) -> Option<T> {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if *reaped {
+            None
+        } else {
+            read(self.pgid)
+        }
+    }
+
     /// Sends `signal` to the group, unless its leader was already reaped
     /// (then the group is gone and its id may belong to someone else).
     pub(crate) fn signal(&self, signal: Signal) {

@@ -497,11 +497,12 @@ impl Worker for ProcessWorker {
     }
 
     fn rss_bytes(&self) -> Option<u64> {
-        super::procfs::rss_bytes(self.inner.info.pid?)
+        // Not once reaped: the pid may belong to another process by then.
+        self.inner.group.while_unreaped(super::procfs::rss_bytes)
     }
 
     fn cpu_time(&self) -> Option<Duration> {
-        super::procfs::cpu_time(self.inner.info.pid?)
+        self.inner.group.while_unreaped(super::procfs::cpu_time)
     }
 
     fn discarded_replies(&self) -> u64 {
