@@ -1091,7 +1091,22 @@ class Runtime:
         return protocol.frame(_fit_error(id_, type_, message, traceback_, data, self.max_frame))
 
     def _error_frame(self, req: _Request, exc: BaseException) -> bytes:
-        """The error response for an exception a handler raised."""
+        """The error response for an exception a handler raised; never raises.
+
+        Describing the exception runs user code (``__str__``, a ``HandlerError``'s ``type``):
+        if that fails, the call still gets an error response naming the exception's class,
+        so it ends and frees its slot (an async handler's task would otherwise die silently).
+        """
+        try:
+            return self._describe_error(req, exc)
+        except Exception as failure:
+            message = (
+                f"{type(exc).__name__} raised by the handler could not be described "
+                f"({type(failure).__name__} while formatting it)"
+            )
+            return self._error_frame_plain(req.id, type(exc).__name__, message)
+
+    def _describe_error(self, req: _Request, exc: BaseException) -> bytes:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
             tb = tb.tb_next  # drop the runtime's own frames
@@ -1099,7 +1114,7 @@ class Runtime:
             tb = exc.__traceback__
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         if isinstance(exc, HandlerError):
-            type_ = exc.type or type(exc).__name__
+            type_ = str(exc.type) if exc.type else type(exc).__name__
             data = exc.data
         else:
             type_ = type(exc).__name__
@@ -1248,13 +1263,57 @@ def _kill_own_group() -> int:
         if not targets:
             break
         for target in targets:
-            try:
-                os.kill(target, signal.SIGKILL)
+            if _kill_member(target, pid):
                 killed += 1
-            except OSError:
-                pass
         time.sleep(0.005)
     return killed
+
+
+def _live_pgrp(pid: int) -> int | None:
+    """The process group of ``pid`` now, or None if it is gone, a zombie or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_member(target: int, pgid: int) -> bool:
+    """SIGKILLs ``target`` if it is still a live member of group ``pgid``; True if signalled.
+
+    A member listed a moment ago may have exited and been reaped since, and its pid given to
+    an unrelated process. So the membership is checked again after opening a pidfd, which
+    names one process whatever happens to its pid, and the signal goes through the pidfd:
+    check and signal concern the same process. Without pidfds (Linux < 5.3, Python < 3.9)
+    the check is repeated just before ``kill``, which narrows the window.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    send_signal = getattr(signal, "pidfd_send_signal", None)
+    if pidfd_open is None or send_signal is None:
+        if _live_pgrp(target) != pgid:
+            return False
+        try:
+            os.kill(target, signal.SIGKILL)
+            return True
+        except OSError:
+            return False
+    try:
+        pidfd = pidfd_open(target)
+    except OSError:
+        return False  # gone
+    try:
+        if _live_pgrp(target) != pgid:
+            return False
+        send_signal(pidfd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -11,8 +11,7 @@ use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
-use super::reaper::{wait_on_thread, watch_group};
-use super::signal::signal_group;
+use super::reaper::{wait_on_thread, watch_group, Group};
 use super::stderr::StderrLog;
 use super::worker::{ProcessWorker, Spawned};
 use super::WorkerCommand;
@@ -108,11 +107,12 @@ impl ProcessLauncher {
         // The exit waiter owns the child: it reaps it, kills whatever is
         // left of its group, and publishes how it ended.
         let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
-        wait_on_thread(child, exit_tx);
+        let group = Arc::new(Group::new(raw_pid));
+        wait_on_thread(child, group.clone(), exit_tx);
         // Until the hello, nothing else owns the process: kill its group if
         // this future is dropped (a caller's time-out, a pool shut down
         // while starting) or fails, rather than leave it running.
-        let mut unclaimed = KillGroupOnDrop(pid);
+        let mut unclaimed = KillGroupOnDrop(Some(group.clone()));
 
         let (stdin, stdout, stderr) = match stdio {
             (Some(i), Some(o), Some(e)) => {
@@ -162,7 +162,7 @@ impl ProcessLauncher {
             )),
             Ok(Some(Err(e))) => Err((hello_cause(&e), e.to_string())),
             Ok(None) => {
-                let exit = reap(pid, exit_rx.clone()).await;
+                let exit = reap(&group, exit_rx.clone()).await;
                 unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::ExitedDuringInit {
@@ -173,7 +173,7 @@ impl ProcessLauncher {
                 });
             }
             Err(_elapsed) => {
-                reap(pid, exit_rx.clone()).await;
+                reap(&group, exit_rx.clone()).await;
                 unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::InitTimeout {
@@ -187,7 +187,7 @@ impl ProcessLauncher {
         let hello = match hello {
             Ok(hello) => hello,
             Err((cause, reason)) => {
-                reap(pid, exit_rx.clone()).await;
+                reap(&group, exit_rx.clone()).await;
                 unclaimed.disarm();
                 stderr_log.wait_drained(STDERR_WAIT).await;
                 return Err(LaunchError::BadHello {
@@ -219,6 +219,7 @@ impl ProcessLauncher {
             stdin,
             frames,
             exit_rx,
+            group,
             stderr: stderr_log,
         }))
     }
@@ -238,7 +239,7 @@ impl Launcher for ProcessLauncher {
 
 /// Kills a worker's process group when dropped, unless disarmed: the
 /// launcher's guard while it waits for the hello.
-struct KillGroupOnDrop(Option<u32>);
+struct KillGroupOnDrop(Option<Arc<Group>>);
 
 impl KillGroupOnDrop {
     fn disarm(&mut self) {
@@ -248,21 +249,19 @@ impl KillGroupOnDrop {
 
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            signal_group(pgid, Signal::SIGKILL);
+        if let Some(group) = self.0.take() {
+            group.signal(Signal::SIGKILL);
         }
     }
 }
 
 /// Waits briefly for the worker to exit by itself, then kills its group and
 /// waits for the exit status.
-pub(crate) async fn reap(pid: Option<u32>, exit_rx: watch::Receiver<Option<WorkerExit>>) -> WorkerExit {
+pub(crate) async fn reap(group: &Group, exit_rx: watch::Receiver<Option<WorkerExit>>) -> WorkerExit {
     if let Some(exit) = wait_exit(&exit_rx, Duration::from_millis(200)).await {
         return exit;
     }
-    if let Some(pgid) = pid {
-        signal_group(pgid, Signal::SIGKILL);
-    }
+    group.signal(Signal::SIGKILL);
     wait_exit(&exit_rx, REAP_WAIT).await.unwrap_or_default()
 }
 

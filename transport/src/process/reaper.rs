@@ -30,9 +30,12 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::signal::signal_group;
@@ -151,24 +154,69 @@ pub(crate) fn forget_group(pgid: u32) {
     }
 }
 
+/// A worker's process group, signalled only while its leader is unreaped.
+///
+/// The group id is the leader's pid. Once the leader is reaped that pid is
+/// free, and the kernel may hand it to an unrelated process leading its own
+/// group (or to another worker): a `killpg` after the reap could kill a
+/// bystander. So the exit thread waits for the exit without reaping
+/// (`waitid(WNOWAIT)`: the zombie keeps the pid taken), kills the rest of the
+/// group, and only then reaps, holding the same lock [`Group::signal`] takes:
+/// no signal can reach a reused group id.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pgid: u32,
+    reaped: Mutex<bool>,
+}
+
+impl Group {
+    pub(crate) fn new(pgid: u32) -> Self {
+        Group {
+            pgid,
+            reaped: Mutex::new(false),
+        }
+    }
+
+    /// Runs `read` (a look at `/proc/<pid>`) only while the leader is not
+    /// reaped: afterwards its pid may name another process.
+    pub(crate) fn while_unreaped<T>(&self, read: impl FnOnce(u32) -> Option<T>) -> Option<T> {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if *reaped {
+            None
+        } else {
+            read(self.pgid)
+        }
+    }
+
+    /// Sends `signal` to the group, unless its leader was already reaped
+    /// (then the group is gone and its id may belong to someone else).
+    pub(crate) fn signal(&self, signal: Signal) {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*reaped {
+            signal_group(self.pgid, signal);
+        }
+    }
+}
+
 /// Waits for `child` to exit on a plain thread (no runtime needed), then
 /// kills what is left of its process group, takes the group off the
-/// reaper's list and publishes the exit on `exit_tx`.
-pub(crate) fn wait_on_thread(child: Child, exit_tx: watch::Sender<Option<WorkerExit>>) {
+/// reaper's list, reaps the child and publishes the exit on `exit_tx`.
+pub(crate) fn wait_on_thread(child: Child, group: Arc<Group>, exit_tx: watch::Sender<Option<WorkerExit>>) {
     let pgid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel::<(Child, watch::Sender<Option<WorkerExit>>)>();
+    type Job = (Child, Arc<Group>, watch::Sender<Option<WorkerExit>>);
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let spawned = std::thread::Builder::new()
         .name(format!("portpool-wait-{pgid}"))
         .stack_size(256 * 1024)
         .spawn(move || {
-            if let Ok((mut child, exit_tx)) = rx.recv() {
-                finish(&mut child, &exit_tx);
+            if let Ok((mut child, group, exit_tx)) = rx.recv() {
+                finish(&mut child, &group, &exit_tx);
             }
         });
     match spawned {
         // The thread owns the child from here.
         Ok(_) => {
-            let _ = tx.send((child, exit_tx));
+            let _ = tx.send((child, group, exit_tx));
         }
         Err(e) => {
             // No thread to wait on: end the worker now rather than leave a
@@ -177,19 +225,44 @@ pub(crate) fn wait_on_thread(child: Child, exit_tx: watch::Sender<Option<WorkerE
                 pgid,
                 "cannot start a thread to wait for the worker: {e}; killing it"
             );
-            signal_group(pgid, Signal::SIGKILL);
+            group.signal(Signal::SIGKILL);
             let mut child = child;
-            finish(&mut child, &exit_tx);
+            finish(&mut child, &group, &exit_tx);
         }
     }
 }
 
-/// Reaps `child`, kills the rest of its group, unlists it, publishes the exit.
-fn finish(child: &mut Child, exit_tx: &watch::Sender<Option<WorkerExit>>) {
+/// Waits for `child` to end without reaping it, kills the rest of its group
+/// (the zombie leader still holds the group id), unlists it, reaps it and
+/// publishes the exit.
+fn finish(child: &mut Child, group: &Group, exit_tx: &watch::Sender<Option<WorkerExit>>) {
     let pgid = child.id();
-    let exit = child.wait().map(exit_of).unwrap_or_default();
-    signal_group(pgid, Signal::SIGKILL);
-    forget_group(pgid);
+    let exited = i32::try_from(pgid).is_ok_and(|raw| loop {
+        match waitid(
+            Id::Pid(Pid::from_raw(raw)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(_) => break true,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break false,
+        }
+    });
+    let exit = if exited {
+        // Unlisted first, outside the group's lock: a write to the reaper's
+        // pipe may wait, and signallers must not wait behind it.
+        forget_group(pgid);
+        let mut reaped = group.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        signal_group(pgid, Signal::SIGKILL);
+        let exit = child.wait().map(exit_of).unwrap_or_default();
+        *reaped = true;
+        exit
+    } else {
+        // Cannot wait without reaping: reap, then never signal the group.
+        let exit = child.wait().map(exit_of).unwrap_or_default();
+        *group.reaped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        forget_group(pgid);
+        exit
+    };
     exit_tx.send_replace(Some(exit));
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use super::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
-use super::signal::signal_group;
+use super::reaper::Group;
 use super::stderr::StderrLog;
 use super::writer::FrameWriter;
 use crate::{CallError, CallRequest, CallStream, CrashCause, Worker, WorkerExit, WorkerInfo};
@@ -34,6 +34,7 @@ pub(crate) struct Spawned {
     pub(crate) stdin: ChildStdin,
     pub(crate) frames: FramedRead<ChildStdout, MessageCodec>,
     pub(crate) exit_rx: watch::Receiver<Option<WorkerExit>>,
+    pub(crate) group: Arc<Group>,
     pub(crate) stderr: Arc<StderrLog>,
 }
 
@@ -112,6 +113,8 @@ struct Inner {
     broken: AtomicBool,
     discarded: AtomicU64,
     exit_rx: watch::Receiver<Option<WorkerExit>>,
+    /// The process group, signalled only while its leader is unreaped.
+    group: Arc<Group>,
     dead_tx: watch::Sender<bool>,
     stderr: Arc<StderrLog>,
     /// Set by [`Worker::kill`]: the cause the reader reports instead of the
@@ -268,19 +271,16 @@ impl Inner {
         // Known gone from now on, before the (bounded) reaping below.
         self.broken.store(true, Ordering::Release);
         let pid = self.info.pid;
-        let kill_group = || {
-            if let Some(pgid) = pid {
-                signal_group(pgid, Signal::SIGKILL);
-            }
-        };
+        let group = &self.group;
+        let kill_group = || group.signal(Signal::SIGKILL);
         let (cause, reason, exit) = if let Some((cause, reason)) = killed {
             kill_group();
-            (cause, reason, reap(pid, self.exit_rx.clone()).await)
+            (cause, reason, reap(&self.group, self.exit_rx.clone()).await)
         } else if self.closing.load(Ordering::Acquire) {
             // A requested shutdown: give it the time `shutdown` is giving it.
             let exit = match wait_exit(&self.exit_rx, REAP_WAIT).await {
                 Some(exit) => exit,
-                None => reap(pid, self.exit_rx.clone()).await,
+                None => reap(&self.group, self.exit_rx.clone()).await,
             };
             (cause, reason, exit)
         } else {
@@ -293,7 +293,7 @@ impl Inner {
             kill_group();
             match ended {
                 Some(exit) => (CrashCause::Exited, format!("exited ({reason})"), exit),
-                None => (cause, reason, reap(pid, self.exit_rx.clone()).await),
+                None => (cause, reason, reap(&self.group, self.exit_rx.clone()).await),
             }
         };
         self.stderr.wait_drained(STDERR_WAIT).await;
@@ -408,6 +408,7 @@ impl ProcessWorker {
             broken: AtomicBool::new(false),
             discarded: AtomicU64::new(0),
             exit_rx: spawned.exit_rx,
+            group: spawned.group,
             dead_tx: watch::channel(false).0,
             stderr: spawned.stderr,
             killed: Mutex::new(None),
@@ -496,11 +497,12 @@ impl Worker for ProcessWorker {
     }
 
     fn rss_bytes(&self) -> Option<u64> {
-        super::procfs::rss_bytes(self.inner.info.pid?)
+        // Not once reaped: the pid may belong to another process by then.
+        self.inner.group.while_unreaped(super::procfs::rss_bytes)
     }
 
     fn cpu_time(&self) -> Option<Duration> {
-        super::procfs::cpu_time(self.inner.info.pid?)
+        self.inner.group.while_unreaped(super::procfs::cpu_time)
     }
 
     fn discarded_replies(&self) -> u64 {
@@ -516,9 +518,7 @@ impl Worker for ProcessWorker {
             return;
         }
         *self.inner.killed.lock().unwrap_or_else(|e| e.into_inner()) = Some((cause, reason.to_string()));
-        if let Some(pgid) = self.inner.info.pid {
-            signal_group(pgid, Signal::SIGKILL);
-        }
+        self.inner.group.signal(Signal::SIGKILL);
     }
 
     async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
@@ -624,17 +624,13 @@ impl Worker for ProcessWorker {
         }
         let mut exited = wait_exit(&inner.exit_rx, grace).await.is_some();
         if !exited {
-            if let Some(pgid) = inner.info.pid {
-                tracing::debug!(worker = %inner.info.id, "worker ignored shutdown; sending SIGTERM");
-                signal_group(pgid, Signal::SIGTERM);
-            }
+            tracing::debug!(worker = %inner.info.id, "worker ignored shutdown; sending SIGTERM");
+            inner.group.signal(Signal::SIGTERM);
             exited = wait_exit(&inner.exit_rx, TERM_GRACE).await.is_some();
         }
         if !exited {
-            if let Some(pgid) = inner.info.pid {
-                tracing::debug!(worker = %inner.info.id, "worker ignored SIGTERM; sending SIGKILL");
-                signal_group(pgid, Signal::SIGKILL);
-            }
+            tracing::debug!(worker = %inner.info.id, "worker ignored SIGTERM; sending SIGKILL");
+            inner.group.signal(Signal::SIGKILL);
         }
         self.closed().await
     }
@@ -663,9 +659,7 @@ impl Drop for ProcessWorker {
         // Last resort: nobody shut it down, so nothing may outlive us.
         if !*self.inner.dead_tx.borrow() {
             self.inner.closing.store(true, Ordering::Release);
-            if let Some(pgid) = self.inner.info.pid {
-                signal_group(pgid, Signal::SIGKILL);
-            }
+            self.inner.group.signal(Signal::SIGKILL);
         }
     }
 }
