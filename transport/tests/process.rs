@@ -658,7 +658,16 @@ async fn a_stream_read_too_slowly_is_cancelled_with_stream_overflow() {
     assert_eq!(items, 100, "everything buffered up to the limit was delivered");
     assert!(stream.next().await.is_none());
     assert_eq!(worker.in_flight(), 0);
-    // The worker was told to stop and serves the next call.
+    // The worker was told to stop: its generator no longer sends chunks
+    // (each would be discarded), and it serves the next call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let discarded = worker.discarded_replies();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        worker.discarded_replies(),
+        discarded,
+        "chunks kept coming after the overflow: the cancel was not sent"
+    );
     assert_eq!(
         worker.call(CallRequest::new("echo", 3)).await.unwrap(),
         Value::from(3)
