@@ -48,9 +48,14 @@ impl Rounds {
     }
 }
 
-/// Runs blocking floor work from async code (the runtime is multi-threaded).
+/// Runs blocking floor work from async code: in place on a multi-threaded
+/// runtime (other tasks move to other threads), else directly (nothing else
+/// needs to run while a floor is measured).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 impl Bench {
