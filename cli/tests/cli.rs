@@ -181,7 +181,10 @@ fn bench_rows_carry_rounds_spread_and_targets() {
     assert!(report["load_before"].is_string());
     let rows = report["rows"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "5", "5a"]);
+    assert_eq!(
+        ids,
+        ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "5", "5a", "5b", "5c"]
+    );
     for row in rows {
         assert_eq!(row["rounds"], 3, "{row}");
         // A ratio over a zero figure (a CPU-time delta below /proc's 10 ms

@@ -115,6 +115,7 @@ impl Figure {
             "MiB/s" => format!("{:.0} MiB/s", self.value),
             "us CPU/call" => format!("{:.1} µs CPU", self.value),
             "switches/call" => format!("{:.2} cs", self.value),
+            "faults/call" => format!("{:.0} faults", self.value),
             other => format!("{:.2} {other}", self.value),
         }
     }

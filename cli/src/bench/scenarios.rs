@@ -483,6 +483,26 @@ impl Bench {
             "MiB/s",
             "portpool / baseline",
         ));
+        for (id, name, side, pick) in [
+            (
+                "5b",
+                "host",
+                "floor driver",
+                (|r: &Run| r.per_call.host_faults) as fn(&Run) -> f64,
+            ),
+            ("5c", "worker", "decoding floor", |r: &Run| {
+                r.per_call.worker_faults
+            }),
+        ] {
+            self.rows.push(Row::paired(
+                id,
+                &format!("{name} page faults per call, 1 MiB echo"),
+                ("portpool", &rounds.of(0, pick)),
+                (side, &rounds.of(1, pick)),
+                "faults/call",
+                "portpool / baseline",
+            ));
+        }
         Ok(())
     }
 

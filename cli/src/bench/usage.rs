@@ -15,6 +15,8 @@ pub struct Usage {
     pub cpu_s: f64,
     /// Voluntary + involuntary context switches.
     pub switches: f64,
+    /// Minor page faults (memory first touched, e.g. a growing buffer).
+    pub faults: f64,
 }
 
 impl Usage {
@@ -26,18 +28,19 @@ impl Usage {
             Usage {
                 cpu_s: secs(u.user_time()) + secs(u.system_time()),
                 switches: (u.voluntary_context_switches() + u.involuntary_context_switches()) as f64,
+                faults: u.minor_page_faults() as f64,
             }
         })
     }
 
-    /// A child process: utime + stime from `/proc/<pid>/stat` (all its
-    /// threads), and the context switches of each of its live threads from
+    /// A child process: utime + stime and minor faults from
+    /// `/proc/<pid>/stat` (all its threads), and the context switches of each of its live threads from
     /// `/proc/<pid>/task/*/status`. Zero where unreadable.
     pub fn process(pid: u32) -> Usage {
-        let cpu_s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        let (cpu_s, faults) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|stat| parse_stat_cpu(&stat))
-            .unwrap_or(0.0);
+            .and_then(|stat| parse_stat(&stat))
+            .unwrap_or((0.0, 0.0));
         let mut switches = 0.0;
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for task in tasks.flatten() {
@@ -46,7 +49,11 @@ impl Usage {
                 }
             }
         }
-        Usage { cpu_s, switches }
+        Usage {
+            cpu_s,
+            switches,
+            faults,
+        }
     }
 
     /// The sum over several processes.
@@ -56,6 +63,7 @@ impl Usage {
             .fold(Usage::default(), |a, b| Usage {
                 cpu_s: a.cpu_s + b.cpu_s,
                 switches: a.switches + b.switches,
+                faults: a.faults + b.faults,
             })
     }
 
@@ -64,6 +72,7 @@ impl Usage {
         Usage {
             cpu_s: self.cpu_s - before.cpu_s,
             switches: self.switches - before.switches,
+            faults: self.faults - before.faults,
         }
     }
 }
@@ -75,6 +84,8 @@ pub struct PerCall {
     pub host_switches: f64,
     pub worker_cpu_us: f64,
     pub worker_switches: f64,
+    pub host_faults: f64,
+    pub worker_faults: f64,
 }
 
 impl PerCall {
@@ -86,20 +97,21 @@ impl PerCall {
             host_switches: host.switches / n,
             worker_cpu_us: worker.cpu_s * 1e6 / n,
             worker_switches: worker.switches / n,
+            host_faults: host.faults / n,
+            worker_faults: worker.faults / n,
         }
     }
 }
 
-/// utime + stime in seconds from the text of `/proc/<pid>/stat`. The command
-/// name (field 2) may hold spaces and parentheses: fields are counted after
-/// its last `)`.
-fn parse_stat_cpu(stat: &str) -> Option<f64> {
+/// utime + stime in seconds, and minor faults, from the text of
+/// `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
+/// parentheses: fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<(f64, f64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    // After the name: state (3), ppid (4), ... utime (14), stime (15).
+    // After the name: state (3), ppid (4), ... minflt (10), utime (14), stime (15).
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
+    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    Some(((field(14)? + field(15)?) / USER_HZ, field(10)?))
 }
 
 /// voluntary + nonvoluntary context switches from `/proc/<pid>/status`.
@@ -118,8 +130,8 @@ mod tests {
     #[test]
     fn parses_proc_stat() {
         let stat = "1234 (py (odd) name) S 1 1234 1234 0 -1 4194304 500 0 0 0 250 50 0 0 20 0 3 0 100 0 0";
-        assert_eq!(parse_stat_cpu(stat), Some(3.0));
-        assert_eq!(parse_stat_cpu("garbage"), None);
+        assert_eq!(parse_stat(stat), Some((3.0, 500.0)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
