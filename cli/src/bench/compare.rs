@@ -49,11 +49,19 @@ impl Ratio {
 
     /// Summarises ratios already computed.
     pub fn of(ratios: &[f64]) -> Ratio {
-        let finite = ratios.iter().copied().filter(|r| !r.is_nan());
+        let known: Vec<f64> = ratios.iter().copied().filter(|r| !r.is_nan()).collect();
+        let (min, max) = if known.is_empty() {
+            (f64::NAN, f64::NAN) // 0 / 0 every round: no ratio
+        } else {
+            (
+                known.iter().copied().fold(f64::INFINITY, f64::min),
+                known.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
+        };
         Ratio {
             median: median(ratios),
-            min: finite.clone().fold(f64::INFINITY, f64::min),
-            max: finite.fold(f64::NEG_INFINITY, f64::max),
+            min,
+            max,
             rounds: ratios.len(),
         }
     }
@@ -110,5 +118,8 @@ mod tests {
         assert_eq!(r.median, 1.0);
         assert_eq!(r.max, f64::INFINITY);
         assert_eq!(r.min, 0.5);
+        // 0 / 0 in every round (e.g. no page faults on either side): no ratio.
+        let r = Ratio::paired(&[0.0, 0.0, 0.0], &[0.0, 0.0, 0.0]);
+        assert!(r.median.is_nan() && r.min.is_nan() && r.max.is_nan());
     }
 }

@@ -115,7 +115,7 @@ impl Figure {
             "MiB/s" => format!("{:.0} MiB/s", self.value),
             "us CPU/call" => format!("{:.1} µs CPU", self.value),
             "switches/call" => format!("{:.2} cs", self.value),
-            "faults/call" => format!("{:.0} faults", self.value),
+            "faults/call" => format!("{:.1} faults", self.value),
             other => format!("{:.2} {other}", self.value),
         }
     }
@@ -446,6 +446,9 @@ fn print_table(rows: &[Row]) {
 }
 
 fn ratio_text(row: &Row) -> String {
+    if row.ratio.is_nan() {
+        return "- (0 / 0)".into();
+    }
     match (row.ratio_min, row.ratio_max) {
         (Some(min), Some(max)) => format!("{:.2}x ({min:.2}–{max:.2})", row.ratio),
         _ => format!("{:.2}x", row.ratio),

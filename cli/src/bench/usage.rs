@@ -148,6 +148,19 @@ mod tests {
         while spin.elapsed() < std::time::Duration::from_millis(30) {}
         let host = Usage::host();
         assert!(host.cpu_s > 0.0);
+        // Touching fresh memory faults pages in, here and in /proc.
+        let (before, before_proc) = (Usage::host().faults, Usage::process(std::process::id()).faults);
+        let memory = vec![1u8; 16 << 20];
+        assert_eq!(
+            memory.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(),
+            4096
+        );
+        assert!(Usage::host().faults > before, "getrusage minflt");
+        assert!(
+            Usage::process(std::process::id()).faults > before_proc,
+            "/proc minflt"
+        );
+        drop(memory);
         let per = PerCall::new(host.since(Usage::default()), Usage::default(), 0);
         assert!(per.host_cpu_us > 0.0);
     }
