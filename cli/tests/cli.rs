@@ -150,3 +150,64 @@ fn doctor_explains_a_missing_interpreter() {
     assert!(stdout.contains("FAIL  interpreter"), "{stdout}");
     assert!(stdout.contains("cargo xtask setup"), "{stdout}");
 }
+
+/// A very short `portpool bench` of scenarios 1 and 5: it runs the pool and
+/// both floors interleaved, and every row carries its rounds, a ratio inside
+/// its spread, and a target where the issue sets one. Figures are not
+/// checked (measurements, not tests).
+#[test]
+fn bench_rows_carry_rounds_spread_and_targets() {
+    let json = std::env::temp_dir().join(format!("portpool-bench-{}.json", std::process::id()));
+    let output = portpool()
+        .args([
+            "bench",
+            "--only",
+            "1,5",
+            "--rounds",
+            "3",
+            "--seconds",
+            "0.05",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("load"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["rounds"], 3);
+    assert!(report["load_before"].is_string());
+    let rows = report["rows"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "5", "5a", "5b", "5c"]
+    );
+    for row in rows {
+        assert_eq!(row["rounds"], 3, "{row}");
+        // A ratio over a zero figure (a CPU-time delta below /proc's 10 ms
+        // tick in so short a run) is infinite: JSON null.
+        if let (Some(min), Some(ratio), Some(max)) = (
+            row["ratio_min"].as_f64(),
+            row["ratio"].as_f64(),
+            row["ratio_max"].as_f64(),
+        ) {
+            assert!(min <= ratio && ratio <= max, "{row}");
+        }
+    }
+    let target = |id: &str| {
+        let row = rows.iter().find(|r| r["scenario"] == id).unwrap();
+        (row["target"]["ratio"].as_f64(), row["met"].is_boolean())
+    };
+    assert!(rows[0]["ratio"].as_f64().is_some(), "{}", rows[0]);
+    assert_eq!(target("1"), (Some(1.3), true));
+    assert_eq!(target("1b"), (Some(1.5), true));
+    assert_eq!(target("5"), (Some(0.7), true));
+    // The floors answered: the sequential rows counted calls on every side.
+    let calls = &rows[0]["extra"]["calls"];
+    for side in ["sync", "async", "decoding_floor", "raw_floor"] {
+        assert!(calls[side].as_f64().unwrap() > 0.0, "{calls}");
+    }
+}
