@@ -8,7 +8,8 @@
 //!   integer `1`);
 //! - `LATENCY_SECS`: how long to measure (default 2);
 //! - `LATENCY_SPAWN=1`: call from a spawned task instead of `main`'s
-//!   `block_on` thread.
+//!   `block_on` thread;
+//! - `LATENCY_PIPE`: pipe buffer bytes (`WorkerCommand::pipe_buffer`).
 //!
 //! Prints one line: calls, p50/p90/p99, and per call the host's CPU time,
 //! context switches and minor page faults (getrusage of the whole host
@@ -70,7 +71,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Value::Binary(vec![0x5a; size])
     };
-    let command = WorkerCommand::new(program).args(args);
+    let mut command = WorkerCommand::new(program).args(args);
+    if let Some(bytes) = env("LATENCY_PIPE") {
+        command = command.pipe_buffer(bytes.parse()?);
+    }
     let worker = std::sync::Arc::new(ProcessLauncher::new(command).spawn(WorkerId(0)).await?);
     let (mut samples, before, after) = if spawn {
         let worker = worker.clone();
