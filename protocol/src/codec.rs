@@ -57,14 +57,32 @@ fn decode_nested(body: &[u8]) -> Result<Message, ProtocolError> {
 /// payload is not encoded into a buffer that keeps growing (each growth a
 /// fresh allocation whose pages fault in again).
 pub fn encode_frame(message: &Message, max_frame: usize) -> Result<Vec<u8>, ProtocolError> {
-    let mut frame = Vec::with_capacity(HEADER_LEN + size_hint(message));
+    let mut frame = Vec::new();
+    encode_frame_into(message, max_frame, &mut frame)?;
+    Ok(frame)
+}
+
+/// [`encode_frame`] into a buffer the caller keeps: `frame` is cleared,
+/// grown to the message's [`size_hint`] if smaller, and holds the whole
+/// frame on success. Reusing one buffer for frames of similar size costs
+/// no allocation and no page fault per frame. On error `frame` is empty.
+pub fn encode_frame_into(
+    message: &Message,
+    max_frame: usize,
+    frame: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    frame.clear();
+    frame.reserve(HEADER_LEN + size_hint(message));
     frame.extend_from_slice(&[0; HEADER_LEN]);
-    rmp_serde::encode::write_named(&mut frame, message).map_err(ProtocolError::malformed)?;
+    let encoded = rmp_serde::encode::write_named(frame, message).map_err(ProtocolError::malformed);
     let len = frame.len() - HEADER_LEN;
     // A header cannot say more than u32::MAX, whatever the limit.
-    check_len(len as u64, max_frame.min(u32::MAX as usize))?;
+    if let Err(e) = encoded.and_then(|()| check_len(len as u64, max_frame.min(u32::MAX as usize))) {
+        frame.clear();
+        return Err(e);
+    }
     frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(frame)
+    Ok(())
 }
 
 /// An upper bound (for all but pathological messages, the bound itself

@@ -46,7 +46,8 @@ mod message;
 mod version;
 
 pub use codec::{
-    decode_body, encode_body, encode_frame, size_hint, MessageCodec, DEFAULT_MAX_FRAME, HEADER_LEN,
+    decode_body, encode_body, encode_frame, encode_frame_into, size_hint, MessageCodec, DEFAULT_MAX_FRAME,
+    HEADER_LEN,
 };
 pub use depth::{nesting_depth, DEEP_STACK, INLINE_DEPTH, MAX_DEPTH};
 pub use error::ProtocolError;

@@ -213,6 +213,24 @@ fn a_refused_encoding_leaves_the_buffer_as_it_was() {
 }
 
 #[test]
+fn a_reused_buffer_holds_exactly_the_new_frame() {
+    let big = Message::Chunk(Chunk {
+        id: 1,
+        data: Value::Binary(vec![0xee; 4096]),
+    });
+    let small = Message::Pong(Pong { id: 2 });
+    let mut buffer = Vec::new();
+    encode_frame_into(&big, DEFAULT_MAX_FRAME, &mut buffer).unwrap();
+    let capacity = buffer.capacity();
+    encode_frame_into(&small, DEFAULT_MAX_FRAME, &mut buffer).unwrap();
+    assert_eq!(buffer, encode_frame(&small, DEFAULT_MAX_FRAME).unwrap());
+    assert_eq!(buffer.capacity(), capacity, "reused, not reallocated");
+    // A refused frame leaves the buffer empty, never half a frame.
+    assert!(encode_frame_into(&big, 16, &mut buffer).is_err());
+    assert!(buffer.is_empty());
+}
+
+#[test]
 fn a_large_request_is_encoded_into_a_buffer_sized_for_it() {
     let message = Message::Request(Request {
         id: 7,

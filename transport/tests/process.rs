@@ -740,3 +740,30 @@ async fn a_refused_pipe_buffer_leaves_the_pipes_as_they_were() {
     default.shutdown(Duration::from_millis(100)).await;
     refused.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_changing_sizes_reusing_one_buffer_each_arrive_intact() {
+    // A pipe big enough that large requests go out at once and their
+    // buffer is kept for the next request.
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python(app("basic.py"))
+            .init_timeout(Duration::from_secs(20))
+            .pipe_buffer(1 << 20),
+    );
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    for (round, size) in [300_000usize, 3, 70_000, 0, 900_000, 17, 300_000, 1]
+        .into_iter()
+        .enumerate()
+    {
+        let params = Value::Array(vec![
+            Value::from(round as u64),
+            Value::Binary((0..size).map(|i| (i * 7 + round) as u8).collect()),
+        ]);
+        let got = worker
+            .call(CallRequest::new("echo", params.clone()))
+            .await
+            .unwrap();
+        assert_eq!(got, params, "round {round}, {size} bytes");
+    }
+    worker.shutdown(Duration::from_secs(2)).await;
+}
