@@ -45,7 +45,10 @@ mod error;
 mod message;
 mod version;
 
-pub use codec::{decode_body, encode_body, encode_frame, MessageCodec, DEFAULT_MAX_FRAME, HEADER_LEN};
+pub use codec::{
+    decode_body, encode_body, encode_frame, encode_frame_into, size_hint, MessageCodec, DEFAULT_MAX_FRAME,
+    HEADER_LEN,
+};
 pub use depth::{nesting_depth, DEEP_STACK, INLINE_DEPTH, MAX_DEPTH};
 pub use error::ProtocolError;
 pub use message::{

@@ -118,6 +118,21 @@ proptest! {
     }
 
     #[test]
+    fn a_frame_is_the_header_then_the_body_and_its_size_hint_holds(message in arb_message()) {
+        let body = encode_body(&message).unwrap();
+        let mut expected = (body.len() as u32).to_be_bytes().to_vec();
+        expected.extend_from_slice(&body);
+        prop_assert_eq!(&encode_frame(&message, DEFAULT_MAX_FRAME).unwrap(), &expected);
+        // The codec appends the same frame after what the buffer holds.
+        let mut buf = BytesMut::from(&b"before"[..]);
+        MessageCodec::default().encode(&message, &mut buf).unwrap();
+        prop_assert_eq!(&buf[..6], b"before");
+        prop_assert_eq!(&buf[6..], &expected[..]);
+        // Reserved up front: encoding never has to grow the buffer.
+        prop_assert!(size_hint(&message) >= body.len(), "{} < {}", size_hint(&message), body.len());
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..256) {
         let mut codec = MessageCodec::new(max);
         let mut buf = BytesMut::from(&bytes[..]);
@@ -178,6 +193,62 @@ fn encoding_over_the_maximum_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("exceeds the maximum of 16 bytes"));
+}
+
+#[test]
+fn a_refused_encoding_leaves_the_buffer_as_it_was() {
+    let mut codec = MessageCodec::new(16);
+    let message = Message::Chunk(Chunk {
+        id: 1,
+        data: Value::Binary(vec![0; 100]),
+    });
+    let mut buf = BytesMut::from(&b"kept"[..]);
+    assert!(codec.encode(&message, &mut buf).is_err());
+    assert_eq!(&buf[..], b"kept");
+    let err = encode_frame(&message, 16).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { max: 16, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reused_buffer_holds_exactly_the_new_frame() {
+    let big = Message::Chunk(Chunk {
+        id: 1,
+        data: Value::Binary(vec![0xee; 4096]),
+    });
+    let small = Message::Pong(Pong { id: 2 });
+    let mut buffer = Vec::new();
+    encode_frame_into(&big, DEFAULT_MAX_FRAME, &mut buffer).unwrap();
+    let capacity = buffer.capacity();
+    encode_frame_into(&small, DEFAULT_MAX_FRAME, &mut buffer).unwrap();
+    assert_eq!(buffer, encode_frame(&small, DEFAULT_MAX_FRAME).unwrap());
+    assert_eq!(buffer.capacity(), capacity, "reused, not reallocated");
+    // A refused frame leaves the buffer empty, never half a frame.
+    assert!(encode_frame_into(&big, 16, &mut buffer).is_err());
+    assert!(buffer.is_empty());
+}
+
+#[test]
+fn a_large_request_is_encoded_into_a_buffer_sized_for_it() {
+    let message = Message::Request(Request {
+        id: 7,
+        method: "echo".into(),
+        params: Value::Array(vec![Value::Binary(vec![0x5a; 1 << 20]), Value::from("x")]),
+        session: Some("s".into()),
+        deadline_ms: Some(5),
+        trace: None,
+    });
+    let frame = encode_frame(&message, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+        frame.len() - 4
+    );
+    // Sized once from the hint: at most a few hundred bytes to spare, not
+    // the doubling of a buffer that grew.
+    assert!(frame.capacity() - frame.len() < 512, "{}", frame.capacity());
+    assert_eq!(decode_body(&frame[4..]).unwrap(), message);
 }
 
 fn frame(body: &[u8]) -> BytesMut {

@@ -703,3 +703,76 @@ async fn big_and_small_frames_from_many_callers_never_interleave() {
     assert_eq!(worker.discarded_replies(), 0);
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A raw worker whose hello's `runtime` field reports the buffer sizes of
+/// its stdin and stdout pipes, as it sees them.
+fn pipe_size_reporter() -> WorkerCommand {
+    let source = "import fcntl, os, sys, time, msgpack\n\
+size = lambda fd: fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)\n\
+body = msgpack.packb({'type': 'hello', 'protocol_major': 1, 'runtime': f'{size(0)} {size(1)}', \
+'pid': os.getpid(), 'max_concurrency': 1, 'methods': []})\n\
+sys.stdout.buffer.write(len(body).to_bytes(4, 'big') + body); sys.stdout.flush()\n\
+time.sleep(30)";
+    WorkerCommand::new(find_python())
+        .args(["-c", source])
+        .init_timeout(Duration::from_secs(10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_buffer_enlarges_both_pipes_when_the_kernel_allows() {
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let wanted = (1usize << 20).min(max);
+    let worker = ProcessLauncher::new(pipe_size_reporter().pipe_buffer(wanted))
+        .spawn(WorkerId(1))
+        .await
+        .unwrap();
+    assert_eq!(worker.info().hello.runtime, format!("{wanted} {wanted}"));
+    worker.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pipe_buffer_leaves_the_pipes_as_they_were() {
+    let default = ProcessLauncher::new(pipe_size_reporter())
+        .spawn(WorkerId(1))
+        .await
+        .unwrap();
+    // Far above any pipe-max-size: the kernel refuses, the launch does not.
+    let refused = ProcessLauncher::new(pipe_size_reporter().pipe_buffer(1 << 40))
+        .spawn(WorkerId(2))
+        .await
+        .unwrap();
+    assert_eq!(refused.info().hello.runtime, default.info().hello.runtime);
+    default.shutdown(Duration::from_millis(100)).await;
+    refused.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_changing_sizes_reusing_one_buffer_each_arrive_intact() {
+    // A pipe big enough that large requests go out at once and their
+    // buffer is kept for the next request.
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python(app("basic.py"))
+            .init_timeout(Duration::from_secs(20))
+            .pipe_buffer(1 << 20),
+    );
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    for (round, size) in [300_000usize, 3, 70_000, 0, 900_000, 17, 300_000, 1]
+        .into_iter()
+        .enumerate()
+    {
+        let params = Value::Array(vec![
+            Value::from(round as u64),
+            Value::Binary((0..size).map(|i| (i * 7 + round) as u8).collect()),
+        ]);
+        let got = worker
+            .call(CallRequest::new("echo", params.clone()))
+            .await
+            .unwrap();
+        assert_eq!(got, params, "round {round}, {size} bytes");
+    }
+    worker.shutdown(Duration::from_secs(2)).await;
+}

@@ -23,6 +23,7 @@ pub struct WorkerCommand {
     pub(crate) max_stream_buffer: usize,
     pub(crate) env_allowlist: Option<Vec<OsString>>,
     pub(crate) limits: Limits,
+    pub(crate) pipe_buffer: Option<usize>,
 }
 
 /// Default time a worker has to send its hello.
@@ -52,6 +53,7 @@ impl WorkerCommand {
             max_stream_buffer: DEFAULT_MAX_STREAM_BUFFER,
             env_allowlist: None,
             limits: Limits::default(),
+            pipe_buffer: None,
         }
     }
 
@@ -191,6 +193,21 @@ impl WorkerCommand {
     /// bound (the protocol has no flow control).
     pub fn max_stream_buffer(mut self, chunks: usize) -> Self {
         self.max_stream_buffer = chunks.max(1);
+        self
+    }
+
+    /// Asks the kernel for `bytes` of buffer on the worker's stdin and stdout
+    /// pipes (Linux `F_SETPIPE_SZ`; the kernel default is 64 KiB). Large
+    /// requests and replies then cross in fewer writes and wake-ups: with
+    /// 1 MiB, a 1 MiB payload goes in one or two writes instead of sixteen.
+    /// Off by default: the kernel counts every pipe's buffer against a
+    /// per-user budget (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by
+    /// default), and past it new pipes of *every* process of that user get
+    /// small buffers. The size is rounded up by the kernel; when it refuses
+    /// (above `/proc/sys/fs/pipe-max-size`, over the budget) the pipe keeps
+    /// its size, silently: it is an optimisation, never a launch failure.
+    pub fn pipe_buffer(mut self, bytes: usize) -> Self {
+        self.pipe_buffer = (bytes > 0).then_some(bytes);
         self
     }
 

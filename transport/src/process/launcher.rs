@@ -103,6 +103,10 @@ impl ProcessLauncher {
         // on, the reaper kills the whole group.
         watch_group(raw_pid);
         let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        if let (Some(bytes), (Some(stdin), Some(stdout), _)) = (cmd.pipe_buffer, &stdio) {
+            resize_pipe(stdin, bytes);
+            resize_pipe(stdout, bytes);
+        }
 
         // The exit waiter owns the child: it reaps it, kills whatever is
         // left of its group, and publishes how it ended.
@@ -235,6 +239,20 @@ impl Launcher for ProcessLauncher {
         let init_timeout = timeout.min(self.command.init_timeout);
         Ok(Box::new(self.spawn_within(id, init_timeout).await?))
     }
+}
+
+/// Asks for a pipe buffer of `bytes` (see [`WorkerCommand::pipe_buffer`]);
+/// a refusal leaves the pipe as it was.
+fn resize_pipe(pipe: &impl std::os::fd::AsRawFd, bytes: usize) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let size = i32::try_from(bytes).unwrap_or(i32::MAX);
+        if let Err(e) = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+            tracing::debug!("pipe buffer of {bytes} bytes refused: {e}");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (pipe, bytes);
 }
 
 /// Kills a worker's process group when dropped, unless disarmed: the

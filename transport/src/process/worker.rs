@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nix::sys::signal::Signal;
 use portpool_protocol::{
-    encode_frame, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId, SessionClose,
-    Shutdown, Value,
+    encode_frame, encode_frame_into, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId,
+    SessionClose, Shutdown, Value,
 };
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -75,6 +75,14 @@ enum Pending {
     Ping(oneshot::Sender<()>),
 }
 
+/// An encoded frame on its way to the writer.
+enum Frame {
+    /// Shared bytes (control frames).
+    Shared(Bytes),
+    /// A request in a buffer that may come back for reuse.
+    Buffer(Vec<u8>),
+}
+
 #[derive(Default)]
 struct State {
     pending: HashMap<RequestId, Pending>,
@@ -120,7 +128,15 @@ struct Inner {
     /// Set by [`Worker::kill`]: the cause the reader reports instead of the
     /// end of stdout that the kill brings about.
     killed: Mutex<Option<(CrashCause, String)>>,
+    /// A frame buffer kept from the last request the pipe took at once, so
+    /// the next request is encoded without allocating (and, when large,
+    /// without faulting its pages in again). Kept only up to
+    /// [`SPARE_BUFFER_MAX`].
+    spare: Mutex<Vec<u8>>,
 }
+
+/// The largest request buffer a worker keeps for reuse (see `Inner::spare`).
+const SPARE_BUFFER_MAX: usize = 2 * 1024 * 1024;
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -136,19 +152,63 @@ impl Inner {
 
     /// Registers a pending entry and sends its frame, atomically with respect
     /// to the worker dying: either both happen or the death error returns.
-    fn send_registered(&self, id: RequestId, pending: Pending, frame: Bytes) -> Result<(), CallError> {
+    fn send_registered(&self, id: RequestId, pending: Pending, frame: Frame) -> Result<(), CallError> {
         let mut state = self.state();
-        if let Some(dead) = &state.dead {
-            return Err(dead.clone());
-        }
-        if self.closing.load(Ordering::Acquire) {
-            return Err(self.closed_error());
+        let refused = if let Some(dead) = &state.dead {
+            Some(dead.clone())
+        } else if self.closing.load(Ordering::Acquire) {
+            Some(self.closed_error())
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            drop(state);
+            self.give_back(frame);
+            return Err(error);
         }
         state.insert(id, pending);
         // The writer outlives every registration (it stops only after the
         // reader failed them all), so a send error cannot strand this entry.
-        self.writer.send(frame);
+        match frame {
+            Frame::Shared(frame) => self.writer.send(frame),
+            Frame::Buffer(frame) => {
+                let back = self.writer.send_buffer(frame);
+                drop(state);
+                if let Some(buffer) = back {
+                    self.give_back(Frame::Buffer(buffer));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Encodes a request into the spare buffer (or a new one).
+    fn encode_request(&self, message: &Message, method: &str) -> Result<Frame, CallError> {
+        let mut buffer = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        match encode_frame_into(message, self.max_frame, &mut buffer) {
+            Ok(()) => Ok(Frame::Buffer(buffer)),
+            Err(e) => {
+                self.give_back(Frame::Buffer(buffer));
+                Err(CallError::InvalidRequest {
+                    worker: self.info.id,
+                    method: method.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Keeps a frame buffer for the next request, unless it is too large.
+    fn give_back(&self, frame: Frame) {
+        if let Frame::Buffer(mut buffer) = frame {
+            if buffer.capacity() <= SPARE_BUFFER_MAX {
+                buffer.clear();
+                let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                if buffer.capacity() > spare.capacity() {
+                    *spare = buffer;
+                }
+            }
+        }
     }
 
     fn encode(&self, message: &Message, method: &str) -> Result<Bytes, CallError> {
@@ -412,6 +472,7 @@ impl ProcessWorker {
             dead_tx: watch::channel(false).0,
             stderr: spawned.stderr,
             killed: Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
         });
         let stdin = spawned.stdin;
         tokio::spawn(async move { writer.run(stdin).await });
@@ -434,7 +495,7 @@ impl ProcessWorker {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn request_frame(&self, id: RequestId, request: CallRequest) -> Result<(String, Bytes), CallError> {
+    fn request_frame(&self, id: RequestId, request: CallRequest) -> Result<(String, Frame), CallError> {
         let CallRequest {
             method,
             params,
@@ -450,7 +511,7 @@ impl ProcessWorker {
             deadline_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             trace,
         });
-        let frame = self.inner.encode(&message, request_method(&message))?;
+        let frame = self.inner.encode_request(&message, request_method(&message))?;
         let Message::Request(Request { method, .. }) = message else {
             unreachable!("built as a request above")
         };
@@ -586,7 +647,8 @@ impl Worker for ProcessWorker {
         let frame = self.inner.encode(&Message::Ping(Ping { id }), "ping")?;
         let (reply, rx) = oneshot::channel();
         let started = Instant::now();
-        self.inner.send_registered(id, Pending::Ping(reply), frame)?;
+        self.inner
+            .send_registered(id, Pending::Ping(reply), Frame::Shared(frame))?;
         let guard = PingGuard {
             inner: &self.inner,
             id,

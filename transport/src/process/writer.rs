@@ -95,6 +95,28 @@ impl FrameWriter {
         self.hand_to_task(st);
     }
 
+    /// Sends one whole frame held in a reusable buffer. When the pipe took
+    /// all of it at once the buffer comes back, for the next frame; else
+    /// the buffer itself is queued for the writer task (no copy).
+    pub(crate) fn send_buffer(&self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        let mut st = self.state();
+        if st.closed {
+            return Some(frame);
+        }
+        let mut written = 0;
+        if !st.task_busy && st.queue.is_empty() {
+            if let Some(fd) = &st.direct {
+                written = write_now(fd, &frame);
+                if written == frame.len() {
+                    return Some(frame);
+                }
+            }
+        }
+        st.queue.push_back(Bytes::from(frame).slice(written..));
+        self.hand_to_task(st);
+        None
+    }
+
     /// Writes what is queued, then closes stdin: the worker sees end of file.
     pub(crate) fn close(&self) {
         let mut st = self.state();
