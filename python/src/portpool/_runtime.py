@@ -65,6 +65,11 @@ _CANCEL_SETTLE = 1.0  # after the grace period: how long cancelled handlers get 
 _FLUSH_TIMEOUT = 2.0  # how long the final flush of queued frames may take
 _ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean exit
 _MAX_GRACE = 24 * 3600.0
+# A sync request read while nothing else runs and no more input waits runs on the reading
+# thread; if it is still running this long, another thread takes over reading...
+_INLINE_TAKEOVER = 0.001
+# ...which the watcher thread checks this often while such requests run.
+_WATCH_TICK = 0.002
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The parent that started this process (the host), before any reparenting: see _kill_own_group.
@@ -593,6 +598,16 @@ class Runtime:
         self._out = _Output(out_fd, self._output_failed, nonblocking=_can_be_nonblocking(out_fd, in_fd))
         self._workers = _Workers(app.max_concurrency, self._run_sync, self._lead)
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
+        # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
+        self._in_poll: Any = None  # select.poll on in_fd: is more input waiting? (lead holder only)
+        if hasattr(select, "poll"):
+            self._in_poll = select.poll()
+            self._in_poll.register(in_fd, select.POLLIN)
+        self._watch_cond = threading.Condition(threading.Lock())
+        self._inline_since: float | None = None  # when the lead holder began running a handler itself
+        self._inline_runs = 0
+        self._lead_stolen = False  # the watcher passed the lead on while an inline run went on
+        self._watcher_asleep = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stop_event: asyncio.Event | None = None
@@ -616,6 +631,8 @@ class Runtime:
             methods=self.app.methods,
         )
         self._out.send(protocol.encode(hello))
+        if self._in_poll is not None:
+            threading.Thread(target=self._watch, name="portpool-watcher", daemon=True).start()
         self._workers.submit(_LEAD)  # a worker thread starts reading input
         await self._stop_event.wait()
         reason = self._stop_reason
@@ -742,6 +759,10 @@ class Runtime:
                     mine = self._start_batch(starting)
                     starting = []
                     if mine is not None:
+                        if self._may_run_inline(reader):
+                            if not self._run_inline(mine):
+                                return None  # the watcher passed the lead on while it ran
+                            continue
                         self._workers.submit(_LEAD)
                         return mine
         except protocol.ProtocolError as exc:
@@ -753,6 +774,69 @@ class Runtime:
             self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
             self._request_stop(_Stop.PROTOCOL_ERROR)
         return None
+
+    def _may_run_inline(self, reader: protocol.FrameReader) -> bool:
+        """Whether the request this thread is about to run may run without passing the lead on.
+
+        Only when it is the only request running and no more input is waiting, neither a
+        partial frame nor bytes in the pipe: then no other thread is woken at all. The
+        watcher (:meth:`_watch`) passes the lead on if the handler runs long.
+        """
+        poller = self._in_poll
+        if poller is None or self._running != 1 or not reader.at_boundary:
+            return False
+        try:
+            return not poller.poll(0)
+        except OSError:
+            return False
+
+    def _run_inline(self, req: _Request) -> bool:
+        """Runs a sync request on the thread holding the lead (reading stops meanwhile).
+
+        Returns True if this thread still holds the lead afterwards, False if the watcher
+        passed it to another thread because the handler ran for longer than
+        ``_INLINE_TAKEOVER`` seconds (then input was being read again meanwhile).
+        """
+        cond = self._watch_cond
+        with cond:
+            self._inline_since = time.monotonic()
+            self._inline_runs += 1
+            if self._watcher_asleep:
+                cond.notify()
+        self._run_sync(req)
+        with cond:
+            self._inline_since = None
+            stolen = self._lead_stolen
+            self._lead_stolen = False
+        return not stolen
+
+    def _watch(self) -> None:
+        """Watcher thread: passes the lead on when a sync handler run by the lead holder runs long.
+
+        While the lead holder runs a handler itself, nobody reads input; this thread checks
+        every ``_WATCH_TICK`` seconds and, once the handler has run for ``_INLINE_TAKEOVER``
+        seconds, hands reading to another thread, so pings, cancels and further requests are
+        read within about ``_WATCH_TICK + _INLINE_TAKEOVER`` of arriving. It sleeps without a
+        time-out after a tick that saw no inline run, until the next inline run wakes it.
+        """
+        cond = self._watch_cond
+        seen = -1
+        while True:
+            with cond:
+                if self._inline_since is None and self._inline_runs == seen:
+                    self._watcher_asleep = True
+                    while self._inline_since is None:
+                        cond.wait()
+                    self._watcher_asleep = False
+                seen = self._inline_runs
+                cond.wait(_WATCH_TICK)
+                since = self._inline_since
+                steal = since is not None and time.monotonic() - since >= _INLINE_TAKEOVER
+                if steal:
+                    self._inline_since = None
+                    self._lead_stolen = True
+            if steal:
+                self._workers.submit(_LEAD)
 
     def _start_batch(self, starting: list[_Request]) -> _Request | None:
         """Starts requests that took slots: async ones on the loop (one hop for all), sync ones on
