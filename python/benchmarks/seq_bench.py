@@ -150,12 +150,17 @@ def main() -> None:
         app.write_text(APP)
         floor = pathlib.Path(tmp, "floor.py")
         floor.write_text(FLOOR)
-        runs: list[tuple[str, list[str], dict[str, str]]] = [("floor", [sys.executable, str(floor)], dict(os.environ))]
+        runs: list[tuple[str, list[str], dict[str, str]]] = [
+            ("floor", [sys.executable, str(floor)], dict(os.environ))
+        ]
         for name, src in variants:
             env = dict(os.environ, PYTHONPATH=src)
             runs.append((name, [sys.executable, "-m", "portpool", str(app)], env))
 
-        print(f"load: {os.getloadavg()}  python {sys.version.split()[0]}  calls/round {args.calls}  method {method}")
+        print(
+            f"load: {os.getloadavg()}  python {sys.version.split()[0]}"
+            f"  calls/round {args.calls}  method {method}"
+        )
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in runs}
         ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in runs[1:]}
         for rnd in range(args.rounds):
@@ -188,7 +193,9 @@ def main() -> None:
                     f"  p50/floor {statistics.median(wall):.2f}x [{wall[0]:.2f}-{wall[-1]:.2f}]"
                     f"  cpu/floor {statistics.median(cpu):.2f}x [{cpu[0]:.2f}-{cpu[-1]:.2f}]"
                 )
-            print(f"  {name:8s} p50 {med[0]:7.1f}us  cpu {med[1]:7.1f}us/call  ctxsw {med[2]:.2f}/call{extra}")
+            print(
+                f"  {name:8s} p50 {med[0]:7.1f}us  cpu {med[1]:7.1f}us/call  ctxsw {med[2]:.2f}/call{extra}"
+            )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,13 @@ Threads, and the path of a request:
   ``cancel`` and ``session_close``, and hands each ``request`` that gets a free slot
   straight to where it runs (``max_concurrency`` slots; the rest wait in arrival order);
 * sync handlers and sync generators run on a pool of handler threads (a thread for every
-  running sync request), which encode and send their own responses;
+  running sync request), which encode and send their own responses. Reading is a role the
+  threads pass around (see :class:`_Workers`): a sync request runs on the thread that read
+  it. When it is the only request running and no more input is waiting, the reader runs it
+  without waking any other thread and then reads on (the common sequential case: one
+  context switch per call); a watcher thread hands reading to another thread if such a
+  handler runs longer than a millisecond or so, so pings, cancels and further requests are
+  still read within a few milliseconds (see :meth:`Runtime._watch`);
 * the main thread runs one asyncio event loop: ``async def`` handlers run there as tasks
   (one hop from the reader) and send their responses from the loop; it also drives
   shutdown (grace period, cancelling stragglers);
@@ -500,9 +506,11 @@ class _Workers:
     """Threads that take turns reading the input and run sync handlers (leader/followers).
 
     One thread at a time holds the lead: it reads input and acts on each message. When a
-    batch of input starts sync requests, it queues all but one for other threads, passes the
-    lead on to an idle thread, and runs the remaining request itself: a sync request runs on
-    the thread that read it, with no thread hop before the handler.
+    batch of input starts sync requests, it queues all but one for other threads and runs the
+    remaining request itself: a sync request runs on the thread that read it, with no thread
+    hop before the handler. It passes the lead on to an idle thread first, unless that request
+    is the only one running and no more input is waiting (:meth:`Runtime._may_run_inline`):
+    then it keeps the lead, and the watcher passes it on only if the handler runs long.
 
     Threads are made on demand and reused: an idle thread takes each job, otherwise a thread
     is added, up to ``max_concurrency + 1`` (the running sync requests plus the reader).
@@ -600,9 +608,6 @@ class Runtime:
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
         # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
         self._in_poll: Any = None  # select.poll on in_fd: is more input waiting? (lead holder only)
-        if hasattr(select, "poll"):
-            self._in_poll = select.poll()
-            self._in_poll.register(in_fd, select.POLLIN)
         self._watch_cond = threading.Condition(threading.Lock())
         self._inline_since: float | None = None  # when the lead holder began running a handler itself
         self._inline_runs = 0
@@ -631,7 +636,9 @@ class Runtime:
             methods=self.app.methods,
         )
         self._out.send(protocol.encode(hello))
-        if self._in_poll is not None:
+        if hasattr(select, "poll"):  # elsewhere every sync request passes the lead on first
+            self._in_poll = select.poll()
+            self._in_poll.register(self.in_fd, select.POLLIN)
             threading.Thread(target=self._watch, name="portpool-watcher", daemon=True).start()
         self._workers.submit(_LEAD)  # a worker thread starts reading input
         await self._stop_event.wait()
@@ -810,6 +817,9 @@ class Runtime:
             self._lead_stolen = False
         return not stolen
 
+    def _inline_running(self) -> bool:
+        return self._inline_since is not None
+
     def _watch(self) -> None:
         """Watcher thread: passes the lead on when a sync handler run by the lead holder runs long.
 
@@ -825,8 +835,7 @@ class Runtime:
             with cond:
                 if self._inline_since is None and self._inline_runs == seen:
                     self._watcher_asleep = True
-                    while self._inline_since is None:
-                        cond.wait()
+                    cond.wait_for(self._inline_running)
                     self._watcher_asleep = False
                 seen = self._inline_runs
                 cond.wait(_WATCH_TICK)
