@@ -608,7 +608,8 @@ class Runtime:
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
         # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
         self._in_poll: Any = None  # select.poll on in_fd: is more input waiting? (lead holder only)
-        self._watch_cond = threading.Condition(threading.Lock())
+        self._watch_lock = threading.Lock()
+        self._watch_cond = threading.Condition(self._watch_lock)
         self._inline_since: float | None = None  # when the lead holder began running a handler itself
         self._inline_runs = 0
         self._lead_stolen = False  # the watcher passed the lead on while an inline run went on
@@ -804,14 +805,14 @@ class Runtime:
         passed it to another thread because the handler ran for longer than
         ``_INLINE_TAKEOVER`` seconds (then input was being read again meanwhile).
         """
-        cond = self._watch_cond
-        with cond:
+        lock = self._watch_lock  # the lock under _watch_cond (cheaper than the Condition's methods)
+        with lock:
             self._inline_since = time.monotonic()
             self._inline_runs += 1
             if self._watcher_asleep:
-                cond.notify()
+                self._watch_cond.notify()
         self._run_sync(req)
-        with cond:
+        with lock:
             self._inline_since = None
             stolen = self._lead_stolen
             self._lead_stolen = False
