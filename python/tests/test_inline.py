@@ -8,6 +8,7 @@ watcher taking the lead over.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ def test_sequential_sync_calls_run_on_the_thread_that_read_them(worker: Worker) 
     # one request at a time, nothing else in flight: the reading thread runs each itself, so
     # consecutive calls mostly see the same thread (handing the lead on alternates threads)
     names = [worker.result("sync_sleep", 0)["thread"] for _ in range(30)]
-    same = sum(a == b for a, b in zip(names, names[1:]))
+    same = sum(a == b for a, b in itertools.pairwise(names))
     assert same >= 15, names
 
 
