@@ -7,7 +7,13 @@ Threads, and the path of a request:
   ``cancel`` and ``session_close``, and hands each ``request`` that gets a free slot
   straight to where it runs (``max_concurrency`` slots; the rest wait in arrival order);
 * sync handlers and sync generators run on a pool of handler threads (a thread for every
-  running sync request), which encode and send their own responses;
+  running sync request), which encode and send their own responses. Reading is a role the
+  threads pass around (see :class:`_Workers`): a sync request runs on the thread that read
+  it. When it is the only request running and no more input is waiting, the reader runs it
+  without waking any other thread and then reads on (the common sequential case: one
+  context switch per call); a watcher thread hands reading to another thread if such a
+  handler runs longer than a millisecond or so, so pings, cancels and further requests are
+  still read within a few milliseconds (see :meth:`Runtime._watch`);
 * the main thread runs one asyncio event loop: ``async def`` handlers run there as tasks
   (one hop from the reader) and send their responses from the loop; it also drives
   shutdown (grace period, cancelling stragglers);
@@ -65,6 +71,11 @@ _CANCEL_SETTLE = 1.0  # after the grace period: how long cancelled handlers get 
 _FLUSH_TIMEOUT = 2.0  # how long the final flush of queued frames may take
 _ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean exit
 _MAX_GRACE = 24 * 3600.0
+# A sync request read while nothing else runs and no more input waits runs on the reading
+# thread; if it is still running this long, another thread takes over reading...
+_INLINE_TAKEOVER = 0.001
+# ...which the watcher thread checks this often while such requests run.
+_WATCH_TICK = 0.002
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The parent that started this process (the host), before any reparenting: see _kill_own_group.
@@ -495,9 +506,11 @@ class _Workers:
     """Threads that take turns reading the input and run sync handlers (leader/followers).
 
     One thread at a time holds the lead: it reads input and acts on each message. When a
-    batch of input starts sync requests, it queues all but one for other threads, passes the
-    lead on to an idle thread, and runs the remaining request itself: a sync request runs on
-    the thread that read it, with no thread hop before the handler.
+    batch of input starts sync requests, it queues all but one for other threads and runs the
+    remaining request itself: a sync request runs on the thread that read it, with no thread
+    hop before the handler. It passes the lead on to an idle thread first, unless that request
+    is the only one running and no more input is waiting (:meth:`Runtime._may_run_inline`):
+    then it keeps the lead, and the watcher passes it on only if the handler runs long.
 
     Threads are made on demand and reused: an idle thread takes each job, otherwise a thread
     is added, up to ``max_concurrency + 1`` (the running sync requests plus the reader).
@@ -593,6 +606,14 @@ class Runtime:
         self._out = _Output(out_fd, self._output_failed, nonblocking=_can_be_nonblocking(out_fd, in_fd))
         self._workers = _Workers(app.max_concurrency, self._run_sync, self._lead)
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
+        # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
+        self._in_poll: Any = None  # select.poll on in_fd: is more input waiting? (lead holder only)
+        self._watch_lock = threading.Lock()
+        self._watch_cond = threading.Condition(self._watch_lock)
+        self._inline_since: float | None = None  # when the lead holder began running a handler itself
+        self._inline_runs = 0
+        self._lead_stolen = False  # the watcher passed the lead on while an inline run went on
+        self._watcher_asleep = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stop_event: asyncio.Event | None = None
@@ -616,6 +637,10 @@ class Runtime:
             methods=self.app.methods,
         )
         self._out.send(protocol.encode(hello))
+        if hasattr(select, "poll"):  # elsewhere every sync request passes the lead on first
+            self._in_poll = select.poll()
+            self._in_poll.register(self.in_fd, select.POLLIN)
+            threading.Thread(target=self._watch, name="portpool-watcher", daemon=True).start()
         self._workers.submit(_LEAD)  # a worker thread starts reading input
         await self._stop_event.wait()
         reason = self._stop_reason
@@ -742,6 +767,10 @@ class Runtime:
                     mine = self._start_batch(starting)
                     starting = []
                     if mine is not None:
+                        if self._may_run_inline(reader):
+                            if not self._run_inline(mine):
+                                return None  # the watcher passed the lead on while it ran
+                            continue
                         self._workers.submit(_LEAD)
                         return mine
         except protocol.ProtocolError as exc:
@@ -753,6 +782,71 @@ class Runtime:
             self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
             self._request_stop(_Stop.PROTOCOL_ERROR)
         return None
+
+    def _may_run_inline(self, reader: protocol.FrameReader) -> bool:
+        """Whether the request this thread is about to run may run without passing the lead on.
+
+        Only when it is the only request running and no more input is waiting, neither a
+        partial frame nor bytes in the pipe: then no other thread is woken at all. The
+        watcher (:meth:`_watch`) passes the lead on if the handler runs long.
+        """
+        poller = self._in_poll
+        if poller is None or self._running != 1 or not reader.at_boundary:
+            return False
+        try:
+            return not poller.poll(0)
+        except OSError:
+            return False
+
+    def _run_inline(self, req: _Request) -> bool:
+        """Runs a sync request on the thread holding the lead (reading stops meanwhile).
+
+        Returns True if this thread still holds the lead afterwards, False if the watcher
+        passed it to another thread because the handler ran for longer than
+        ``_INLINE_TAKEOVER`` seconds (then input was being read again meanwhile).
+        """
+        lock = self._watch_lock  # the lock under _watch_cond (cheaper than the Condition's methods)
+        with lock:
+            self._inline_since = time.monotonic()
+            self._inline_runs += 1
+            if self._watcher_asleep:
+                self._watch_cond.notify()
+        self._run_sync(req)
+        with lock:
+            self._inline_since = None
+            stolen = self._lead_stolen
+            self._lead_stolen = False
+        return not stolen
+
+    def _inline_running(self) -> bool:
+        return self._inline_since is not None
+
+    def _watch(self) -> None:
+        """Watcher thread: passes the lead on when a sync handler run by the lead holder runs long.
+
+        While the lead holder runs a handler itself, nobody reads input; this thread checks
+        every ``_WATCH_TICK`` seconds and, once the handler has run for ``_INLINE_TAKEOVER``
+        seconds, hands reading to another thread, so pings, cancels and further requests are
+        read within about ``_WATCH_TICK + _INLINE_TAKEOVER`` of arriving. It sleeps without a
+        time-out after a tick that saw no inline run, until the next inline run wakes it.
+        """
+        cond = self._watch_cond
+        seen = -1
+        while True:
+            with cond:
+                if self._inline_since is None and self._inline_runs == seen:
+                    self._watcher_asleep = True
+                    cond.wait_for(self._inline_running)
+                    self._watcher_asleep = False
+                seen = self._inline_runs
+                cond.wait(_WATCH_TICK)
+                since = self._inline_since
+                steal = since is not None and time.monotonic() - since >= _INLINE_TAKEOVER
+                if steal:
+                    self._inline_since = None
+                    self._lead_stolen = True
+            if steal:
+                self._workers.submit(_LEAD)
 
     def _start_batch(self, starting: list[_Request]) -> _Request | None:
         """Starts requests that took slots: async ones on the loop (one hop for all), sync ones on
