@@ -10,7 +10,9 @@ each to the floor measured in the same round. Variants run interleaved, order al
 
 Each ``--variant NAME=SRC_DIR`` runs ``python -m portpool`` with ``SRC_DIR`` first on
 PYTHONPATH (e.g. a copy of an older runtime: ``git show main:python/src/portpool/...``);
-the default is this checkout's ``python/src``. ``--async`` calls an async handler instead.
+the default is this checkout's ``python/src``. ``--async`` calls an async handler instead;
+``--both`` runs every variant with the sync and the async handler in each round and also prints
+each variant's async/sync ratios (wall p50 and CPU) measured in the same round.
 """
 
 from __future__ import annotations
@@ -141,48 +143,57 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--async", dest="use_async", action="store_true")
+    ap.add_argument("--both", action="store_true", help="sync and async handler, per variant")
     args = ap.parse_args()
     variants = [tuple(v.split("=", 1)) for v in args.variant] or [("this", str(SRC))]
     method = "aecho" if args.use_async else "echo"
+    methods = [("", "echo"), ("/a", "aecho")] if args.both else [("", method)]
 
     with tempfile.TemporaryDirectory() as tmp:
         app = pathlib.Path(tmp, "bench_app.py")
         app.write_text(APP)
         floor = pathlib.Path(tmp, "floor.py")
         floor.write_text(FLOOR)
-        runs: list[tuple[str, list[str], dict[str, str]]] = [
-            ("floor", [sys.executable, str(floor)], dict(os.environ))
+        runs: list[tuple[str, list[str], dict[str, str], str]] = [
+            ("floor", [sys.executable, str(floor)], dict(os.environ), "echo")
         ]
         for name, src in variants:
             env = dict(os.environ, PYTHONPATH=src)
-            runs.append((name, [sys.executable, "-m", "portpool", str(app)], env))
+            for suffix, meth in methods:
+                runs.append((name + suffix, [sys.executable, "-m", "portpool", str(app)], env, meth))
 
         print(
             f"load: {os.getloadavg()}  python {sys.version.split()[0]}"
-            f"  calls/round {args.calls}  method {method}"
+            f"  calls/round {args.calls}  methods {[m for _, m in methods]}"
         )
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in runs}
-        ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in runs[1:]}
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _, _ in runs}
+        ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _, _ in runs[1:]}
+        async_ratios: dict[str, list[tuple[float, float]]] = {
+            name: [] for name, _, _, _ in runs if name + "/a" in results
+        }
         for rnd in range(args.rounds):
             order = runs if rnd % 2 == 0 else [runs[0]] + runs[:0:-1]
             row: dict[str, tuple[float, float, float]] = {}
-            for name, argv, env in order:
+            for name, argv, env, meth in order:
                 d = Driver(argv, env)
                 try:
-                    row[name] = d.run(args.calls, method)
+                    row[name] = d.run(args.calls, meth)
                 finally:
                     d.close()
                 results[name].append(row[name])
             base = row["floor"]
             line = [f"round {rnd + 1} load {os.getloadavg()[0]:.2f}:"]
-            for name, _, _ in runs:
+            for name, _, _, _ in runs:
                 p50, cpu, sw = row[name]
                 line.append(f"{name} p50 {p50:.1f}us cpu {cpu:.1f}us ctxsw {sw:.2f}")
                 if name != "floor":
                     ratios[name].append((p50 / base[0], cpu / base[1]))
+            for name in async_ratios:
+                a, s_ = row[name + "/a"], row[name]
+                async_ratios[name].append((a[0] / s_[0], a[1] / s_[1]))
             print("  ".join(line), flush=True)
         print("medians:")
-        for name, _, _ in runs:
+        for name, _, _, _ in runs:
             rs = results[name]
             med = [statistics.median(r[i] for r in rs) for i in range(3)]
             extra = ""
@@ -195,6 +206,13 @@ def main() -> None:
                 )
             print(
                 f"  {name:8s} p50 {med[0]:7.1f}us  cpu {med[1]:7.1f}us/call  ctxsw {med[2]:.2f}/call{extra}"
+            )
+        for name, rs_ in async_ratios.items():
+            wall = sorted(r[0] for r in rs_)
+            cpu = sorted(r[1] for r in rs_)
+            print(
+                f"  {name:8s} async/sync p50 {statistics.median(wall):.2f}x [{wall[0]:.2f}-{wall[-1]:.2f}]"
+                f"  cpu {statistics.median(cpu):.2f}x [{cpu[0]:.2f}-{cpu[-1]:.2f}]"
             )
 
 

@@ -235,3 +235,22 @@ def test_mutated_bodies_only_ever_raise_malformed() -> None:
         except protocol.Malformed:
             kinds.add("malformed")
     assert kinds == {"ok", "invalid-params", "malformed"}
+
+
+def test_feed_keeps_nothing_of_a_reused_read_buffer() -> None:
+    # the runtime reads into one buffer and feeds views of it: what feed keeps (bodies and a
+    # partial frame) must be copies, since the next read overwrites the buffer
+    frames = b"".join(protocol.frame(bytes([i]) * (10 + i)) for i in range(5))
+    buf = bytearray(len(frames))
+    view = memoryview(buf)
+    reader = protocol.FrameReader()
+    bodies: list[bytes] = []
+    pos = 0
+    for size in (14, 15, 5, 20, 1, 100):  # at frame ends, inside bodies and headers
+        chunk = frames[pos : pos + size]
+        buf[: len(chunk)] = chunk
+        bodies += reader.feed(view[: len(chunk)])
+        buf[:] = b"\xee" * len(buf)  # the next read overwrites it
+        pos += len(chunk)
+    assert bodies == [bytes([i]) * (10 + i) for i in range(5)]
+    assert reader.at_boundary

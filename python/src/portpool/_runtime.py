@@ -71,6 +71,7 @@ _CANCEL_SETTLE = 1.0  # after the grace period: how long cancelled handlers get 
 _FLUSH_TIMEOUT = 2.0  # how long the final flush of queued frames may take
 _ATEXIT_TIMEOUT = 3.0  # how long the app's atexit callbacks may take on a clean exit
 _MAX_GRACE = 24 * 3600.0
+_READ_SIZE = 256 * 1024  # bytes per read of the protocol input
 # A sync request read while nothing else runs and no more input waits runs on the reading
 # thread; if it is still running this long, another thread takes over reading...
 _INLINE_TAKEOVER = 0.001
@@ -606,6 +607,12 @@ class Runtime:
         self._out = _Output(out_fd, self._output_failed, nonblocking=_can_be_nonblocking(out_fd, in_fd))
         self._workers = _Workers(app.max_concurrency, self._run_sync, self._lead)
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
+        # The input is read into this one buffer (see _read_into); lead holder only.
+        self._read_buf: memoryview | None = None
+        self._read_bufs: list[bytearray] = []
+        if hasattr(os, "readv"):
+            self._read_bufs = [bytearray(_READ_SIZE)]
+            self._read_buf = memoryview(self._read_bufs[0])
         # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
         self._in_poll: Any = None  # select.poll on in_fd: is more input waiting? (lead holder only)
         self._watch_lock = threading.Lock()
@@ -735,13 +742,10 @@ class Runtime:
         unpack = protocol.unpack
         on_message = self._on_message
         starting: list[_Request] = []
+        read_into = self._read_into
         try:
             while True:
-                try:
-                    data = os.read(self.in_fd, 256 * 1024)
-                except OSError as exc:
-                    _log(f"reading the protocol input failed ({exc}); treating it as end of input")
-                    data = b""
+                data = read_into()
                 if not data:
                     reader.eof()
                     self._request_stop(_Stop.EOF)
@@ -782,6 +786,24 @@ class Runtime:
             self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
             self._request_stop(_Stop.PROTOCOL_ERROR)
         return None
+
+    def _read_into(self) -> memoryview | bytes:
+        """Lead holder: one read of the protocol input into the reused read buffer (empty at the end).
+
+        A fresh ``os.read(fd, 256 KiB)`` allocates its result with ``mmap`` (glibc serves
+        allocations that large that way), then shrinks and unmaps it: three system calls, a
+        page fault and a TLB shootdown across the process's threads per read. Reading into one
+        buffer allocated once avoids all of that. The returned view is valid until the next
+        read; :meth:`protocol.FrameReader.feed` copies what it keeps, and only the thread
+        holding the lead reads, so one buffer serves every lead holder in turn.
+        """
+        try:
+            if self._read_buf is None:
+                return os.read(self.in_fd, _READ_SIZE)
+            return self._read_buf[: os.readv(self.in_fd, self._read_bufs)]
+        except OSError as exc:
+            _log(f"reading the protocol input failed ({exc}); treating it as end of input")
+            return b""
 
     def _may_run_inline(self, reader: protocol.FrameReader) -> bool:
         """Whether the request this thread is about to run may run without passing the lead on.

@@ -143,10 +143,13 @@ class FrameReader:
         self._buf = bytearray()
         self._need: int | None = None  # body length of the frame being read, once its header is known
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Adds ``data``; returns the bodies of all frames completed by it (possibly none)."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Adds ``data``; returns the bodies of all frames completed by it (possibly none).
+
+        Nothing keeps a reference to ``data`` afterwards: the caller may reuse its buffer.
+        """
         buf = self._buf
-        src: bytes | bytearray
+        src: bytes | bytearray | memoryview
         if buf:
             buf += data
             src = buf
