@@ -169,6 +169,64 @@ def main() -> None:
         os.rename(arg + ".tmp", arg)
         while True:
             read_call()
+    elif mode == "split_replies":
+        # Echoes each call's params in order. A call to `split` gets its
+        # reply in two halves, `arg` ms apart (default 300); a call to
+        # `split_exit` too, and then the worker exits.
+        hello()
+        pause = int(arg or "300") / 1000
+        while True:
+            call = read_call()
+            body = msgpack.packb(
+                {"type": "response", "id": call["id"], "result": call["params"]}, use_bin_type=True
+            )
+            frame = len(body).to_bytes(4, "big") + body
+            if call["method"] in ("split", "split_exit"):
+                cut = 4 + len(body) // 2
+                OUT.write(frame[:cut])
+                OUT.flush()
+                note(f"half of {call['id']} sent")
+                time.sleep(pause)
+                OUT.write(frame[cut:])
+                OUT.flush()
+                if call["method"] == "split_exit":
+                    note("exiting")
+                    os._exit(3)
+            else:
+                OUT.write(frame)
+                OUT.flush()
+    elif mode == "reverse_halves":
+        # Takes `arg` calls, then answers them in reverse order, each reply
+        # in two halves 20 ms apart.
+        hello()
+        calls = [read_call() for _ in range(int(arg))]
+        for call in reversed(calls):
+            body = msgpack.packb(
+                {"type": "response", "id": call["id"], "result": call["params"]}, use_bin_type=True
+            )
+            frame = len(body).to_bytes(4, "big") + body
+            cut = 4 + len(body) // 2
+            OUT.write(frame[:cut])
+            OUT.flush()
+            time.sleep(0.02)
+            OUT.write(frame[cut:])
+            OUT.flush()
+        sleep_forever()
+    elif mode == "half_then":
+        # Takes two calls, sends half of the first one's reply, then exits
+        # (`arg` = "exit") or hangs (anything else).
+        hello()
+        first = read_call()
+        read_call()
+        body = msgpack.packb({"type": "response", "id": first["id"], "result": 1})
+        send_part = (len(body).to_bytes(4, "big") + body)[: 4 + len(body) // 2]
+        OUT.write(send_part)
+        OUT.flush()
+        note("half sent")
+        if arg == "exit":
+            time.sleep(0.1)
+            os._exit(4)
+        sleep_forever()
     else:
         note(f"unknown mode {mode}")
         sys.exit(2)
