@@ -10,14 +10,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use portpool_pool::Pool;
-use portpool_transport::{find_python, ProcessLauncher, Value, Worker, WorkerCommand, WorkerId};
+use portpool_transport::{ProcessLauncher, Value, Worker, WorkerCommand, WorkerId};
 
 fn basic_app() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transport/tests/apps/basic.py")
 }
 
 fn launcher() -> ProcessLauncher {
-    let python = find_python();
+    let python = portpool_testkit::runtime_python().unwrap();
     let ok = std::process::Command::new(&python)
         .args(["-c", "import portpool"])
         .stderr(std::process::Stdio::null())

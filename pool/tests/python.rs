@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use portpool_pool::{Pool, PoolError};
 use portpool_testkit::CallLedger;
-use portpool_transport::{find_python, CallError, ProcessLauncher, Value, WorkerCommand};
+use portpool_transport::{CallError, ProcessLauncher, Value, WorkerCommand};
 
 fn python() -> Option<PathBuf> {
-    let python = find_python();
+    let python = portpool_testkit::runtime_python().unwrap();
     let ok = std::process::Command::new(&python)
         .args(["-c", "import portpool"])
         .stderr(std::process::Stdio::null())

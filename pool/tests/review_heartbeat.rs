@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use portpool_pool::{Heartbeat, Pool};
-use portpool_transport::{find_python, ProcessLauncher, WorkerCommand};
+use portpool_transport::{ProcessLauncher, WorkerCommand};
 
 fn app(name: &str, source: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("portpool-review-hb-{}", std::process::id()));
@@ -24,7 +24,7 @@ const APP: &str = "import os, time\nimport portpool\napp = portpool.App(max_conc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_handlers_that_use_no_cpu_are_not_killed_by_the_heartbeat() {
-    let python = find_python();
+    let python = portpool_testkit::runtime_python().unwrap();
     let hb = Heartbeat {
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(200),

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use portpool_pool::{Pool, PoolError};
 use portpool_session::{SessionConfig, SessionError, SessionId, SessionPool};
-use portpool_transport::{
-    find_python, CallError, CallRequest, LaunchError, ProcessLauncher, Value, WorkerCommand,
-};
+use portpool_transport::{CallError, CallRequest, LaunchError, ProcessLauncher, Value, WorkerCommand};
 
 fn app(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -20,12 +18,13 @@ fn app(name: &str) -> PathBuf {
 
 /// The runtime on `bad.py`.
 fn bad() -> WorkerCommand {
-    WorkerCommand::python(app("bad.py")).init_timeout(Duration::from_secs(20))
+    WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app("bad.py"))
+        .init_timeout(Duration::from_secs(20))
 }
 
 /// A raw program (no runtime) from `tests/apps`.
 fn raw(name: &str) -> WorkerCommand {
-    WorkerCommand::new(find_python())
+    WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
         .arg(app(name))
         .init_timeout(Duration::from_secs(20))
 }

@@ -303,7 +303,7 @@ async fn chaos(ctx: Arc<Ctx>, pgids: Arc<Mutex<HashSet<u32>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak() {
     let seconds = seconds();
-    let command = WorkerCommand::python(app())
+    let command = WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app())
         .init_timeout(Duration::from_secs(20))
         .env("CHAOS_SLOW_START", "0.3");
     let pool = Pool::builder(ProcessLauncher::new(command))

@@ -13,7 +13,10 @@ fn app() -> PathBuf {
 }
 
 async fn sessions(workers: usize) -> SessionPool {
-    let launcher = ProcessLauncher::new(WorkerCommand::python(app()).init_timeout(Duration::from_secs(20)));
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app())
+            .init_timeout(Duration::from_secs(20)),
+    );
     let pool = Pool::builder(launcher)
         .name("python-sessions")
         .workers(workers)

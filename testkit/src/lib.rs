@@ -105,6 +105,7 @@ mod ledger;
 #[cfg(feature = "pool")]
 mod pool;
 mod procs;
+mod python_env;
 mod record;
 mod script;
 mod worker;
@@ -123,6 +124,7 @@ pub use procs::{
     leftover_processes, process_gone, process_info, process_state, process_tree, processes, wait_all_gone,
     wait_process_gone, ProcessInfo, ProcessState,
 };
+pub use python_env::runtime_python;
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
 pub use worker::{FakeWorker, FakeWorkerHandle};

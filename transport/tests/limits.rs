@@ -12,7 +12,8 @@ fn app() -> PathBuf {
 }
 
 fn command() -> WorkerCommand {
-    WorkerCommand::python(app()).init_timeout(Duration::from_secs(20))
+    WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app())
+        .init_timeout(Duration::from_secs(20))
 }
 
 async fn spawn(command: WorkerCommand) -> ProcessWorker {

@@ -10,7 +10,7 @@ use portpool_transport::*;
 
 fn raw_command(mode: &str, arg: &str) -> WorkerCommand {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/raw_worker.py");
-    WorkerCommand::new(find_python())
+    WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
         .arg(script)
         .arg(mode)
         .arg(arg)

@@ -21,7 +21,7 @@ async fn dropping_spawn_before_the_hello_kills_the_worker_and_its_children() {
         path = pids.display().to_string()
     );
     let launcher = ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args(["-c", &source])
             .init_timeout(Duration::from_secs(60)),
     );

@@ -42,7 +42,7 @@ async fn a_reaped_workers_group_id_is_never_signalled_once_reused() {
         return;
     }
     let launcher = ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args(["-c", SOURCE])
             .init_timeout(Duration::from_secs(10)),
     );
@@ -114,7 +114,7 @@ async fn a_reaped_workers_cpu_time_and_rss_are_not_read_from_a_reused_pid() {
     let hello_end = SOURCE.find("sys.stdin").unwrap();
     let source = format!("{}os._exit(0)\n", &SOURCE[..hello_end]);
     let launcher = ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args(["-c", &source])
             .init_timeout(Duration::from_secs(10)),
     );

@@ -15,13 +15,16 @@ fn app(name: &str) -> PathBuf {
 }
 
 fn basic() -> ProcessLauncher {
-    ProcessLauncher::new(WorkerCommand::python(app("basic.py")).init_timeout(Duration::from_secs(20)))
+    ProcessLauncher::new(
+        WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app("basic.py"))
+            .init_timeout(Duration::from_secs(20)),
+    )
 }
 
 /// A plain Python program (not the runtime) given as `-c` source.
 fn script(source: &str) -> ProcessLauncher {
     ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args(["-c", source])
             .init_timeout(Duration::from_secs(5)),
     )
@@ -200,7 +203,10 @@ async fn timeouts_and_dropped_calls_cancel_and_late_replies_are_discarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_request_is_refused_without_harming_the_worker() {
-    let launcher = ProcessLauncher::new(WorkerCommand::python(app("basic.py")).max_frame(1024));
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app("basic.py"))
+            .max_frame(1024),
+    );
     let worker = launcher.spawn(WorkerId(1)).await.unwrap();
     let err = worker
         .call(CallRequest::new("echo", Value::Binary(vec![0; 4096])))
@@ -237,7 +243,7 @@ sys.stdin.buffer.read(4)\n\
 sys.stdout.buffer.write((1 << 20).to_bytes(4, 'big')); sys.stdout.flush()\n\
 time.sleep(60)";
     let rogue = ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args(["-c", source])
             .max_frame(1024),
     );
@@ -324,9 +330,12 @@ async fn exit_during_init_reports_the_code_and_traceback_quickly() {
     .unwrap();
 
     let started = Instant::now();
-    match ProcessLauncher::new(WorkerCommand::python(&exits))
-        .spawn(WorkerId(1))
-        .await
+    match ProcessLauncher::new(WorkerCommand::python_with(
+        portpool_testkit::runtime_python().unwrap(),
+        &exits,
+    ))
+    .spawn(WorkerId(1))
+    .await
     {
         Err(LaunchError::ExitedDuringInit {
             exit,
@@ -340,10 +349,13 @@ async fn exit_during_init_reports_the_code_and_traceback_quickly() {
         }
         other => panic!("expected ExitedDuringInit, got {other:?}"),
     }
-    let err = ProcessLauncher::new(WorkerCommand::python(&imports))
-        .spawn(WorkerId(2))
-        .await
-        .unwrap_err();
+    let err = ProcessLauncher::new(WorkerCommand::python_with(
+        portpool_testkit::runtime_python().unwrap(),
+        &imports,
+    ))
+    .spawn(WorkerId(2))
+    .await
+    .unwrap_err();
     assert!(matches!(err, LaunchError::ExitedDuringInit { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("worker-2") && text.contains("exit code"), "{text}");
@@ -362,7 +374,7 @@ async fn exit_during_init_reports_the_code_and_traceback_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_says_hello_times_out_with_its_stderr() {
     let launcher = ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .args([
                 "-c",
                 "import sys, time\nsys.stderr.write('warming up forever\\n')\ntime.sleep(60)",
@@ -504,7 +516,7 @@ async fn orphan_host_helper() {
     for i in 0..3 {
         let file = dir.join(format!("pids-{i}"));
         let launcher = ProcessLauncher::new(
-            WorkerCommand::new(find_python())
+            WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
                 .arg(&script)
                 .arg("spawns_descendants")
                 .arg(&file)
@@ -638,7 +650,10 @@ os._exit(3)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_read_too_slowly_is_cancelled_with_stream_overflow() {
-    let launcher = ProcessLauncher::new(WorkerCommand::python(app("basic.py")).max_stream_buffer(100));
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app("basic.py"))
+            .max_stream_buffer(100),
+    );
     let worker = launcher.spawn(WorkerId(1)).await.unwrap();
     let mut stream = worker.stream(CallRequest::new("count", 1_000_000)).await.unwrap();
     // Read nothing while the generator runs ahead.
@@ -713,7 +728,7 @@ body = msgpack.packb({'type': 'hello', 'protocol_major': 1, 'runtime': f'{size(0
 'pid': os.getpid(), 'max_concurrency': 1, 'methods': []})\n\
 sys.stdout.buffer.write(len(body).to_bytes(4, 'big') + body); sys.stdout.flush()\n\
 time.sleep(30)";
-    WorkerCommand::new(find_python())
+    WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
         .args(["-c", source])
         .init_timeout(Duration::from_secs(10))
 }
@@ -755,7 +770,7 @@ async fn requests_of_changing_sizes_reusing_one_buffer_each_arrive_intact() {
     // A pipe big enough that large requests go out at once and their
     // buffer is kept for the next request.
     let launcher = ProcessLauncher::new(
-        WorkerCommand::python(app("basic.py"))
+        WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app("basic.py"))
             .init_timeout(Duration::from_secs(20))
             .pipe_buffer(1 << 20),
     );

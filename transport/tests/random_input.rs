@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use portpool_transport::find_python;
 use proptest::prelude::*;
 
 /// How long a worker may take to exit after its input ends.
@@ -18,7 +17,7 @@ fn app() -> PathBuf {
 
 /// Starts `python -m portpool basic.py` and reads its hello frame.
 fn start() -> Child {
-    let mut child = Command::new(find_python())
+    let mut child = Command::new(portpool_testkit::runtime_python().unwrap())
         .args(["-m", "portpool"])
         .arg(app())
         .stdin(Stdio::piped())

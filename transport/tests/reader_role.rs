@@ -13,7 +13,7 @@ use portpool_transport::*;
 fn raw(mode: &str, arg: &str) -> ProcessLauncher {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers/raw_worker.py");
     ProcessLauncher::new(
-        WorkerCommand::new(find_python())
+        WorkerCommand::new(portpool_testkit::runtime_python().unwrap())
             .arg(script)
             .arg(mode)
             .arg(arg)
