@@ -17,17 +17,8 @@ fn basic_app() -> PathBuf {
 }
 
 fn launcher() -> ProcessLauncher {
-    let python = portpool_testkit::runtime_python().unwrap();
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import portpool"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} cannot import portpool: run `cargo xtask setup` (or set PORTPOOL_PYTHON)",
-        python.display()
-    );
+    // The workspace's .venv with the runtime, made on first use.
+    let python = portpool_testkit::runtime_python().expect("a Python with the portpool runtime");
     ProcessLauncher::new(
         WorkerCommand::python_with(python, basic_app()).init_timeout(Duration::from_secs(20)),
     )
