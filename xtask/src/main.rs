@@ -102,20 +102,28 @@ fn venv_python(root: &Path) -> PathBuf {
 /// Creates `.venv` if missing and installs `python/` (editable, with test
 /// extras) unless the installed copy matches the current pyproject.toml.
 fn setup(root: &Path) -> Result<PathBuf, String> {
-    let python = venv_python(root);
+    venv_with_runtime(root, ".venv", "test", "")
+}
+
+/// Creates the virtual environment `dir` (under `root`) if missing and
+/// installs `python/[extras]` into it (editable), unless its stamp (`tag`
+/// plus a hash of pyproject.toml) says the installed copy is current.
+/// Returns its interpreter.
+fn venv_with_runtime(root: &Path, dir: &str, extras: &str, tag: &str) -> Result<PathBuf, String> {
+    let python = root.join(dir).join("bin/python");
     if !python.exists() {
         let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        println!("xtask: creating .venv with {base}");
-        run(Command::new(&base).args(["-m", "venv"]).arg(root.join(".venv")))?;
+        println!("xtask: creating {dir} with {base}");
+        run(Command::new(&base).args(["-m", "venv"]).arg(root.join(dir)))?;
     }
     let pyproject = std::fs::read(root.join("python/pyproject.toml"))
         .map_err(|e| format!("cannot read python/pyproject.toml: {e}"))?;
-    let stamp_path = root.join(".venv/.portpool-installed");
-    let stamp = format!("{:x}", fnv1a(&pyproject));
+    let stamp_path = root.join(dir).join(".portpool-installed");
+    let stamp = format!("{tag}{:x}", fnv1a(&pyproject));
     if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(python);
     }
-    println!("xtask: installing python/ into .venv");
+    println!("xtask: installing python/[{extras}] into {dir}");
     run(Command::new(&python).args([
         "-m",
         "pip",
@@ -134,7 +142,7 @@ fn setup(root: &Path) -> Result<PathBuf, String> {
             "--disable-pip-version-check",
             "-e",
         ])
-        .arg(format!("{}[test]", root.join("python").display())))?;
+        .arg(format!("{}[{extras}]", root.join("python").display())))?;
     std::fs::write(&stamp_path, stamp).map_err(|e| format!("cannot write {}: {e}", stamp_path.display()))?;
     Ok(python)
 }
