@@ -1,14 +1,16 @@
 //! The message types carried in frame bodies.
 
 use rmpv::Value;
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Identifies one request (and its chunks, response and cancel) on one worker.
 pub type RequestId = u64;
 
 /// One protocol message: the body of one frame, a MessagePack map whose
 /// `type` key names the variant. Unknown keys are ignored when decoding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// Worker -> host, first frame: the worker is ready.
@@ -46,6 +48,87 @@ impl Message {
             Message::SessionClose(_) => "session_close",
         }
     }
+}
+
+/// The wire names of [`Message`]'s variants, for error messages.
+const MESSAGE_TYPES: &[&str] = &[
+    "hello",
+    "request",
+    "response",
+    "chunk",
+    "cancel",
+    "ping",
+    "pong",
+    "shutdown",
+    "session_close",
+];
+
+/// Decoding by hand rather than serde's internally tagged enum, which first
+/// buffers the whole map (every key and value copied into serde's
+/// `Content`) and then decodes it a second time. When `type` is the first
+/// key, as both runtimes and [`Message`]'s own encoding write it, the rest
+/// of the map decodes straight into the variant in one pass; elsewhere the
+/// map is read into a [`Value`] first (the slow path, same result).
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map with a `type` key")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let Some(first) = map.next_key::<Value>()? else {
+            return Err(de::Error::missing_field("type"));
+        };
+        if first.as_str() == Some("type") {
+            let kind: String = map.next_value()?;
+            return variant(&kind, MapAccessDeserializer::new(map));
+        }
+        // `type` is elsewhere: collect the map, take it out, decode the rest.
+        let mut entries = vec![(first, map.next_value::<Value>()?)];
+        while let Some(entry) = map.next_entry::<Value, Value>()? {
+            entries.push(entry);
+        }
+        let at = entries
+            .iter()
+            .position(|(key, _)| key.as_str() == Some("type"))
+            .ok_or_else(|| de::Error::missing_field("type"))?;
+        let (_, kind) = entries.remove(at);
+        let Value::String(kind) = kind else {
+            return Err(de::Error::invalid_type(
+                de::Unexpected::Other("a non-string `type`"),
+                &"a message type name",
+            ));
+        };
+        let kind = kind
+            .into_str()
+            .ok_or_else(|| de::Error::custom("the `type` key is not valid UTF-8"))?;
+        variant(&kind, Value::Map(entries)).map_err(de::Error::custom)
+    }
+}
+
+/// Decodes the fields of the message type named `kind` from `fields`.
+fn variant<'de, D: Deserializer<'de>>(kind: &str, fields: D) -> Result<Message, D::Error> {
+    Ok(match kind {
+        "hello" => Message::Hello(Hello::deserialize(fields)?),
+        "request" => Message::Request(Request::deserialize(fields)?),
+        "response" => Message::Response(Response::deserialize(fields)?),
+        "chunk" => Message::Chunk(Chunk::deserialize(fields)?),
+        "cancel" => Message::Cancel(Cancel::deserialize(fields)?),
+        "ping" => Message::Ping(Ping::deserialize(fields)?),
+        "pong" => Message::Pong(Pong::deserialize(fields)?),
+        "shutdown" => Message::Shutdown(Shutdown::deserialize(fields)?),
+        "session_close" => Message::SessionClose(SessionClose::deserialize(fields)?),
+        other => return Err(de::Error::unknown_variant(other, MESSAGE_TYPES)),
+    })
 }
 
 /// The worker's first frame: who it is and what it can do.

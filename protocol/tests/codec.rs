@@ -386,3 +386,54 @@ fn a_body_starting_like_a_huge_header_is_not_mistaken_for_one() {
     buf.extend_from_slice(&wire[HEADER_LEN + 1..]);
     assert_eq!(decoder.decode(&mut buf).unwrap(), Some(message));
 }
+
+/// `message` encoded as a map, then its entries rotated by `shift`: the
+/// same message with `type` somewhere other than first (as a runtime in
+/// another language may write it).
+fn rotated_body(message: &Message, shift: usize) -> Vec<u8> {
+    let body = encode_body(message).unwrap();
+    let Value::Map(mut entries) = rmpv::decode::read_value(&mut body.as_slice()).unwrap() else {
+        panic!("a message encodes as a map")
+    };
+    let len = entries.len();
+    entries.rotate_left(shift % len);
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &Value::Map(entries)).unwrap();
+    out
+}
+
+proptest! {
+    /// Decoding reads `type` first when it is first (one pass) and looks
+    /// it up elsewhere otherwise: both give the same message.
+    #[test]
+    fn the_type_key_may_be_anywhere_in_the_map(message in arb_message(), shift in 0usize..8, junk in any::<bool>()) {
+        let mut body = rotated_body(&message, shift);
+        if junk {
+            // An unknown key in front (so `type` is not first) is ignored too.
+            let Value::Map(mut entries) = rmpv::decode::read_value(&mut body.as_slice()).unwrap() else { unreachable!() };
+            entries.insert(0, (Value::from("x-extra"), Value::from(7)));
+            body.clear();
+            rmpv::encode::write_value(&mut body, &Value::Map(entries)).unwrap();
+        }
+        prop_assert_eq!(decode_body(&body).unwrap(), message);
+    }
+}
+
+#[test]
+fn a_missing_or_bad_type_key_is_malformed_and_says_so() {
+    let body = |v: serde_json::Value| rmp_serde::to_vec_named(&v).unwrap();
+    let cases = [
+        (body(serde_json::json!({})), "type"),
+        (body(serde_json::json!({"id": 1, "method": "m"})), "type"),
+        (body(serde_json::json!({"id": 1, "type": 5})), "type"),
+        (body(serde_json::json!({"type": 5, "id": 1})), "string"),
+        (body(serde_json::json!({"id": 1, "type": "teleport"})), "teleport"),
+        (body(serde_json::json!({"id": 1, "type": "request"})), "method"),
+        (body(serde_json::json!([1, 2])), "map"),
+    ];
+    for (bytes, needle) in cases {
+        let err = decode_body(&bytes).unwrap_err();
+        assert!(matches!(err, ProtocolError::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+    }
+}

@@ -17,12 +17,39 @@ pub fn worker_pids(pool: &Pool) -> Vec<u32> {
 }
 
 /// Warm-up, then sequential calls for `duration`; one sample per call.
+///
+/// The calls run in a spawned task, as a request handler of a service does:
+/// a reply then completes its caller on the thread that read it. (A caller
+/// blocked in `Runtime::block_on` on a thread of its own is woken across
+/// threads instead: see [`Caller::BlockOn`].)
 pub async fn sequential_calls(
     pool: &Pool,
     method: &str,
     params: &Value,
     duration: Duration,
+    caller: Caller,
 ) -> Result<Run, String> {
+    match caller {
+        Caller::Task => {
+            let (pool, method, params) = (pool.clone(), method.to_owned(), params.clone());
+            tokio::spawn(async move { sequential_loop(&pool, &method, &params, duration).await })
+                .await
+                .map_err(|e| format!("the calling task failed: {e}"))?
+        }
+        Caller::BlockOn => sequential_loop(pool, method, params, duration).await,
+    }
+}
+
+/// Where a sequential caller runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A task on the runtime's worker threads (a service's request handler).
+    Task,
+    /// The future passed to `block_on`, on a thread of its own.
+    BlockOn,
+}
+
+async fn sequential_loop(pool: &Pool, method: &str, params: &Value, duration: Duration) -> Result<Run, String> {
     for _ in 0..50 {
         pool.call_raw(CallRequest::new(method, params.clone()))
             .await

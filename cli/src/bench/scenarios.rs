@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use portpool::{Pool, PoolBuilder, ProcessLauncher, Value, WorkerCommand};
 
-use super::calls::{concurrent_calls, request_frame, sequential_calls};
+use super::calls::{concurrent_calls, request_frame, sequential_calls, Caller};
 use super::compare::{median, round_order};
 use super::floor::{Floor, FloorKind};
 use super::usage::Run;
@@ -134,8 +134,8 @@ impl Bench {
         for round in 0..self.rounds {
             for who in round_order(round, 4) {
                 let run = match who {
-                    0 => sequential_calls(&pool, "echo", &self.payload, self.seconds).await?,
-                    1 => sequential_calls(&pool, "aecho", &self.payload, self.seconds).await?,
+                    0 => sequential_calls(&pool, "echo", &self.payload, self.seconds, Caller::Task).await?,
+                    1 => sequential_calls(&pool, "aecho", &self.payload, self.seconds, Caller::Task).await?,
                     2 => blocking(|| decode.sequential(&frame, self.seconds))?,
                     _ => blocking(|| raw.sequential(&frame, self.seconds))?,
                 };
@@ -444,7 +444,7 @@ impl Bench {
         for round in 0..self.rounds {
             for who in round_order(round, 3) {
                 let run = match who {
-                    0 => sequential_calls(&pool, "echo", &payload, self.seconds).await?,
+                    0 => sequential_calls(&pool, "echo", &payload, self.seconds, Caller::Task).await?,
                     1 => blocking(|| decode.sequential(&frame, self.seconds))?,
                     _ => blocking(|| raw.sequential(&frame, self.seconds))?,
                 };
@@ -543,7 +543,7 @@ impl Bench {
                     .build()
                     .await
                     .map_err(|e| e.to_string())?;
-                let run = sequential_calls(&pool, "echo", &self.payload, self.seconds).await;
+                let run = sequential_calls(&pool, "echo", &self.payload, self.seconds, Caller::Task).await;
                 pool.shutdown(Duration::from_secs(5)).await;
                 run?.samples.quantile_us(0.5)
             }
