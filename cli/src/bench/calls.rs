@@ -49,7 +49,12 @@ pub enum Caller {
     BlockOn,
 }
 
-async fn sequential_loop(pool: &Pool, method: &str, params: &Value, duration: Duration) -> Result<Run, String> {
+async fn sequential_loop(
+    pool: &Pool,
+    method: &str,
+    params: &Value,
+    duration: Duration,
+) -> Result<Run, String> {
     for _ in 0..50 {
         pool.call_raw(CallRequest::new(method, params.clone()))
             .await

@@ -129,15 +129,19 @@ impl Bench {
             .build()
             .await
             .map_err(|e| e.to_string())?;
-        // 0: portpool sync, 1: portpool async, 2: decoding floor, 3: raw floor.
-        let mut rounds = Rounds::new(4);
+        // 0: portpool sync, 1: portpool async, 2: decoding floor, 3: raw floor,
+        // 4: portpool sync called from `block_on` (this future) instead of a task.
+        let mut rounds = Rounds::new(5);
         for round in 0..self.rounds {
-            for who in round_order(round, 4) {
+            for who in round_order(round, 5) {
                 let run = match who {
                     0 => sequential_calls(&pool, "echo", &self.payload, self.seconds, Caller::Task).await?,
                     1 => sequential_calls(&pool, "aecho", &self.payload, self.seconds, Caller::Task).await?,
                     2 => blocking(|| decode.sequential(&frame, self.seconds))?,
-                    _ => blocking(|| raw.sequential(&frame, self.seconds))?,
+                    3 => blocking(|| raw.sequential(&frame, self.seconds))?,
+                    _ => {
+                        sequential_calls(&pool, "echo", &self.payload, self.seconds, Caller::BlockOn).await?
+                    }
                 };
                 rounds.runs[who].push(run);
             }
@@ -199,6 +203,26 @@ impl Bench {
             "portpool / baseline",
         ));
         self.cost_rows(["1d", "1e", "1f", "1g"], "seq., sync", &rounds, 0, 2);
+        // The caller's thread matters: a task is completed on the thread
+        // that read its reply; `block_on`'s thread must be woken from it.
+        let block_on = rounds.p50(4);
+        self.rows.push(Row::paired(
+            "1h",
+            "seq. small-call p50, sync, caller in block_on vs in a task",
+            ("block_on", &block_on),
+            ("task", &sync),
+            "us",
+            "portpool / baseline",
+        ));
+        let switches = |who: usize| rounds.of(who, |r| r.per_call.host_switches);
+        self.rows.push(Row::paired(
+            "1i",
+            "host context switches per call, seq., sync, caller in block_on vs in a task",
+            ("block_on", &switches(4)),
+            ("task", &switches(0)),
+            "switches/call",
+            "portpool / baseline",
+        ));
         self.latency_p50 = Some(median(&sync));
         Ok(())
     }

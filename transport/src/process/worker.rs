@@ -166,13 +166,16 @@ impl Inner {
             self.give_back(frame);
             return Err(error);
         }
+        // Other calls running: the worker is busy, so this frame may wait
+        // for the writer's next batch (see `FrameWriter::send_buffer`).
+        let cork = state.in_flight > 0;
         state.insert(id, pending);
         // The writer outlives every registration (it stops only after the
         // reader failed them all), so a send error cannot strand this entry.
         match frame {
             Frame::Shared(frame) => self.writer.send(frame),
             Frame::Buffer(frame) => {
-                let back = self.writer.send_buffer(frame);
+                let back = self.writer.send_buffer(frame, cork);
                 drop(state);
                 if let Some(buffer) = back {
                     self.give_back(Frame::Buffer(buffer));

@@ -1,6 +1,12 @@
 //! Writing frames to a worker's stdin: directly from the caller when the
 //! pipe is free (no task hop on the hot path), through a writer task when it
 //! is not. Frames never interleave and keep their order either way.
+//!
+//! Under load a frame may be *corked*: when the worker is busy with other
+//! calls, a small request would only wait in the pipe, so it goes to the
+//! writer task, which first yields once (letting every task that is ready
+//! now queue its frame too) and then writes them all in one system call
+//! instead of one each.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -26,6 +32,9 @@ struct State {
     queue: VecDeque<Bytes>,
     /// The writer task owns the pipe: everyone else queues behind it.
     task_busy: bool,
+    /// The writer task was handed a corked frame: it yields once before
+    /// writing, so frames queued meanwhile go out in the same write.
+    corked: bool,
     /// A duplicate of the pipe for direct, non-blocking writes; dropped on
     /// close so the worker sees end of file.
     direct: Option<OwnedFd>,
@@ -46,6 +55,7 @@ impl FrameWriter {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 task_busy: false,
+                corked: false,
                 direct,
                 closed: false,
             }),
@@ -98,9 +108,21 @@ impl FrameWriter {
     /// Sends one whole frame held in a reusable buffer. When the pipe took
     /// all of it at once the buffer comes back, for the next frame; else
     /// the buffer itself is queued for the writer task (no copy).
-    pub(crate) fn send_buffer(&self, frame: Vec<u8>) -> Option<Vec<u8>> {
+    ///
+    /// With `cork` (the worker is busy with other calls, so the frame would
+    /// wait in the pipe anyway) a small frame is copied to the writer task's
+    /// queue, to go out with the others queued in this scheduler turn.
+    pub(crate) fn send_buffer(&self, frame: Vec<u8>, cork: bool) -> Option<Vec<u8>> {
         let mut st = self.state();
         if st.closed {
+            return Some(frame);
+        }
+        if cork && frame.len() <= CORK_MAX {
+            st.queue.push_back(Bytes::copy_from_slice(&frame));
+            if !st.task_busy {
+                st.corked = true;
+                self.hand_to_task(st);
+            }
             return Some(frame);
         }
         let mut written = 0;
@@ -134,7 +156,9 @@ impl FrameWriter {
     /// What the writer task does next.
     fn next(&self) -> Next {
         let mut st = self.state();
-        if let Some(frame) = st.queue.pop_front() {
+        if std::mem::take(&mut st.corked) {
+            Next::Gather
+        } else if let Some(frame) = st.queue.pop_front() {
             Next::Write(frame)
         } else if st.closed {
             Next::Close
@@ -169,10 +193,16 @@ impl FrameWriter {
 }
 
 enum Next {
+    /// Yield once first: frames of tasks ready now join this write.
+    Gather,
     Write(Bytes),
     Idle,
     Close,
 }
+
+/// The largest frame that is corked (copied to the writer's queue); larger
+/// ones are written directly or handed over without a copy.
+const CORK_MAX: usize = 16 * 1024;
 
 /// Writes as much of `buf` as the pipe takes now; returns how much.
 fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
@@ -196,6 +226,7 @@ impl FrameWriter {
         let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
         loop {
             match self.next() {
+                Next::Gather => tokio::task::yield_now().await,
                 Next::Write(frame) => {
                     if let Err(e) = stdin.write_all(&frame).await {
                         self.broken(&e);

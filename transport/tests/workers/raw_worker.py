@@ -227,6 +227,27 @@ def main() -> None:
             time.sleep(0.1)
             os._exit(4)
         sleep_forever()
+    elif mode == "journal":
+        # Notes every message as "type:id" in arrival order; answers `hold`
+        # requests only when `release` arrives, and `journal` with the notes.
+        hello(max_concurrency=1024)
+        seen: list[str] = []
+        held: list[int] = []
+        while True:
+            message = read_request()
+            seen.append(f"{message.get('type')}:{message.get('id')}")
+            if message.get("type") != "request":
+                continue
+            method = message["method"]
+            if method == "hold":
+                held.append(message["id"])
+                continue
+            if method == "release":
+                for held_id in held:
+                    send({"type": "response", "id": held_id, "result": None})
+                held.clear()
+            result: Any = seen if method == "journal" else message.get("params")
+            send({"type": "response", "id": message["id"], "result": result})
     else:
         note(f"unknown mode {mode}")
         sys.exit(2)
