@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use portpool_transport::*;
@@ -25,7 +25,7 @@ fn journal() -> ProcessLauncher {
 /// Polls `future` once (far enough to send its request), then drops it.
 fn start_then_drop<F: Future>(future: F) {
     let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     assert!(matches!(future.as_mut().poll(&mut cx), Poll::Pending));
 }
 
