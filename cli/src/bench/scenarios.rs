@@ -13,6 +13,9 @@ use super::usage::Run;
 use super::{Bench, Cmp, Figure, Row};
 use crate::stats::fmt_us;
 
+/// The low-latency mode's budget in rows 1j/1k (`WorkerCommand::spin`).
+const SPIN: Duration = Duration::from_micros(100);
+
 /// Warm-up of each throughput run (the pool and the floors alike).
 const WARMUP: Duration = Duration::from_millis(100);
 
@@ -129,11 +132,17 @@ impl Bench {
             .build()
             .await
             .map_err(|e| e.to_string())?;
+        let spinning = self
+            .pool(self.command().spin(SPIN), 1)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
         // 0: portpool sync, 1: portpool async, 2: decoding floor, 3: raw floor,
-        // 4: portpool sync called from `block_on` (this future) instead of a task.
-        let mut rounds = Rounds::new(5);
+        // 4: portpool sync called from `block_on` (this future) instead of a task,
+        // 5: portpool sync in low-latency mode (the host's reader spins).
+        let mut rounds = Rounds::new(6);
         for round in 0..self.rounds {
-            for who in round_order(round, 5) {
+            for who in round_order(round, 6) {
                 let run = match who {
                     0 => sequential_calls(&pool, "echo", &self.payload, self.seconds, Caller::Task).await?,
                     1 => sequential_calls(&pool, "aecho", &self.payload, self.seconds, Caller::Task).await?,
@@ -147,6 +156,7 @@ impl Bench {
             }
         }
         pool.shutdown(Duration::from_secs(5)).await;
+        spinning.shutdown(Duration::from_secs(5)).await;
         blocking(|| {
             decode.stop();
             raw.stop();
@@ -221,6 +231,30 @@ impl Bench {
             ("block_on", &switches(4)),
             ("task", &switches(0)),
             "switches/call",
+            "portpool / baseline",
+        ));
+        let spin = rounds.p50(5);
+        self.rows.push(
+            Row::paired(
+                "1j",
+                &format!(
+                    "seq. small-call p50, sync, low-latency mode (spin {} µs) vs decoding floor",
+                    SPIN.as_micros()
+                ),
+                ("portpool spin", &spin),
+                ("decoding floor", &dec),
+                "us",
+                "portpool / baseline",
+            )
+            .target(Cmp::AtMost, 1.15),
+        );
+        let cpu = |who: usize| rounds.of(who, |r| r.per_call.host_cpu_us);
+        self.rows.push(Row::paired(
+            "1k",
+            "host CPU per call, seq., sync, low-latency mode vs default",
+            ("spin", &cpu(5)),
+            ("default", &cpu(0)),
+            "us CPU/call",
             "portpool / baseline",
         ));
         self.latency_p50 = Some(median(&sync));

@@ -1,5 +1,6 @@
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use portpool_protocol::{Message, MessageCodec, ProtocolError};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
+
+use super::spin::SpinningStdout;
 
 use super::reaper::{wait_on_thread, watch_group, Group};
 use super::stderr::StderrLog;
@@ -82,6 +85,9 @@ impl ProcessLauncher {
         // Tell the worker our frame limit, so an oversize reply becomes its
         // own typed error instead of a frame we would have to refuse.
         command.env("PORTPOOL_MAX_FRAME", cmd.max_frame.to_string());
+        if let Some(spin) = cmd.spin {
+            command.env("PORTPOOL_SPIN_US", spin.as_micros().to_string());
+        }
         command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &cmd.cwd {
             command.current_dir(dir);
@@ -153,6 +159,8 @@ impl ProcessLauncher {
             async move { log.drain(stderr, id, pid).await }
         });
 
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let stdout = SpinningStdout::new(stdout, cmd.spin, outstanding.clone());
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
         let first = tokio::time::timeout(init_timeout, frames.next()).await;
         let hello = match first {
@@ -222,6 +230,7 @@ impl ProcessLauncher {
             max_stream_buffer: cmd.max_stream_buffer,
             stdin,
             frames,
+            outstanding,
             exit_rx,
             group,
             stderr: stderr_log,

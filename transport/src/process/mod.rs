@@ -6,6 +6,7 @@ mod limits;
 mod procfs;
 mod reaper;
 mod signal;
+mod spin;
 mod stderr;
 mod worker;
 mod writer;

@@ -13,12 +13,13 @@ use portpool_protocol::{
     encode_frame, encode_frame_into, Cancel, Message, MessageCodec, Ping, ProtocolError, Request, RequestId,
     SessionClose, Shutdown, Value,
 };
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use super::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
 use super::reaper::Group;
+use super::spin::SpinningStdout;
 use super::stderr::StderrLog;
 use super::writer::FrameWriter;
 use crate::{CallError, CallRequest, CallStream, CrashCause, Worker, WorkerExit, WorkerInfo};
@@ -32,7 +33,9 @@ pub(crate) struct Spawned {
     pub(crate) max_frame: usize,
     pub(crate) max_stream_buffer: usize,
     pub(crate) stdin: ChildStdin,
-    pub(crate) frames: FramedRead<ChildStdout, MessageCodec>,
+    pub(crate) frames: FramedRead<SpinningStdout, MessageCodec>,
+    /// Calls and streams waiting for the worker (for the spinning reader).
+    pub(crate) outstanding: Arc<AtomicUsize>,
     pub(crate) exit_rx: watch::Receiver<Option<WorkerExit>>,
     pub(crate) group: Arc<Group>,
     pub(crate) stderr: Arc<StderrLog>,
@@ -88,6 +91,8 @@ struct State {
     pending: HashMap<RequestId, Pending>,
     /// Calls and streams among `pending` (pings excluded).
     in_flight: usize,
+    /// `in_flight`, readable without the lock (by the spinning reader).
+    outstanding: Arc<AtomicUsize>,
     /// Set once the worker is gone: every later call fails with it.
     dead: Option<CallError>,
 }
@@ -96,6 +101,7 @@ impl State {
     fn insert(&mut self, id: RequestId, pending: Pending) {
         if !matches!(pending, Pending::Ping(_)) {
             self.in_flight += 1;
+            self.outstanding.store(self.in_flight, Ordering::Relaxed);
         }
         self.pending.insert(id, pending);
     }
@@ -104,6 +110,7 @@ impl State {
         let removed = self.pending.remove(&id);
         if matches!(removed, Some(Pending::Call { .. } | Pending::Stream { .. })) {
             self.in_flight -= 1;
+            self.outstanding.store(self.in_flight, Ordering::Relaxed);
         }
         removed
     }
@@ -377,6 +384,7 @@ impl Inner {
             let mut state = self.state();
             state.dead = Some(error.clone());
             state.in_flight = 0;
+            state.outstanding.store(0, Ordering::Relaxed);
             std::mem::take(&mut state.pending)
         };
         for (_, entry) in pending {
@@ -409,7 +417,7 @@ const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
 /// descendant that left the process group can hold the pipe open forever.
 const STDOUT_AFTER_EXIT: Duration = Duration::from_secs(1);
 
-async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<ChildStdout, MessageCodec>) {
+async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<SpinningStdout, MessageCodec>) {
     let exited = {
         let exit_rx = inner.exit_rx.clone();
         async move {
@@ -464,7 +472,10 @@ impl ProcessWorker {
             info: spawned.info,
             max_frame: spawned.max_frame,
             max_stream_buffer: spawned.max_stream_buffer,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                outstanding: spawned.outstanding,
+                ..State::default()
+            }),
             writer: writer.clone(),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),

@@ -41,6 +41,11 @@ def pid(params):
 
 
 @app.handler
+def env(params):
+    return os.environ.get(params)
+
+
+@app.handler
 def fail(params):
     raise ValueError(f"bad input: {params}")
 
