@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use portpool_transport::Launcher;
 
-use crate::shared::Shared;
+use crate::driver::Driver;
+use crate::supervisor::run_slot;
 use crate::{Backoff, BreakerConfig, CrashLoop, Heartbeat, Pool, PoolConfig, PoolError, StartMode};
 
 /// Configures and starts a [`Pool`]; from [`Pool::builder`]. Settings are
@@ -183,35 +184,25 @@ impl PoolBuilder {
         self.config.validate()?;
         let min = self.config.min_workers;
         let lazy = self.config.start_mode == StartMode::Lazy;
-        let shared = Arc::new(Shared::new(self.config, self.launcher));
-        let pool = Pool::from_shared(shared.clone());
-        let initial: Vec<_> = {
-            let mut st = shared.lock();
-            (0..min).map(|_| shared.spawn_slot(&mut st)).collect()
-        };
+        let driver = Driver::new(self.config, self.launcher, run_slot);
+        let pool = Pool::from_driver(driver.clone());
+        let initial: Vec<_> = driver.with(|s, _| (0..min).map(|_| s.new_slot()).collect());
         if lazy || min == 0 {
             return Ok(pool);
         }
-        shared
-            .wait_until(None, |st| {
-                initial
-                    .iter()
-                    .all(|id| !st.slots.iter().any(|s| s.id == *id && s.attempts == 0))
-            })
-            .await;
-        let errors = {
-            let st = shared.lock();
-            if st.entries.iter().any(|e| !e.draining) {
-                return Ok(pool);
+        driver.wait_until(None, |s| s.first_attempts_done(&initial)).await;
+        let Err(errors) = driver.read(|s| {
+            if s.any_worker_up() {
+                Ok(())
+            } else {
+                Err(s.launch_errors())
             }
-            st.slots
-                .iter()
-                .filter_map(|s| s.last_error.as_deref().cloned())
-                .collect::<Vec<_>>()
+        }) else {
+            return Ok(pool);
         };
         pool.shutdown(Duration::ZERO).await;
         Err(PoolError::Build {
-            pool: shared.config.name.clone(),
+            pool: driver.config.name.clone(),
             errors,
         })
     }

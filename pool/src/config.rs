@@ -335,16 +335,4 @@ impl PoolConfig {
         }
         Ok(())
     }
-
-    /// Interval of the per-worker maintenance tick (pings, RSS, idle).
-    pub(crate) fn tick(&self) -> Duration {
-        // A year is "never" for a tick, and keeps tokio's interval arithmetic
-        // far from overflow when a setting is `Duration::MAX`.
-        const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
-        match (&self.heartbeat, self.idle_timeout) {
-            (Some(hb), _) => hb.interval.min(NEVER),
-            (None, Some(idle)) => idle.min(Duration::from_secs(1)),
-            (None, None) => Duration::from_secs(1),
-        }
-    }
 }

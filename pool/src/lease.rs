@@ -8,22 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::driver::{Driver, Guard};
 use crate::error::call_outcome;
-use crate::shared::{Shared, SlotGuard};
-use crate::{metrics, PoolError};
-
-/// What a checkout holds. An enum, so an invalid kind does not compile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Checkout {
-    /// The whole worker: no other caller uses it until the lease is
-    /// dropped. For multi-call conversations with per-process state.
-    #[default]
-    Exclusive,
-    /// One of the worker's concurrency slots: other callers may run on the
-    /// same worker at the same time, but calls through the lease always go
-    /// to this worker.
-    Shared,
-}
+use crate::{metrics, Checkout, PoolError};
 
 /// A checked-out worker (see [`crate::Pool::checkout`]). Calls through it
 /// all go to the same worker. Dropping the lease returns the worker, also
@@ -33,7 +20,7 @@ pub enum Checkout {
 pub struct Lease {
     /// Shared with the streams opened through the lease: the slot comes
     /// back when the last of them is gone.
-    guard: Arc<SlotGuard>,
+    guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -47,7 +34,7 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(guard: SlotGuard) -> Self {
+    pub(crate) fn new(guard: Guard) -> Self {
         Lease {
             guard: Arc::new(guard),
         }
@@ -90,7 +77,7 @@ impl Lease {
 
     /// Calls on the leased worker with a raw request.
     pub async fn call_raw(&self, request: CallRequest) -> Result<Value, PoolError> {
-        let span = call_span(&self.guard.shared().config.name, &request.method);
+        let span = call_span(&self.guard.owner().config.name, &request.method);
         tracing::Instrument::instrument(run_call(&self.guard, request), span).await
     }
 
@@ -100,7 +87,7 @@ impl Lease {
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
         let guard = &self.guard;
         open_stream(
-            guard.shared().clone(),
+            guard.owner().clone(),
             guard.worker.clone(),
             guard.id,
             Some(guard.clone()),
@@ -143,8 +130,8 @@ fn callers_own_deadline(request: &CallRequest, call_timeout: Option<std::time::D
 
 /// Runs one call on the guard's worker, with the default call time-out,
 /// and records its outcome (breaker, served count, metrics).
-pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Result<Value, PoolError> {
-    let shared = guard.shared();
+pub(crate) async fn run_call(guard: &Guard, mut request: CallRequest) -> Result<Value, PoolError> {
+    let shared = guard.owner();
     let cfg = &shared.config;
     let caller_deadline = callers_own_deadline(&request, cfg.call_timeout);
     if request.timeout.is_none() {
@@ -176,10 +163,10 @@ pub(crate) async fn run_call(guard: &SlotGuard, mut request: CallRequest) -> Res
 }
 
 pub(crate) async fn open_stream(
-    shared: Arc<Shared>,
+    shared: Arc<Driver>,
     on: Arc<dyn Worker>,
     worker: WorkerId,
-    owned: Option<Arc<SlotGuard>>,
+    owned: Option<Arc<Guard>>,
     mut request: CallRequest,
 ) -> Result<PoolStream, PoolError> {
     let caller_deadline = callers_own_deadline(&request, shared.config.call_timeout);
@@ -209,8 +196,8 @@ pub(crate) async fn open_stream(
 /// a [`Lease`]; dropping it early cancels the call.
 pub struct PoolStream {
     inner: Option<CallStream>,
-    guard: Option<Arc<SlotGuard>>,
-    shared: Arc<Shared>,
+    guard: Option<Arc<Guard>>,
+    shared: Arc<Driver>,
     worker: WorkerId,
     started: Instant,
     /// The stream runs under a deadline its caller chose (see

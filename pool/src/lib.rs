@@ -24,6 +24,36 @@
 //! Every future is cancel-safe: dropping one at any await point never leaks
 //! a worker slot, a queue entry, a lease or a breaker probe.
 //!
+//! # Where each rule lives
+//!
+//! The rules are a sans-IO core, `sched/`: plain structs and functions
+//! that take `now` and return decisions, with no tokio, no spawning and no
+//! clock, unit-tested with a fake worker handle and a property test.
+//! `sched/slots.rs` holds the slot model and the crash-loop rule;
+//! `sched/workers.rs` a running worker's load ([`Checkout`] kinds, capacity,
+//! draining, pins) and the picking rules (least-loaded, exclusive, targeted,
+//! the worker reserved for a queued exclusive checkout); `sched/queue.rs`
+//! the FIFO wait queue; `sched/checkout.rs` admission (serve, queue or
+//! refuse), dispatch of freed slots, release, waiting time-outs and the
+//! recording of a finished call; `sched/outcome.rs` how a call's result
+//! counts (breaker verdict, time-outs in a row) and the recycle decisions
+//! by calls; `sched/breaker.rs` the circuit breaker; `sched/lifecycle.rs`
+//! what supervisors report (ready, launch failed, crashed, draining,
+//! retired) and the "unavailable: fail at once" rule; `sched/snapshot.rs`
+//! the status rows; `sched/deadline.rs` the one "never". Around it, the
+//! async shell: `driver/` owns the mutex, the channels that wake queued
+//! callers, the tasks and the clock, and carries out the core's outbox
+//! (`driver/checkout.rs` the async checkout, `driver/launch.rs` launching,
+//! `driver/gauges.rs` gauges and status); `guard.rs` the slot held by a
+//! caller, given back on drop; `supervisor.rs` one task per slot (launch,
+//! watch, heartbeat, recycle make-before-break, drain, backoff);
+//! `lease.rs` running calls and streams on a held slot; `pool.rs` and
+//! `builder.rs` the public handle; `config.rs`, `error.rs`, `status.rs`
+//! and [`metrics`] the vocabulary. Dependencies run one way: `pool` →
+//! `lease` → `driver` → `guard`, `sched` → `config`, `error`, `status`;
+//! the builder hands the supervisor to the driver, so the driver does not
+//! depend on it.
+//!
 //! # Example
 //!
 //! With the in-process fake launcher of `portpool-testkit`; in production
@@ -76,22 +106,23 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod breaker;
 mod builder;
 mod config;
+mod driver;
 mod error;
+mod guard;
 mod lease;
 pub mod metrics;
 mod pool;
-mod shared;
+mod sched;
 mod status;
 mod supervisor;
 
-pub use breaker::BreakerState;
 pub use builder::PoolBuilder;
 pub use config::{Backoff, BreakerConfig, CrashLoop, Heartbeat, PoolConfig, RecyclePolicy, StartMode};
 pub use error::PoolError;
-pub use lease::{Checkout, Lease, PoolStream};
+pub use lease::{Lease, PoolStream};
 pub use pool::{Pool, Wait};
 pub use portpool_transport::{CallRequest, Value, WorkerId};
-pub use status::{PoolStatus, WorkerState, WorkerStatus};
+pub use sched::Checkout;
+pub use status::{BreakerState, PoolStatus, WorkerState, WorkerStatus};

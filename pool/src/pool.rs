@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::driver::{deadline, Driver, Guard};
 use crate::lease::{call_span, decode, encode, open_stream, run_call};
-use crate::shared::Shared;
 use crate::{metrics, Checkout, Lease, PoolBuilder, PoolConfig, PoolError, PoolStatus, PoolStream};
 
 /// How a call for one particular worker ([`Pool::call_on`]) waits when that
@@ -30,13 +30,13 @@ pub struct Pool {
 }
 
 struct Handle {
-    shared: Arc<Shared>,
+    driver: Arc<Driver>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let grace = self.shared.config.stop_grace;
-        self.shared.close(crate::shared::after(Instant::now(), grace));
+        let grace = self.driver.config.stop_grace;
+        self.driver.close(deadline(Instant::now(), grace));
     }
 }
 
@@ -54,29 +54,29 @@ impl Pool {
         PoolBuilder::new(Arc::new(launcher))
     }
 
-    /// Like [`Pool::builder`], for a launcher that is already shared.
+    /// Like [`Pool::builder`], for a launcher that is already driver.
     pub fn builder_shared(launcher: Arc<dyn Launcher>) -> PoolBuilder {
         PoolBuilder::new(launcher)
     }
 
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_driver(driver: Arc<Driver>) -> Self {
         Pool {
-            handle: Arc::new(Handle { shared }),
+            handle: Arc::new(Handle { driver }),
         }
     }
 
-    fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
+    fn driver(&self) -> &Arc<Driver> {
+        &self.handle.driver
     }
 
     /// The pool's name (the `pool` label of its metrics).
     pub fn name(&self) -> &str {
-        &self.shared().config.name
+        &self.driver().config.name
     }
 
     /// The configuration the pool was built with.
     pub fn config(&self) -> &PoolConfig {
-        &self.shared().config
+        &self.driver().config
     }
 
     /// Calls `method` on the least-loaded ready worker; params and result
@@ -99,8 +99,8 @@ impl Pool {
     /// least-loaded ready worker. A request without a time-out gets the
     /// pool's `call_timeout`.
     pub async fn call_raw(&self, request: CallRequest) -> Result<Value, PoolError> {
-        let shared = self.shared();
-        let span = call_span(&shared.config.name, &request.method);
+        let driver = self.driver();
+        let span = call_span(&driver.config.name, &request.method);
         let fut = async {
             let guard = self.acquire(Checkout::Shared, true).await?;
             run_call(&guard, request).await
@@ -113,7 +113,7 @@ impl Pool {
     pub async fn stream(&self, request: CallRequest) -> Result<PoolStream, PoolError> {
         let guard = self.acquire(Checkout::Shared, true).await?;
         let (worker, id) = (guard.worker.clone(), guard.id);
-        open_stream(self.shared().clone(), worker, id, Some(Arc::new(guard)), request).await
+        open_stream(self.driver().clone(), worker, id, Some(Arc::new(guard)), request).await
     }
 
     /// Checks out one worker exclusively for a sequence of calls. The
@@ -142,13 +142,13 @@ impl Pool {
         request: CallRequest,
         wait: Wait,
     ) -> Result<Value, PoolError> {
-        let shared = self.shared();
-        let span = call_span(&shared.config.name, &request.method);
+        let driver = self.driver();
+        let span = call_span(&driver.config.name, &request.method);
         let fut = async {
-            let guard = shared
+            let guard = driver
                 .acquire_on(Checkout::Shared, Some(worker), wait == Wait::FailFast, true)
                 .await
-                .inspect_err(|e| metrics::call(&shared.config.name, e.outcome()))?;
+                .inspect_err(|e| metrics::call(&driver.config.name, e.outcome()))?;
             run_call(&guard, request).await
         };
         tracing::Instrument::instrument(fut, span).await
@@ -157,33 +157,34 @@ impl Pool {
     /// Whether the pool was shut down (or is shutting down): every call now
     /// fails with [`PoolError::PoolClosed`].
     pub fn is_closed(&self) -> bool {
-        self.shared().lock().closed
+        self.driver().read(|s| s.is_closed())
     }
 
     /// The error calls get once the pool is closed.
     pub fn closed_error(&self) -> PoolError {
-        self.shared().closed_error()
+        self.driver().closed_error()
     }
 
     /// Waits until a worker is ready for new work (or the pool closes), at
     /// most `timeout`; returns whether one is.
     pub async fn wait_for_ready(&self, timeout: Duration) -> bool {
-        let shared = self.shared();
-        let deadline = crate::shared::after(Instant::now(), timeout);
-        shared
-            .wait_until(Some(deadline), |st| st.closed || st.has_ready_worker())
+        let driver = self.driver();
+        driver
+            .wait_until(Some(deadline(Instant::now(), timeout)), |s| {
+                s.is_closed() || s.has_ready_worker()
+            })
             .await;
-        !shared.ready_workers().is_empty()
+        driver.read(|s| s.has_ready_worker())
     }
 
     /// Workers ready for new work (not starting, draining or gone).
     pub fn ready_workers(&self) -> Vec<WorkerId> {
-        self.shared().ready_workers()
+        self.driver().read(|s| s.ready_workers())
     }
 
     /// Whether `worker` is in the pool and alive (ready, leased or draining).
     pub fn is_serving(&self, worker: WorkerId) -> bool {
-        self.shared().is_serving(worker)
+        self.driver().read(|s| s.serving(worker))
     }
 
     /// Asks the pool to defer recycling `worker` (up to its drain time-out)
@@ -191,45 +192,45 @@ impl Pool {
     /// bound sessions. Returns false if the worker is not in the pool.
     /// Each `pin` must be matched by one [`Pool::unpin`].
     pub fn pin(&self, worker: WorkerId) -> bool {
-        self.shared().pin(worker, true)
+        self.driver().pin(worker, true)
     }
 
     /// Releases one [`Pool::pin`].
     pub fn unpin(&self, worker: WorkerId) {
-        self.shared().pin(worker, false);
+        self.driver().pin(worker, false);
     }
 
     /// Tells `worker` to drop the state of `session`.
     pub async fn close_session_on(&self, worker: WorkerId, session: &str) -> Result<(), PoolError> {
-        let shared = self.shared();
-        let Some(handle) = shared.worker(worker) else {
+        let driver = self.driver();
+        let Some(handle) = driver.read(|s| s.worker(worker)) else {
             return Err(PoolError::WorkerGone {
-                pool: shared.config.name.clone(),
+                pool: driver.config.name.clone(),
                 worker,
             });
         };
         Ok(handle.close_session(session).await?)
     }
 
-    async fn acquire(&self, kind: Checkout, for_call: bool) -> Result<crate::shared::SlotGuard, PoolError> {
-        let shared = self.shared();
-        shared.acquire(kind, for_call).await.inspect_err(|e| {
-            metrics::call(&shared.config.name, e.outcome());
+    async fn acquire(&self, kind: Checkout, for_call: bool) -> Result<Guard, PoolError> {
+        let driver = self.driver();
+        driver.acquire(kind, for_call).await.inspect_err(|e| {
+            metrics::call(&driver.config.name, e.outcome());
             tracing::debug!(error = %e, "checkout failed");
         })
     }
 
     /// A snapshot of every worker, the queue and the breaker.
     pub fn status(&self) -> PoolStatus {
-        self.shared().status()
+        self.driver().status()
     }
 
     /// Refuses new callers (they get `PoolClosed`), fails queued ones, lets
     /// running calls and leases finish for up to `grace`, then stops every
     /// worker. Returns when all workers are stopped.
     pub async fn shutdown(&self, grace: Duration) {
-        let shared = self.shared();
-        shared.close(crate::shared::after(Instant::now(), grace));
-        shared.join_tasks().await;
+        let driver = self.driver();
+        driver.close(deadline(Instant::now(), grace));
+        driver.join_tasks().await;
     }
 }

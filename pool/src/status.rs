@@ -1,9 +1,31 @@
+//! The snapshot types of [`crate::Pool::status`]: plain data.
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use portpool_transport::{LaunchError, WorkerId};
 
-use crate::BreakerState;
+/// The state of the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls flow; worker faults are counted.
+    Closed,
+    /// Calls fail fast with `CircuitOpen`.
+    Open,
+    /// A limited number of probe calls are let through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// A stable lower-case name: `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
 
 /// What one worker (or worker slot) is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +43,8 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
-    /// A stable lower-case name (`ready`, `half_open`, ...).
+    /// A stable lower-case name: `starting`, `ready`, `leased`, `draining`
+    /// or `backoff` (the `state` label of the workers gauge).
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",

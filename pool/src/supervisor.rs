@@ -1,6 +1,8 @@
 //! One supervisor task per worker slot: launch, watch, restart with
 //! backoff, heartbeat, recycle (make-before-break), drain and stop.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +10,10 @@ use portpool_transport::{CrashCause, Worker, WorkerExit};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::driver::{deadline as after, Driver, Handle};
 use crate::metrics;
-use crate::shared::{after, Shared, SlotId, SlotPhase};
+use crate::sched::{Scheduler, SlotId, SlotPhase, NEVER};
+use crate::PoolConfig;
 
 type Stop = watch::Receiver<Option<Instant>>;
 
@@ -34,28 +38,42 @@ enum End {
     Retired,
 }
 
-pub(crate) async fn run_slot(shared: Arc<Shared>, slot: SlotId) {
-    let mut stop = shared.stop.subscribe();
+/// The slot's supervisor, boxed for [`crate::driver::RunSlot`].
+pub(crate) fn run_slot(driver: Arc<Driver>, slot: SlotId) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(run(driver, slot))
+}
+
+/// Interval of the per-worker maintenance tick (pings, RSS, idle).
+fn tick(cfg: &PoolConfig) -> Duration {
+    match (&cfg.heartbeat, cfg.idle_timeout) {
+        (Some(hb), _) => hb.interval.min(NEVER),
+        (None, Some(idle)) => idle.min(Duration::from_secs(1)),
+        (None, None) => Duration::from_secs(1),
+    }
+}
+
+async fn run(driver: Arc<Driver>, slot: SlotId) {
+    let mut stop = driver.stop.subscribe();
     let mut streak = 0u32;
     loop {
         if stop.borrow().is_some() {
             break;
         }
-        shared.set_phase(slot, SlotPhase::Starting);
+        driver.with(|s, _| s.set_phase(slot, SlotPhase::Starting));
         let launched = tokio::select! {
-            r = shared.launch(slot) => r,
+            r = driver.launch(slot) => r,
             _ = stopped(&mut stop) => break,
         };
         match launched {
             Err(e) => {
                 streak += 1;
-                shared.on_launch_failed(slot, e, true);
+                driver.on_launch_failed(slot, e, true);
             }
             Ok(worker) => {
-                shared.on_ready(slot, worker.clone());
-                match supervise(&shared, slot, worker, &mut stop).await {
+                driver.on_ready(slot, worker.clone());
+                match supervise(&driver, slot, worker, &mut stop).await {
                     End::Crashed { uptime } => {
-                        streak = if uptime >= shared.config.restart.reset_after {
+                        streak = if uptime >= driver.config.restart.reset_after {
                             1
                         } else {
                             streak + 1
@@ -66,19 +84,19 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: SlotId) {
                 }
             }
         }
-        let delay = shared.config.restart.jittered(streak);
-        shared.set_phase(slot, SlotPhase::Backoff);
-        tracing::debug!(pool = %shared.config.name, slot, ?delay, "restart backoff");
+        let delay = driver.config.restart.jittered(streak);
+        driver.with(|s, _| s.set_phase(slot, SlotPhase::Backoff));
+        tracing::debug!(pool = %driver.config.name, slot, ?delay, "restart backoff");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => break,
         }
     }
-    shared.remove_slot(slot);
+    driver.remove_slot(slot);
 }
 
-fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'static str)> {
-    let policy = &shared.config.recycle;
+fn lifetime_deadline(driver: &Driver, from: Instant) -> Option<(Instant, &'static str)> {
+    let policy = &driver.config.recycle;
     let life = policy.max_lifetime?;
     let r: f64 = rand::random();
     Some((
@@ -87,45 +105,45 @@ fn lifetime_deadline(shared: &Shared, from: Instant) -> Option<(Instant, &'stati
     ))
 }
 
-async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worker>, stop: &mut Stop) -> End {
-    let cfg = &shared.config;
+async fn supervise(driver: &Arc<Driver>, slot: SlotId, mut worker: Arc<dyn Worker>, stop: &mut Stop) -> End {
+    let cfg = &driver.config;
     let mut started = Instant::now();
-    let mut recycle_at = lifetime_deadline(shared, started);
-    let period = cfg.tick();
+    let mut recycle_at = lifetime_deadline(driver, started);
+    let period = tick(cfg);
     let mut tick = tokio::time::interval_at(after(started, period), period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut misses = 0u32;
-    let notify = shared.recycle_notify(slot);
+    let bell = driver.recycle_bell(slot);
     loop {
         let id = worker.info().id;
         let reason: Option<&'static str> = tokio::select! {
             exit = worker.closed() => {
                 tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited; restarting");
                 let uptime = started.elapsed();
-                shared.on_crash(slot, id, exit, "crash");
+                driver.on_crash(slot, id, exit, "crash");
                 return End::Crashed { uptime };
             }
             deadline = stopped(stop) => {
-                drain_and_stop(shared, worker, deadline, None).await;
+                drain_and_stop(driver, worker, deadline, None).await;
                 return End::Stopped;
             }
             _ = sleep_until_opt(recycle_at.map(|(at, _)| at)) => recycle_at.map(|(_, why)| why),
-            _ = notify.notified() => shared.recycle_reason(id),
+            _ = bell.notified() => driver.read(|s| s.recycle_reason(id)),
             _ = tick.tick() => {
-                if shared.try_retire(slot, id) {
+                if driver.try_retire(slot, id) {
                     tracing::info!(pool = %cfg.name, worker = %id, "stopping idle worker");
                     // Through the drain: a call for this worker may have
                     // been granted just before it was marked draining.
                     let deadline = after(Instant::now(), cfg.drain_timeout);
-                    drain_and_stop(shared, worker, deadline, Some(cfg.stop_grace)).await;
+                    drain_and_stop(driver, worker, deadline, Some(cfg.stop_grace)).await;
                     return End::Retired;
                 }
-                match maintenance(shared, &worker, &mut misses).await {
+                match maintenance(driver, &worker, &mut misses).await {
                     Check::Fine => None,
                     Check::Recycle(why) => Some(why),
                     Check::Frozen(reason) => {
                         let uptime = started.elapsed();
-                        kill_frozen(shared, slot, &worker, &reason).await;
+                        kill_frozen(driver, slot, &worker, &reason).await;
                         return End::Crashed { uptime };
                     }
                 }
@@ -133,7 +151,7 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
         };
         let Some(reason) = reason else { continue };
         tracing::info!(pool = %cfg.name, worker = %id, reason, "recycling worker");
-        let launch = shared.launch(slot);
+        let launch = driver.launch(slot);
         tokio::pin!(launch);
         // The old worker may die while its replacement starts (recycling is
         // often for ill health): that is a crash, handled at once.
@@ -143,12 +161,12 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
                 r = &mut launch => break r,
                 exit = worker.closed(), if !old_died => {
                     tracing::warn!(pool = %cfg.name, worker = %id, %exit, "worker exited while its replacement started");
-                    shared.on_crash(slot, id, exit, "crash");
+                    driver.on_crash(slot, id, exit, "crash");
                     old_died = true;
                 }
                 deadline = stopped(stop) => {
                     if !old_died {
-                        drain_and_stop(shared, worker, deadline, None).await;
+                        drain_and_stop(driver, worker, deadline, None).await;
                     }
                     return End::Stopped;
                 }
@@ -156,14 +174,14 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
         };
         match launched {
             Ok(new) if old_died => {
-                shared.on_ready(slot, new.clone());
+                driver.on_ready(slot, new.clone());
                 worker = new;
                 started = Instant::now();
-                recycle_at = lifetime_deadline(shared, started);
+                recycle_at = lifetime_deadline(driver, started);
                 misses = 0;
             }
             Err(e) if old_died => {
-                shared.on_launch_failed(slot, e, true);
+                driver.on_launch_failed(slot, e, true);
                 return End::Crashed {
                     uptime: started.elapsed(),
                 };
@@ -171,31 +189,32 @@ async fn supervise(shared: &Arc<Shared>, slot: SlotId, mut worker: Arc<dyn Worke
             Ok(new) => {
                 // Make before break: the replacement serves before the old
                 // worker drains.
-                shared.on_replaced(slot, reason);
-                shared.on_ready(slot, new.clone());
+                driver.on_replaced(slot, reason);
+                driver.on_ready(slot, new.clone());
                 let old = std::mem::replace(&mut worker, new);
-                shared.mark_draining(old.info().id);
+                let old_id = old.info().id;
+                driver.with(|s, _| s.mark_draining(old_id));
                 let drain = tokio::spawn({
-                    let shared = shared.clone();
+                    let driver = driver.clone();
                     let deadline = after(Instant::now(), cfg.drain_timeout);
-                    async move { drain_and_stop(&shared, old, deadline, Some(cfg_grace(&shared))).await }
+                    async move { drain_and_stop(&driver, old, deadline, Some(cfg_grace(&driver))).await }
                 });
-                shared.track(drain);
+                driver.track(drain);
                 started = Instant::now();
-                recycle_at = lifetime_deadline(shared, started);
+                recycle_at = lifetime_deadline(driver, started);
                 misses = 0;
             }
             Err(e) => {
                 // Keep the old worker serving; try again after a backoff.
-                shared.on_launch_failed(slot, e, false);
+                driver.on_launch_failed(slot, e, false);
                 recycle_at = Some((after(Instant::now(), cfg.restart.jittered(1)), reason));
             }
         }
     }
 }
 
-fn cfg_grace(shared: &Shared) -> Duration {
-    shared.config.stop_grace
+fn cfg_grace(driver: &Driver) -> Duration {
+    driver.config.stop_grace
 }
 
 /// What a maintenance tick found.
@@ -215,8 +234,8 @@ enum Check {
 /// whose CPU time is unknown) is frozen (stopped, deadlocked): it is
 /// killed. One whose CPU time grew is busy, e.g. in a C call holding the
 /// GIL: it is logged and counted, not killed.
-async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32) -> Check {
-    let cfg = &shared.config;
+async fn maintenance(driver: &Driver, worker: &Arc<dyn Worker>, misses: &mut u32) -> Check {
+    let cfg = &driver.config;
     if let Some(max) = cfg.recycle.max_rss_bytes {
         if worker.rss_bytes().is_some_and(|rss| rss > max) {
             return Check::Recycle("max_rss");
@@ -268,47 +287,43 @@ async fn maintenance(shared: &Shared, worker: &Arc<dyn Worker>, misses: &mut u32
 
 /// Kills a frozen worker (its calls fail with `WorkerCrashed { cause:
 /// Unresponsive }`) and records the crash once it is gone.
-async fn kill_frozen(shared: &Shared, slot: SlotId, worker: &Arc<dyn Worker>, reason: &str) {
+async fn kill_frozen(driver: &Driver, slot: SlotId, worker: &Arc<dyn Worker>, reason: &str) {
     let id = worker.info().id;
-    tracing::error!(pool = %shared.config.name, worker = %id, pid = ?worker.info().pid, "killing frozen worker: {reason}");
+    tracing::error!(pool = %driver.config.name, worker = %id, pid = ?worker.info().pid, "killing frozen worker: {reason}");
     worker.kill(CrashCause::Unresponsive, reason);
     // A kill ends the worker at once; do not let a transport that never
     // reports the end hold the slot.
     let exit = match tokio::time::timeout(Duration::from_secs(5), worker.closed()).await {
         Ok(exit) => exit,
         Err(_) => {
-            tracing::error!(pool = %shared.config.name, worker = %id, "killed worker did not report its end within 5 s");
+            tracing::error!(pool = %driver.config.name, worker = %id, "killed worker did not report its end within 5 s");
             WorkerExit::default()
         }
     };
-    shared.on_crash(slot, id, exit, "unresponsive");
+    driver.on_crash(slot, id, exit, "unresponsive");
 }
 
 /// Stops taking calls on `worker`, waits until its calls finish (or the
 /// deadline, or the pool's shutdown deadline), then shuts it down.
 async fn drain_and_stop(
-    shared: &Shared,
+    driver: &Driver,
     worker: Arc<dyn Worker>,
     deadline: Instant,
     grace: Option<Duration>,
 ) {
     let id = worker.info().id;
-    shared.mark_draining(id);
-    let mut stop = shared.stop.subscribe();
+    driver.with(|s, _| s.mark_draining(id));
+    let mut stop = driver.stop.subscribe();
     // Idle: no call running and (until the deadline) no pinned session.
-    let idle = |st: &crate::shared::State| {
-        st.entries
-            .iter()
-            .all(|e| e.id != id || (e.in_use == 0 && e.pins == 0))
-    };
+    let idle = |s: &Scheduler<Handle>| s.quiet(id, true);
     // When the whole pool stops, pins no longer matter: only running calls.
-    let calls_done = |st: &crate::shared::State| st.entries.iter().all(|e| e.id != id || e.in_use == 0);
+    let calls_done = |s: &Scheduler<Handle>| s.quiet(id, false);
     let wait = async {
         tokio::select! {
-            _ = shared.wait_until(Some(deadline), idle) => deadline,
+            _ = driver.wait_until(Some(deadline), idle) => deadline,
             d = stopped(&mut stop) => {
                 let d = d.min(deadline);
-                shared.wait_until(Some(d), calls_done).await;
+                driver.wait_until(Some(d), calls_done).await;
                 d
             }
         }
@@ -318,13 +333,13 @@ async fn drain_and_stop(
         exit = worker.closed() => {
             // Died while draining: forget it now, so calls waiting for it
             // fail with WorkerGone instead of waiting out the drain.
-            tracing::warn!(pool = %shared.config.name, worker = %id, %exit, "worker exited while draining");
-            shared.remove_entry(id);
+            tracing::warn!(pool = %driver.config.name, worker = %id, %exit, "worker exited while draining");
+            driver.with(|s, _| s.remove_entry(id));
             return;
         }
     };
     let grace = grace.unwrap_or_else(|| deadline.saturating_duration_since(Instant::now()));
     let exit = worker.shutdown(grace).await;
-    tracing::debug!(pool = %shared.config.name, worker = %id, %exit, "worker stopped");
-    shared.remove_entry(id);
+    tracing::debug!(pool = %driver.config.name, worker = %id, %exit, "worker stopped");
+    driver.with(|s, _| s.remove_entry(id));
 }

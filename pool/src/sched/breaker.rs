@@ -1,30 +1,13 @@
-use std::time::Duration;
+//! The circuit breaker: counts worker faults, opens after
+//! `failure_threshold` of them in a row, lets half-open probes through once
+//! `open_for` has passed, and closes on a probe's success. Sans-IO: the
+//! caller passes the time in.
 
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::deadline::after;
 use crate::config::BreakerConfig;
-
-/// The state of the circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls flow; worker faults are counted.
-    Closed,
-    /// Calls fail fast with `CircuitOpen`.
-    Open,
-    /// A limited number of probe calls are let through.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// A stable lower-case name (`ready`, `half_open`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-}
+use crate::status::BreakerState;
 
 #[derive(Debug)]
 enum Inner {
@@ -33,7 +16,7 @@ enum Inner {
     HalfOpen { probes: u32 },
 }
 
-/// Sans-IO breaker: the caller passes the time in.
+/// The breaker; disabled (always closed) without a configuration.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     config: Option<BreakerConfig>,
@@ -86,6 +69,15 @@ impl Breaker {
         }
     }
 
+    /// Probe places taken while half-open.
+    #[cfg(test)]
+    pub(crate) fn probes(&self) -> u32 {
+        match self.inner {
+            Inner::HalfOpen { probes } => probes,
+            _ => 0,
+        }
+    }
+
     /// A probe ended without an outcome (cancelled, never sent).
     pub(crate) fn cancel_probe(&mut self) {
         if let Inner::HalfOpen { probes } = &mut self.inner {
@@ -107,7 +99,7 @@ impl Breaker {
                 *failures += 1;
                 if *failures >= cfg.failure_threshold {
                     self.inner = Inner::Open {
-                        until: crate::shared::after(now, cfg.open_for),
+                        until: after(now, cfg.open_for),
                     };
                     true
                 } else {
@@ -124,7 +116,7 @@ impl Breaker {
             }
             (Inner::HalfOpen { .. }, true) => {
                 self.inner = Inner::Open {
-                    until: crate::shared::after(now, cfg.open_for),
+                    until: after(now, cfg.open_for),
                 };
                 true
             }
