@@ -193,7 +193,7 @@ async fn supervise(driver: &Arc<Driver>, slot: SlotId, mut worker: Arc<dyn Worke
                 driver.on_ready(slot, new.clone());
                 let old = std::mem::replace(&mut worker, new);
                 let old_id = old.info().id;
-                driver.with(|s, _| s.mark_draining(old_id));
+                driver.with(|s, now| s.mark_draining(old_id, now));
                 let drain = tokio::spawn({
                     let driver = driver.clone();
                     let deadline = after(Instant::now(), cfg.drain_timeout);
@@ -312,7 +312,7 @@ async fn drain_and_stop(
     grace: Option<Duration>,
 ) {
     let id = worker.info().id;
-    driver.with(|s, _| s.mark_draining(id));
+    driver.with(|s, now| s.mark_draining(id, now));
     let mut stop = driver.stop.subscribe();
     // Idle: no call running and (until the deadline) no pinned session.
     let idle = |s: &Scheduler<Handle>| s.quiet(id, true);
@@ -334,12 +334,12 @@ async fn drain_and_stop(
             // Died while draining: forget it now, so calls waiting for it
             // fail with WorkerGone instead of waiting out the drain.
             tracing::warn!(pool = %driver.config.name, worker = %id, %exit, "worker exited while draining");
-            driver.with(|s, _| s.remove_entry(id));
+            driver.with(|s, now| s.remove_entry(id, now));
             return;
         }
     };
     let grace = grace.unwrap_or_else(|| deadline.saturating_duration_since(Instant::now()));
     let exit = worker.shutdown(grace).await;
     tracing::debug!(pool = %driver.config.name, worker = %id, %exit, "worker stopped");
-    driver.with(|s, _| s.remove_entry(id));
+    driver.with(|s, now| s.remove_entry(id, now));
 }

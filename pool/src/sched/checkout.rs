@@ -156,18 +156,40 @@ impl<W: Liveness> Scheduler<W> {
     /// exclusive waiter is not starved); callers waiting for one
     /// particular worker never block others, but wait behind an exclusive
     /// waiter for the worker reserved for it.
+    ///
+    /// Repeated until a pass grants nothing: a grant changes which worker
+    /// is reserved for an exclusive waiter, which may free a targeted
+    /// waiter an earlier pass skipped.
     pub(crate) fn dispatch(&mut self, now: Instant) {
+        loop {
+            let granted = self.out.grants.len();
+            self.dispatch_pass(now);
+            if self.out.grants.len() == granted {
+                break;
+            }
+        }
+    }
+
+    fn dispatch_pass(&mut self, now: Instant) {
         let mut any_blocked = false;
         let mut reserved: Option<WorkerId> = None;
+        // Targets with a waiter that could not be served: later waiters for
+        // the same worker stay behind it (FIFO per worker, as `acquire`
+        // queues them), so a shared call cannot overtake an exclusive
+        // checkout of that worker forever.
+        let mut blocked_targets: Vec<WorkerId> = Vec::new();
         let mut i = 0;
         while let Some(w) = self.queue.get(i) {
             let picked = match w.target {
-                Some(t) if reserved == Some(t) => None,
+                Some(t) if reserved == Some(t) || blocked_targets.contains(&t) => None,
                 Some(t) => pick_target(&self.entries, w.kind, t),
                 None if any_blocked => None,
                 None => pick(&self.entries, w.kind),
             };
             let Some(idx) = picked else {
+                if let Some(t) = w.target {
+                    blocked_targets.push(t);
+                }
                 if w.target.is_none() {
                     any_blocked = true;
                     if w.kind == Checkout::Exclusive && reserved.is_none() {

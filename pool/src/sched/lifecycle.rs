@@ -101,20 +101,24 @@ impl<W: Liveness> Scheduler<W> {
     }
 
     /// `worker` takes no new untargeted calls.
-    pub(crate) fn mark_draining(&mut self, worker: WorkerId) {
+    pub(crate) fn mark_draining(&mut self, worker: WorkerId, now: Instant) {
         if let Some(e) = self.entry_mut(worker) {
             e.draining = true;
         }
         self.out.gauges = true;
+        // One usable worker fewer: the worker reserved for an exclusive
+        // waiter may change, which may free a waiter for another one.
+        self.dispatch(now);
     }
 
     /// `worker` stopped (or died while draining): forget it; callers queued
     /// for it get `WorkerGone`.
-    pub(crate) fn remove_entry(&mut self, worker: WorkerId) {
+    pub(crate) fn remove_entry(&mut self, worker: WorkerId, now: Instant) {
         self.entries.retain(|e| e.id != worker);
         self.fail_targeted(worker);
         self.out.gauges = true;
         self.out.changed = true;
+        self.dispatch(now);
     }
 
     /// `slot`'s supervisor ended.

@@ -419,7 +419,7 @@ fn draining_and_dead_workers_take_no_new_calls() {
     let mut p = Pool::new(config());
     let a = p.up(0, 2);
     let b = p.up(1, 2);
-    p.s.mark_draining(a);
+    p.s.mark_draining(a, p.t);
     p.alive[&b].0.set(false);
     assert!(!p.s.has_ready_worker());
     p.queued(SHARED);
@@ -606,16 +606,19 @@ impl Pool {
             Event::Die(i) => {
                 if let Some((_, id)) = self.worker_at(i) {
                     self.alive[&id].0.set(false);
+                    // Its supervisor reports the crash soon; until then the
+                    // scheduler is not told, so let the next event see it.
+                    self.s.dispatch(now);
                 }
             }
             Event::Drain(i) => {
                 if let Some((_, id)) = self.worker_at(i) {
-                    self.s.mark_draining(id);
+                    self.s.mark_draining(id, now);
                 }
             }
             Event::Gone(i) => {
                 if let Some((_, id)) = self.worker_at(i) {
-                    self.s.remove_entry(id);
+                    self.s.remove_entry(id, now);
                 }
             }
             Event::Retire(i) => {
