@@ -17,11 +17,7 @@ async fn breaker_opens_on_worker_faults_not_on_handler_errors() {
     let pool = fake_pool_builder(&l)
         .workers(1)
         .call_timeout(secs(1))
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 3,
-            open_for: secs(10),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(3, secs(10)))
         .build()
         .await
         .unwrap();
@@ -70,11 +66,7 @@ async fn one_crash_with_many_calls_in_flight_is_one_breaker_fault() {
     let l = launcher().max_concurrency(16);
     let pool = fake_pool_builder(&l)
         .workers(2)
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 3,
-            open_for: secs(10),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(3, secs(10)))
         .build()
         .await
         .unwrap();
@@ -113,11 +105,7 @@ async fn a_callers_own_short_deadline_does_not_open_the_breaker() {
         .workers(1)
         .call_timeout(secs(10))
         .max_consecutive_timeouts(None)
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 2,
-            open_for: secs(30),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(2, secs(30)))
         .build()
         .await
         .unwrap();
@@ -192,11 +180,7 @@ async fn a_lease_call_in_half_open_is_not_the_probe() {
     let pool = fake_pool_builder(&l)
         .workers(1)
         .call_timeout(secs(1))
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 1,
-            open_for: secs(10),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(1, secs(10)))
         .build()
         .await
         .unwrap();
@@ -235,11 +219,7 @@ async fn idle_lease_holds_the_half_open_probe() {
     let pool = fake_pool_builder(&l)
         .workers(1)
         .call_timeout(ms(10))
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 1,
-            open_for: secs(1),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(1, secs(1)))
         .build()
         .await
         .unwrap();

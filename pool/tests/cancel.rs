@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use futures::StreamExt;
-use portpool_pool::{BreakerConfig, Checkout, PoolError};
+use portpool_pool::{Checkout, PoolError};
 use portpool_testkit::WorkerScript;
 use portpool_transport::CallRequest;
 use proptest::prelude::*;
@@ -71,11 +71,7 @@ fn scenario(ops: Vec<(Op, u64, u64)>, crash_every: u64, concurrency: u32) {
             .max_queue(8)
             .checkout_timeout(ms(200))
             .crash_loop(1000, secs(1))
-            .breaker(Some(BreakerConfig {
-                failure_threshold: 3,
-                open_for: ms(50),
-                half_open_probes: 1,
-            }))
+            .breaker(breaker(3, ms(50)))
             .build()
             .await
             .unwrap();

@@ -11,18 +11,23 @@ use std::time::Duration;
 use common::scripted::{scripted, Cpu};
 use common::*;
 use portpool_pool::{Heartbeat, Pool, PoolError, WorkerState};
-use portpool_testkit::{remote_error, WorkerScript};
-use portpool_transport::{CallError, CrashCause, ProcessLauncher, WorkerCommand, WorkerId};
+use portpool_testkit::{remote_error, FakeLauncher, WorkerScript};
+use portpool_transport::{CallError, CrashCause, WorkerId};
 use tokio::time::Instant;
+
+/// The common launcher; its first worker (only) ignores pings.
+fn first_worker_ignores_pings() -> FakeLauncher {
+    launcher().script(|n| match n {
+        0 => WorkerScript::default().ignore_pings(),
+        _ => WorkerScript::default(),
+    })
+}
 
 /// An idle worker that misses its pings (with no CPU progress: the fake's
 /// CPU time is unknown) is killed as frozen and replaced.
 #[tokio::test(start_paused = true)]
 async fn idle_workers_are_pinged_and_missed_pings_replace_them() {
-    let l = launcher().script(|n| match n {
-        0 => WorkerScript::default().ignore_pings(),
-        _ => WorkerScript::default(),
-    });
+    let l = first_worker_ignores_pings();
     let pool = fake_pool_builder(&l)
         .workers(1)
         .heartbeat(Some(Heartbeat {
@@ -59,10 +64,7 @@ async fn idle_workers_are_pinged_and_missed_pings_replace_them() {
 /// misses its pings without CPU progress is killed even while leased.
 #[tokio::test(start_paused = true)]
 async fn busy_workers_are_pinged_too() {
-    let l = launcher().script(|n| match n {
-        0 => WorkerScript::default().ignore_pings(),
-        _ => WorkerScript::default(),
-    });
+    let l = first_worker_ignores_pings();
     let pool = fake_pool_builder(&l)
         .workers(1)
         .heartbeat(Some(Heartbeat {
@@ -198,10 +200,7 @@ async fn waiting_handlers_that_use_no_cpu_are_not_killed_by_the_heartbeat() {
         max_misses: 2,
     };
     let bound = hb.interval * hb.max_misses + hb.timeout;
-    let launcher = ProcessLauncher::new(
-        WorkerCommand::python_with(python, python_app("waiting", APP)).init_timeout(Duration::from_secs(20)),
-    );
-    let pool = Pool::builder(launcher)
+    let pool = Pool::builder(python_launcher(python, python_app("waiting", APP)))
         .name("review-hb")
         .workers(1)
         .heartbeat(Some(hb))

@@ -11,7 +11,7 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use portpool_pool::{BreakerConfig, BreakerState, PoolError, Wait, WorkerState};
+use portpool_pool::{BreakerState, PoolError, Wait, WorkerState};
 use portpool_testkit::WorkerScript;
 use portpool_transport::{CallError, CallRequest, WorkerId};
 
@@ -324,11 +324,7 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
         .workers(1)
         .call_timeout(ms(100))
         .max_consecutive_timeouts(None)
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 1,
-            open_for: secs(1),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(1, secs(1)))
         .build()
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{python_app as app, spawn_call};
+use common::{python_app as app, python_launcher as launcher, spawn_call};
 use futures::StreamExt;
 use portpool_pool::{Pool, PoolError};
 use portpool_testkit::CallLedger;
@@ -21,10 +21,6 @@ fn python() -> Option<PathBuf> {
     // The workspace's .venv with the runtime, made on first use.
     let python = portpool_testkit::runtime_python().expect("a Python with the portpool runtime");
     Some(python)
-}
-
-fn launcher(python: PathBuf, app: PathBuf) -> ProcessLauncher {
-    ProcessLauncher::new(WorkerCommand::python_with(python, app).init_timeout(Duration::from_secs(20)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,15 @@ async fn pool(l: &FakeLauncher, workers: usize) -> Pool {
     fake_pool(l, workers).await.unwrap()
 }
 
+/// Keeps `worker` busy with a `sleep` of `ms` of the pool's own (not a
+/// session's), in a task of its own.
+fn occupy(pool: &Pool, worker: WorkerId, ms: u64) -> JoinHandle<Result<Value, PoolError>> {
+    spawn_with(pool, move |pool| async move {
+        pool.call_on(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
+            .await
+    })
+}
+
 /// `sleep` for `ms` in session `id`, in a task of its own.
 fn spawn_sleep(sessions: &SessionPool, id: &SessionId, ms: u64) -> JoinHandle<Result<u64, SessionError>> {
     spawn_with(&sessions.session(id.clone()), move |s| async move {
@@ -377,14 +386,7 @@ async fn hint_fallback_leaves_no_session_state_on_other_workers() {
     assert_eq!(count(&sessions, &id).await.unwrap(), 1);
     let bound = sessions.binding(&id).await.unwrap().worker;
     let other = WorkerId(1 - bound.0);
-    let busy = spawn_with(&p, |p| async move {
-        p.call_on(
-            bound,
-            CallRequest::new("sleep", 1_000),
-            portpool_pool::Wait::Queue,
-        )
-        .await
-    });
+    let busy = occupy(&p, bound, 1_000);
     tokio::time::sleep(ms(1)).await;
     assert_eq!(
         count(&sessions, &id).await.unwrap(),
@@ -697,14 +699,7 @@ async fn a_dropped_hint_fallback_call_still_closes_its_throwaway_session() {
     let id = SessionId::new();
     let bound = WorkerId(whoami(&sessions, &id).await);
     let other = WorkerId(1 - bound.0);
-    let busy = spawn_with(&p, |p| async move {
-        p.call_on(
-            bound,
-            CallRequest::new("sleep", 1_000),
-            portpool_pool::Wait::Queue,
-        )
-        .await
-    });
+    let busy = occupy(&p, bound, 1_000);
     tokio::time::sleep(ms(1)).await;
     // The fallback runs on the other worker; its caller gives up mid-call.
     let gave_up = tokio::time::timeout(

@@ -8,11 +8,11 @@ pub mod scripted;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use portpool_pool::{Pool, PoolBuilder, PoolStatus};
+use portpool_pool::{BreakerConfig, Pool, PoolBuilder, PoolStatus};
 use portpool_testkit::FakeLauncher;
 #[allow(unused_imports)] // each test file uses some of them
 pub use portpool_testkit::{fake_pool, fake_pool_builder, spawn_call, spawn_with};
-use portpool_transport::{Value, WorkerId};
+use portpool_transport::{ProcessLauncher, Value, WorkerCommand, WorkerId};
 
 /// Milliseconds.
 pub fn ms(n: u64) -> Duration {
@@ -46,6 +46,16 @@ pub fn builder(l: &FakeLauncher) -> PoolBuilder {
     fake_pool_builder(l)
 }
 
+/// A breaker that opens after `failures` worker faults in a row, for
+/// `open_for`, then lets one probe through.
+pub fn breaker(failures: u32, open_for: Duration) -> Option<BreakerConfig> {
+    Some(BreakerConfig {
+        failure_threshold: failures,
+        open_for,
+        half_open_probes: 1,
+    })
+}
+
 /// Slots held by callers, over all workers.
 pub fn held(status: &PoolStatus) -> usize {
     status.workers.iter().map(|w| w.held).sum()
@@ -74,6 +84,11 @@ pub async fn wait_status(pool: &Pool, cond: impl Fn(&PoolStatus) -> bool) -> Poo
 /// pool whose worker was replaced.
 pub async fn wait_only_worker(pool: &Pool, id: WorkerId) -> PoolStatus {
     wait_status(pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(id)).await
+}
+
+/// Real Python workers running `app` on `python` (20 s to start).
+pub fn python_launcher(python: PathBuf, app: PathBuf) -> ProcessLauncher {
+    ProcessLauncher::new(WorkerCommand::python_with(python, app).init_timeout(secs(20)))
 }
 
 /// Writes `source` to a fresh Python app file named `name.py` (for the
