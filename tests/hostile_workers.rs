@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hostile::*;
 use portpool::transport::{CrashCause, HelloCause};
 use portpool::{CallError, CallRequest, LaunchError, PoolError, Value, WorkerCommand};
+use portpool_testkit::spawn_call;
 
 /// A worker that ended by itself: the transport sees its stdout close or
 /// its exit first (either cause is right), and the exit code is typed.
@@ -282,10 +283,7 @@ async fn a_worker_ignoring_sigterm_is_killed_at_shutdown() {
     let hostile = Hostile::new("ignore_sigterm");
     let pool = hostile.pool(1).build().await.unwrap();
     // A call it never answers is in flight when the pool shuts down.
-    let call = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call_value("echo", Value::from(1)).await }
-    });
+    let call = spawn_call::<Value>(&pool, "echo", 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     tokio::time::timeout(BOUND, pool.shutdown(Duration::from_millis(300)))
@@ -354,10 +352,7 @@ async fn a_worker_stopped_while_busy_fails_its_calls_as_unresponsive() {
     assert_eq!(pool.status().workers[0].restarts, 0, "a busy worker was killed");
     // Frozen with a call in flight and no call_timeout: killed as unresponsive.
     let pid = hostile.wait_start_pid(0).await;
-    let call = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call_value("sleep", Value::from(60_000)).await }
-    });
+    let call = spawn_call::<Value>(&pool, "sleep", 60_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(pid, "-STOP");
     let stopped = Instant::now();

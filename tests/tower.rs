@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portpool::{CallRequest, Pool, PoolError, PoolService, Value};
-use portpool_testkit::{remote_error, FakeLauncher};
+use portpool_testkit::{fake_pool, remote_error, FakeLauncher};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 fn launcher() -> FakeLauncher {
@@ -21,7 +21,7 @@ fn launcher() -> FakeLauncher {
 }
 
 async fn pool() -> Pool {
-    Pool::builder(launcher()).workers(2).build().await.unwrap()
+    fake_pool(&launcher(), 2).await.unwrap()
 }
 
 #[tokio::test]

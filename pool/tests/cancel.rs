@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use futures::StreamExt;
-use portpool_pool::{BreakerConfig, Checkout, PoolError};
+use portpool_pool::{Checkout, PoolError};
 use portpool_testkit::WorkerScript;
-use portpool_transport::{CallRequest, Value};
+use portpool_transport::CallRequest;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -57,37 +57,27 @@ fn scenario(ops: Vec<(Op, u64, u64)>, crash_every: u64, concurrency: u32) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let l = launcher()
-            .stream_handler("count", |n: Value| {
-                (0..n.as_u64().unwrap_or(0)).map(|i| Ok(Value::from(i))).collect()
-            })
-            .max_concurrency(concurrency)
-            .script(move |_| {
-                if crash_every > 0 {
-                    WorkerScript::default()
-                        .crash_after_calls(crash_every)
-                        .chunk_interval(ms(3))
-                } else {
-                    WorkerScript::default().chunk_interval(ms(3))
-                }
-            });
-        let pool = builder(&l)
+        let l = launcher().max_concurrency(concurrency).script(move |_| {
+            if crash_every > 0 {
+                WorkerScript::default()
+                    .crash_after_calls(crash_every)
+                    .chunk_interval(ms(3))
+            } else {
+                WorkerScript::default().chunk_interval(ms(3))
+            }
+        });
+        let pool = fake_pool_builder(&l)
             .workers(2)
             .max_queue(8)
             .checkout_timeout(ms(200))
             .crash_loop(1000, secs(1))
-            .breaker(Some(BreakerConfig {
-                failure_threshold: 3,
-                open_for: ms(50),
-                half_open_probes: 1,
-            }))
+            .breaker(breaker(3, ms(50)))
             .build()
             .await
             .unwrap();
         let mut tasks = Vec::new();
         for (op, start_at, drop_after) in ops {
-            let pool = pool.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn_with(&pool, move |pool| async move {
                 tokio::time::sleep(ms(start_at)).await;
                 // Dropped at a random virtual instant (0: at the first await).
                 let _ = tokio::time::timeout(ms(drop_after), run(pool, op)).await;
@@ -120,10 +110,7 @@ fn scenario(ops: Vec<(Op, u64, u64)>, crash_every: u64, concurrency: u32) {
             let capacity: usize = st.workers.iter().map(|w| w.capacity).sum();
             let mut calls = Vec::new();
             for _ in 0..capacity {
-                let pool = pool.clone();
-                calls.push(tokio::spawn(
-                    async move { pool.call::<_, u64>("sleep", &10).await },
-                ));
+                calls.push(spawn_call::<u64>(&pool, "sleep", 10));
             }
             settle().await;
             assert_eq!(held(&pool.status()), capacity);

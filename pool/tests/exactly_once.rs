@@ -23,10 +23,6 @@ const CALLS: usize = 300;
 fn fault_launcher(seed: u64) -> FakeLauncher {
     launcher()
         .handler("raise", |_| Err(remote_error("ValueError", "bad input")))
-        .async_handler("hang", |_| std::future::pending())
-        .stream_handler("count", |n: Value| {
-            (0..n.as_u64().unwrap_or(0)).map(|i| Ok(Value::from(i))).collect()
-        })
         .max_concurrency(4)
         .script(move |n| {
             // Per launch, derived from the seed: a latency, a crash after
@@ -153,7 +149,7 @@ async fn one_call(pool: &Pool, kind: Kind, i: i64, rng_val: u64) -> Result<(), P
 
 async fn run(seed: u64) {
     let l = fault_launcher(seed);
-    let pool = builder(&l)
+    let pool = fake_pool_builder(&l)
         .name(format!("exactly-once-{seed}"))
         .workers(WORKERS)
         .call_timeout(ms(400))
@@ -279,12 +275,8 @@ async fn every_pool_call_ends_exactly_once_under_mixed_faults() {
 /// targeted call, stream. Its slot comes back at once.
 #[tokio::test(start_paused = true)]
 async fn a_dropped_pool_call_is_recorded_by_the_worker_as_cancelled() {
-    let l = launcher()
-        .stream_handler("count", |n: Value| {
-            (0..n.as_u64().unwrap_or(0)).map(|i| Ok(Value::from(i))).collect()
-        })
-        .script(|_| WorkerScript::default().chunk_interval(secs(1)));
-    let pool = builder(&l).workers(1).build().await.unwrap();
+    let l = launcher().script(|_| WorkerScript::default().chunk_interval(secs(1)));
+    let pool = fake_pool(&l, 1).await.unwrap();
     let w0 = l.worker(WorkerId(0)).unwrap();
 
     let r = tokio::time::timeout(ms(10), pool.call::<_, u64>("sleep", &10_000)).await;
@@ -304,10 +296,7 @@ async fn a_dropped_pool_call_is_recorded_by_the_worker_as_cancelled() {
     s.next().await.unwrap().unwrap();
     drop(s);
     // An aborted task holding a call.
-    let task = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call::<_, u64>("sleep", &10_000).await }
-    });
+    let task = spawn_call::<u64>(&pool, "sleep", 10_000);
     settle().await;
     task.abort();
     settle().await;

@@ -11,7 +11,7 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use portpool_pool::{BreakerConfig, BreakerState, PoolError, Wait, WorkerState};
+use portpool_pool::{BreakerState, PoolError, Wait, WorkerState};
 use portpool_testkit::WorkerScript;
 use portpool_transport::{CallError, CallRequest, WorkerId};
 
@@ -132,7 +132,7 @@ async fn calls_restarts_and_workers_are_measured_with_the_pool_label() {
         0 => WorkerScript::default().crash_after_calls(2),
         _ => WorkerScript::default(),
     });
-    let pool = builder(&l)
+    let pool = fake_pool_builder(&l)
         .name("metered")
         .workers(1)
         .max_queue(0)
@@ -239,17 +239,18 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
 
     // A crash fails the calls queued for that worker.
     let l = launcher();
-    let pool = builder(&l).name("g-crash").workers(1).build().await.unwrap();
+    let pool = fake_pool_builder(&l)
+        .name("g-crash")
+        .workers(1)
+        .build()
+        .await
+        .unwrap();
     assert_gauges_agree(&pool, "built");
-    let running = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call::<_, u64>("sleep", &5_000).await }
-    });
+    let running = spawn_call::<u64>(&pool, "sleep", 5_000);
     settle().await;
     let queued: Vec<_> = (0..3)
         .map(|i| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
+            spawn_with(&pool, |pool| async move {
                 pool.call_on(WorkerId(0), CallRequest::new("echo", i), Wait::Queue)
                     .await
             })
@@ -272,8 +273,8 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
     assert_gauges_agree(&pool, "shut down");
 
     // Time-outs: a checkout time-out and a call time-out.
-    let l = launcher().async_handler("hang", |_| std::future::pending());
-    let pool = builder(&l)
+    let l = launcher();
+    let pool = fake_pool_builder(&l)
         .name("g-timeout")
         .workers(1)
         .checkout_timeout(secs(1))
@@ -281,10 +282,7 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
         .build()
         .await
         .unwrap();
-    let hang = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call::<_, u64>("hang", &()).await }
-    });
+    let hang = spawn_call::<u64>(&pool, "hang", ());
     settle().await;
     let e = pool.call::<_, u64>("echo", &1).await.unwrap_err();
     assert!(matches!(e, PoolError::Timeout { .. }), "{e}");
@@ -299,13 +297,13 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
         1 => WorkerScript::default().fail_launch("no more memory"),
         _ => WorkerScript::default(),
     });
-    let pool = builder(&l).name("g-launch").workers(1).build().await.unwrap();
-    let waiting: Vec<_> = (0..2)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.call::<_, u64>("sleep", &1_000).await })
-        })
-        .collect();
+    let pool = fake_pool_builder(&l)
+        .name("g-launch")
+        .workers(1)
+        .build()
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..2).map(|_| spawn_call::<u64>(&pool, "sleep", 1_000)).collect();
     settle().await;
     assert_gauges_agree(&pool, "one running, one queued");
     l.worker(WorkerId(0)).unwrap().crash();
@@ -320,17 +318,13 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
     pool.shutdown(secs(1)).await;
 
     // The breaker opens, half-opens with time, closes on a good probe.
-    let l = launcher().async_handler("hang", |_| std::future::pending());
-    let pool = builder(&l)
+    let l = launcher();
+    let pool = fake_pool_builder(&l)
         .name("g-breaker")
         .workers(1)
         .call_timeout(ms(100))
         .max_consecutive_timeouts(None)
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 1,
-            open_for: secs(1),
-            half_open_probes: 1,
-        }))
+        .breaker(breaker(1, secs(1)))
         .build()
         .await
         .unwrap();
@@ -352,14 +346,14 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
 
     // Waiters that give up (dropped futures), then a shutdown with waiters queued.
     let l = launcher();
-    let pool = builder(&l).name("g-drop").workers(1).build().await.unwrap();
+    let pool = fake_pool_builder(&l)
+        .name("g-drop")
+        .workers(1)
+        .build()
+        .await
+        .unwrap();
     let hold = pool.checkout().await.unwrap();
-    let waiters: Vec<_> = (0..4)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.call::<_, u64>("echo", &1).await })
-        })
-        .collect();
+    let waiters: Vec<_> = (0..4).map(|_| spawn_call::<u64>(&pool, "echo", 1)).collect();
     settle().await;
     assert_eq!(pool.status().queue_depth, 4);
     assert_gauges_agree(&pool, "four waiting");
@@ -368,10 +362,7 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
     settle().await;
     assert_eq!(pool.status().queue_depth, 2);
     assert_gauges_agree(&pool, "two dropped");
-    let shutdown = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.shutdown(secs(1)).await }
-    });
+    let shutdown = spawn_with(&pool, |pool| async move { pool.shutdown(secs(1)).await });
     settle().await;
     assert_gauges_agree(&pool, "shutting down");
     drop(hold);

@@ -1,7 +1,7 @@
 //! Dropping a pool (or a bare `ProcessWorker`) together with its tokio
 //! runtime, without `shutdown()`, kills and reaps every worker: nothing is
 //! left running and nothing is left a zombie. The real-process counterpart
-//! of `pool.rs::dropping_the_last_handle_stops_the_workers` (which uses fakes).
+//! of `shutdown.rs::dropping_the_last_handle_stops_the_workers` (which uses fakes).
 //!
 //! Needs an interpreter with the `portpool` package (`PORTPOOL_PYTHON`, else
 //! `.venv/bin/python` upwards): `cargo xtask setup` makes one.

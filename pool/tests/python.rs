@@ -4,11 +4,14 @@
 //! They need an interpreter with the `portpool` package (`PORTPOOL_PYTHON`,
 //! else `.venv/bin/python` upwards): `cargo xtask setup` makes one.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{python_app as app, python_launcher as launcher, spawn_call};
 use futures::StreamExt;
 use portpool_pool::{Pool, PoolError};
 use portpool_testkit::CallLedger;
@@ -18,19 +21,6 @@ fn python() -> Option<PathBuf> {
     // The workspace's .venv with the runtime, made on first use.
     let python = portpool_testkit::runtime_python().expect("a Python with the portpool runtime");
     Some(python)
-}
-
-/// Writes `source` to a fresh app file.
-fn app(name: &str, source: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portpool-pool-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.py"));
-    std::fs::write(&path, source).unwrap();
-    path
-}
-
-fn launcher(python: PathBuf, app: PathBuf) -> ProcessLauncher {
-    ProcessLauncher::new(WorkerCommand::python_with(python, app).init_timeout(Duration::from_secs(20)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,10 +200,7 @@ async fn a_sigstopped_worker_with_a_call_in_flight_is_killed_and_replaced() {
         .await
         .unwrap();
     let pid = pool.status().workers[0].pid.unwrap();
-    let call = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call::<_, f64>("sleep", &60.0).await }
-    });
+    let call = spawn_call::<f64>(&pool, "sleep", 60.0);
     let until = Instant::now() + Duration::from_secs(10);
     while pool.status().workers[0].in_flight != 1 {
         assert!(Instant::now() < until, "the call never started");
@@ -317,10 +304,7 @@ async fn params_python_cannot_decode_fail_only_their_call() {
         .await
         .unwrap();
     let pid = pool.status().workers[0].pid;
-    let slow = {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.call_value("slow", Value::from("still here")).await })
-    };
+    let slow = spawn_call::<Value>(&pool, "slow", "still here");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut deep = Value::Nil;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use portpool_pool::Pool;
 use portpool_session::{SessionConfig, SessionError, SessionId, SessionPool};
+use portpool_testkit::spawn_with;
 use portpool_transport::{ProcessLauncher, WorkerCommand};
 
 fn app() -> PathBuf {
@@ -31,12 +32,11 @@ async fn ten_tasks_increment_one_session_counter_to_one_hundred_on_one_worker() 
     let sessions = sessions(4).await;
     let id = SessionId::new();
     let tasks = (0..10).map(|_| {
-        let (sessions, id) = (sessions.clone(), id.clone());
-        tokio::spawn(async move {
+        spawn_with(&sessions.session(id.clone()), |session| async move {
             let mut pids = Vec::new();
             for _ in 0..10 {
-                let _: u64 = sessions.call(&id, "count", &()).await.unwrap();
-                pids.push(sessions.call::<_, u32>(&id, "pid", &()).await.unwrap());
+                let _: u64 = session.call("count", &()).await.unwrap();
+                pids.push(session.call::<_, u32>("pid", &()).await.unwrap());
             }
             pids
         })

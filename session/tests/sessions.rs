@@ -3,10 +3,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use portpool_pool::{Backoff, Pool, PoolError};
+use portpool_pool::{Pool, PoolError};
 use portpool_session::*;
-use portpool_testkit::{CallContext, FakeLauncher};
+use portpool_testkit::{fake_pool, fake_pool_builder, spawn_with, CallContext, FakeLauncher};
 use portpool_transport::{CallRequest, Value, WorkerId};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
@@ -29,22 +30,25 @@ fn launcher() -> FakeLauncher {
         })
 }
 
+/// A ready pool of `workers` fakes (the testkit's deterministic settings).
 async fn pool(l: &FakeLauncher, workers: usize) -> Pool {
-    Pool::builder(l.clone())
-        .name("sessions")
-        .workers(workers)
-        .heartbeat(None)
-        .breaker(None)
-        .checkout_timeout(Duration::from_secs(5))
-        .restart_backoff(Backoff {
-            base: ms(100),
-            cap: ms(1_000),
-            jitter: 0.0,
-            reset_after: Duration::from_secs(10),
-        })
-        .build()
-        .await
-        .unwrap()
+    fake_pool(l, workers).await.unwrap()
+}
+
+/// Keeps `worker` busy with a `sleep` of `ms` of the pool's own (not a
+/// session's), in a task of its own.
+fn occupy(pool: &Pool, worker: WorkerId, ms: u64) -> JoinHandle<Result<Value, PoolError>> {
+    spawn_with(pool, move |pool| async move {
+        pool.call_on(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
+            .await
+    })
+}
+
+/// `sleep` for `ms` in session `id`, in a task of its own.
+fn spawn_sleep(sessions: &SessionPool, id: &SessionId, ms: u64) -> JoinHandle<Result<u64, SessionError>> {
+    spawn_with(&sessions.session(id.clone()), move |s| async move {
+        s.call("sleep", &ms).await
+    })
 }
 
 async fn count(sessions: &SessionPool, id: &SessionId) -> Result<u64, SessionError> {
@@ -91,8 +95,9 @@ async fn concurrent_first_calls_of_one_session_bind_exactly_once() {
     let sessions = SessionPool::new(pool(&l, 4).await, SessionConfig::default()).unwrap();
     let id = SessionId::new();
     let calls = (0..20).map(|_| {
-        let (sessions, id) = (sessions.clone(), id.clone());
-        tokio::spawn(async move { whoami(&sessions, &id).await })
+        spawn_with(&sessions.session(id.clone()), |s| async move {
+            s.call::<_, u64>("whoami", &()).await.unwrap()
+        })
     });
     let workers: HashSet<u64> = futures::future::join_all(calls)
         .await
@@ -109,10 +114,7 @@ async fn strict_affinity_queues_for_the_bound_worker() {
     let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
     let id = SessionId::new();
     let bound = whoami(&sessions, &id).await;
-    let slow = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
-    });
+    let slow = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(1)).await;
     let t0 = Instant::now();
     assert_eq!(whoami(&sessions, &id).await, bound, "waited for its own worker");
@@ -127,10 +129,7 @@ async fn fail_fast_affinity_reports_a_busy_worker_at_once() {
     let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
     let id = SessionId::new();
     let bound = whoami(&sessions, &id).await;
-    let slow = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
-    });
+    let slow = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(1)).await;
     let t0 = Instant::now();
     let err = sessions.call::<_, u64>(&id, "whoami", &()).await.unwrap_err();
@@ -149,10 +148,7 @@ async fn hint_affinity_falls_back_to_another_worker() {
     let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
     let id = SessionId::new();
     let bound = whoami(&sessions, &id).await;
-    let slow = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
-    });
+    let slow = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(1)).await;
     let t0 = Instant::now();
     let elsewhere = whoami(&sessions, &id).await;
@@ -194,10 +190,7 @@ async fn idle_sessions_expire_after_the_ttl_busy_ones_do_not() {
     let sessions = SessionPool::new(pool(&l, 1).await, config).unwrap();
     let (idle, busy) = (SessionId::new(), SessionId::new());
     count(&sessions, &idle).await.unwrap();
-    let long = tokio::spawn({
-        let (sessions, busy) = (sessions.clone(), busy.clone());
-        async move { sessions.call::<_, u64>(&busy, "sleep", &30_000).await }
-    });
+    let long = spawn_sleep(&sessions, &busy, 30_000);
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(sessions.len().await, 2);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -241,10 +234,7 @@ async fn max_sessions_with_every_session_busy_is_too_many_sessions() {
     let config = SessionConfig::default().max_sessions(1);
     let sessions = SessionPool::new(pool(&l, 1).await, config).unwrap();
     let busy = SessionId::new();
-    let long = tokio::spawn({
-        let (sessions, busy) = (sessions.clone(), busy.clone());
-        async move { sessions.call::<_, u64>(&busy, "sleep", &1_000).await }
-    });
+    let long = spawn_sleep(&sessions, &busy, 1_000);
     tokio::time::sleep(ms(1)).await;
     let err = count(&sessions, &SessionId::new()).await.unwrap_err();
     assert!(matches!(err, SessionError::TooManySessions { max: 1 }), "{err}");
@@ -281,10 +271,7 @@ async fn a_crash_during_a_session_call_is_session_lost_for_that_call_only() {
     let id = SessionId::new();
     count(&sessions, &id).await.unwrap();
     let bound = sessions.binding(&id).await.unwrap().worker;
-    let running = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
-    });
+    let running = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(10)).await;
     l.worker(bound).unwrap().crash();
     let err = running.await.unwrap().unwrap_err();
@@ -318,10 +305,8 @@ async fn rebind_mode_moves_the_session_silently() {
 #[tokio::test(start_paused = true)]
 async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
     let l = launcher();
-    let pool = Pool::builder(l.clone())
+    let pool = fake_pool_builder(&l)
         .workers(1)
-        .heartbeat(None)
-        .breaker(None)
         .max_requests(3)
         .drain_timeout(Duration::from_secs(60))
         .build()
@@ -401,17 +386,7 @@ async fn hint_fallback_leaves_no_session_state_on_other_workers() {
     assert_eq!(count(&sessions, &id).await.unwrap(), 1);
     let bound = sessions.binding(&id).await.unwrap().worker;
     let other = WorkerId(1 - bound.0);
-    let busy = tokio::spawn({
-        let p = p.clone();
-        async move {
-            p.call_on(
-                bound,
-                CallRequest::new("sleep", 1_000),
-                portpool_pool::Wait::Queue,
-            )
-            .await
-        }
-    });
+    let busy = occupy(&p, bound, 1_000);
     tokio::time::sleep(ms(1)).await;
     assert_eq!(
         count(&sessions, &id).await.unwrap(),
@@ -560,10 +535,7 @@ async fn close_waits_for_the_sessions_running_calls() {
     let sessions = SessionPool::new(pool(&l, 1).await, SessionConfig::default()).unwrap();
     let id = SessionId::new();
     count(&sessions, &id).await.unwrap();
-    let running = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &1_000).await }
-    });
+    let running = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(10)).await;
     let t0 = Instant::now();
     sessions.close(&id).await.unwrap();
@@ -590,12 +562,12 @@ fn steady_callers(
 ) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..callers)
         .map(|i| {
-            let (sessions, id, stop) = (sessions.clone(), id.clone(), stop.clone());
-            tokio::spawn(async move {
+            let stop = stop.clone();
+            spawn_with(&sessions.session(id.clone()), move |session| async move {
                 tokio::time::sleep(ms(call_ms * i / callers)).await;
                 let mut made = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    sessions.call::<_, u64>(&id, "sleep", &call_ms).await.unwrap();
+                    session.call::<_, u64>("sleep", &call_ms).await.unwrap();
                     made += 1;
                 }
                 made
@@ -655,10 +627,8 @@ async fn close_is_not_starved_by_steady_overlapping_calls() {
 #[tokio::test(start_paused = true)]
 async fn close_of_a_session_with_a_call_that_never_ends_is_bounded_by_the_drain_timeout() {
     let l = launcher().max_concurrency(4);
-    let pool = Pool::builder(l.clone())
+    let pool = fake_pool_builder(&l)
         .workers(1)
-        .heartbeat(None)
-        .breaker(None)
         .drain_timeout(Duration::from_secs(5))
         .build()
         .await
@@ -666,10 +636,7 @@ async fn close_of_a_session_with_a_call_that_never_ends_is_bounded_by_the_drain_
     let sessions = SessionPool::new(pool, SessionConfig::default()).unwrap();
     let id = SessionId::new();
     assert_eq!(count(&sessions, &id).await.unwrap(), 1);
-    let stuck = tokio::spawn({
-        let (sessions, id) = (sessions.clone(), id.clone());
-        async move { sessions.call::<_, u64>(&id, "sleep", &3_600_000).await }
-    });
+    let stuck = spawn_sleep(&sessions, &id, 3_600_000);
     tokio::time::sleep(ms(10)).await;
     let t0 = Instant::now();
     tokio::time::timeout(Duration::from_secs(60), sessions.close(&id))
@@ -688,10 +655,8 @@ async fn close_of_a_session_with_a_call_that_never_ends_is_bounded_by_the_drain_
 #[tokio::test(start_paused = true)]
 async fn dropping_the_session_pool_releases_its_pins_so_recycling_proceeds() {
     let l = launcher();
-    let pool = Pool::builder(l.clone())
+    let pool = fake_pool_builder(&l)
         .workers(1)
-        .heartbeat(None)
-        .breaker(None)
         .max_requests(3)
         .drain_timeout(Duration::from_secs(600))
         .build()
@@ -734,17 +699,7 @@ async fn a_dropped_hint_fallback_call_still_closes_its_throwaway_session() {
     let id = SessionId::new();
     let bound = WorkerId(whoami(&sessions, &id).await);
     let other = WorkerId(1 - bound.0);
-    let busy = tokio::spawn({
-        let p = p.clone();
-        async move {
-            p.call_on(
-                bound,
-                CallRequest::new("sleep", 1_000),
-                portpool_pool::Wait::Queue,
-            )
-            .await
-        }
-    });
+    let busy = occupy(&p, bound, 1_000);
     tokio::time::sleep(ms(1)).await;
     // The fallback runs on the other worker; its caller gives up mid-call.
     let gave_up = tokio::time::timeout(
@@ -877,10 +832,8 @@ fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
         .unwrap();
     let l = launcher();
     let pool = rt.block_on(async {
-        Pool::builder(l.clone())
+        fake_pool_builder(&l)
             .workers(1)
-            .heartbeat(None)
-            .breaker(None)
             .max_requests(2)
             .drain_timeout(Duration::from_secs(600))
             .build()

@@ -24,7 +24,11 @@
 //!   (a timestamped event log).
 //! - With the `mock` feature: mockall mocks of the traits, `MockWorker` and
 //!   `MockLauncher`, and `mockall` itself.
-//! - With the `pool` feature: `fake_pool`, a ready pool of fakes in one line.
+//! - [`spawn_with`]: a call (or any future) on a clone of a handle, in a
+//!   task of its own: the clone-then-spawn block of concurrent tests.
+//! - With the `pool` feature: `fake_pool`, a ready pool of fakes in one
+//!   line, `fake_pool_builder` to set more on it first, and `spawn_call`, a
+//!   pool call in a task of its own.
 //! - [`process_gone`] / [`wait_process_gone`]: orphan checks through `/proc`
 //!   for tests about real processes.
 //!
@@ -108,6 +112,7 @@ mod procs;
 mod python_env;
 mod record;
 mod script;
+mod spawn;
 mod worker;
 
 pub use events::{EventRecorder, Recorded};
@@ -119,7 +124,7 @@ pub use handler::{remote_error, CallContext, HandlerResult};
 pub use launcher::{FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
-pub use pool::fake_pool;
+pub use pool::{fake_pool, fake_pool_builder, spawn_call};
 pub use procs::{
     leftover_processes, process_gone, process_info, process_state, process_tree, processes, wait_all_gone,
     wait_process_gone, ProcessInfo, ProcessState,
@@ -127,6 +132,7 @@ pub use procs::{
 pub use python_env::runtime_python;
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
 pub use script::{Fault, WorkerScript};
+pub use spawn::spawn_with;
 pub use worker::{FakeWorker, FakeWorkerHandle};
 
 #[cfg(feature = "mock")]

@@ -79,7 +79,7 @@ fn chaos(root: &Path, args: &[String]) -> Result<(), String> {
             "test",
             "--release",
             "-p",
-            "portpool-session",
+            "portpool",
             "--test",
             "chaos",
             "--",

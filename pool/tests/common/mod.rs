@@ -1,11 +1,18 @@
-//! Helpers shared by the pool tests.
+//! Helpers shared by the pool tests: the fake launcher they start from and
+//! waits on the pool's status. Pools are built with the testkit's
+//! `fake_pool` / `fake_pool_builder`, as downstream tests do.
 #![allow(dead_code)]
 
+pub mod scripted;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use portpool_pool::{Backoff, Pool, PoolBuilder, PoolStatus};
+use portpool_pool::{BreakerConfig, Pool, PoolBuilder, PoolStatus};
 use portpool_testkit::FakeLauncher;
-use portpool_transport::{Value, WorkerId};
+#[allow(unused_imports)] // each test file uses some of them
+pub use portpool_testkit::{fake_pool, fake_pool_builder, spawn_call, spawn_with};
+use portpool_transport::{ProcessLauncher, Value, WorkerCommand, WorkerId};
 
 /// Milliseconds.
 pub fn ms(n: u64) -> Duration {
@@ -17,7 +24,8 @@ pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// Methods: `echo` (returns params), `sleep` (params = milliseconds).
+/// Methods: `echo` (returns params), `sleep` (params = milliseconds),
+/// `hang` (never returns), `count` (streams `0..params`).
 pub fn launcher() -> FakeLauncher {
     FakeLauncher::new()
         .handler("echo", Ok)
@@ -25,22 +33,27 @@ pub fn launcher() -> FakeLauncher {
             tokio::time::sleep(Duration::from_millis(v.as_u64().unwrap_or(0))).await;
             Ok(v)
         })
+        .async_handler("hang", |_| std::future::pending())
+        .stream_handler("count", |n: Value| {
+            (0..n.as_u64().unwrap_or(0)).map(|i| Ok(Value::from(i))).collect()
+        })
 }
 
-/// A builder with deterministic settings: no heartbeat, no jitter, no
-/// breaker.
+/// The testkit's deterministic builder (no heartbeat, no jitter, no
+/// breaker). Kept for `targeted.rs`; the other files call
+/// `fake_pool_builder` themselves.
 pub fn builder(l: &FakeLauncher) -> PoolBuilder {
-    Pool::builder(l.clone())
-        .name("test")
-        .heartbeat(None)
-        .breaker(None)
-        .checkout_timeout(secs(5))
-        .restart_backoff(Backoff {
-            base: ms(100),
-            cap: secs(1),
-            jitter: 0.0,
-            reset_after: secs(10),
-        })
+    fake_pool_builder(l)
+}
+
+/// A breaker that opens after `failures` worker faults in a row, for
+/// `open_for`, then lets one probe through.
+pub fn breaker(failures: u32, open_for: Duration) -> Option<BreakerConfig> {
+    Some(BreakerConfig {
+        failure_threshold: failures,
+        open_for,
+        half_open_probes: 1,
+    })
 }
 
 /// Slots held by callers, over all workers.
@@ -71,4 +84,19 @@ pub async fn wait_status(pool: &Pool, cond: impl Fn(&PoolStatus) -> bool) -> Poo
 /// pool whose worker was replaced.
 pub async fn wait_only_worker(pool: &Pool, id: WorkerId) -> PoolStatus {
     wait_status(pool, |s| s.workers.len() == 1 && s.workers[0].id == Some(id)).await
+}
+
+/// Real Python workers running `app` on `python` (20 s to start).
+pub fn python_launcher(python: PathBuf, app: PathBuf) -> ProcessLauncher {
+    ProcessLauncher::new(WorkerCommand::python_with(python, app).init_timeout(secs(20)))
+}
+
+/// Writes `source` to a fresh Python app file named `name.py` (for the
+/// tests on real workers).
+pub fn python_app(name: &str, source: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portpool-pool-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.py"));
+    std::fs::write(&path, source).unwrap();
+    path
 }

@@ -1,15 +1,64 @@
-//! Edge cases of the pool's scheduler (pool/src/shared.rs) that a
-//! cargo-mutants run found untested: waiting for readiness, failing fast
-//! only when no worker can serve, the breaker's half-open probe accounting
-//! and the crash-loop window's boundary. Fake workers and paused time.
+//! Readiness and failing fast: when callers wait for a worker to be ready
+//! (`wait_for_ready`, a starting or crash-looping worker) and when they are
+//! told at once that the pool is `Unavailable` (every start failing, only a
+//! draining worker left). Fake workers and paused time. The draining and
+//! crash-looping cases are edges a cargo-mutants run found untested.
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
-use portpool_pool::{BreakerConfig, BreakerState, PoolError, StartMode, WorkerState};
+use portpool_pool::{PoolError, StartMode, WorkerState};
 use portpool_testkit::WorkerScript;
-use portpool_transport::{CallRequest, WorkerId};
+use portpool_transport::{CallError, CallRequest, WorkerId};
 use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn every_start_failing_gives_unavailable_at_once() {
+    // The first worker starts, then crashes; every relaunch fails.
+    let l = launcher().script(|n| match n {
+        0 => WorkerScript::default().crash_after_calls(1),
+        _ => WorkerScript::default()
+            .exit_during_init(1)
+            .stderr_tail("RuntimeError: no GPU"),
+    });
+    let pool = fake_pool_builder(&l)
+        .workers(1)
+        .checkout_timeout(secs(30))
+        .build()
+        .await
+        .unwrap();
+    pool.call::<_, u32>("echo", &1).await.unwrap();
+    let err = pool.call::<_, u32>("echo", &2).await.unwrap_err();
+    assert!(
+        matches!(err, PoolError::Call(CallError::WorkerCrashed { .. })),
+        "{err}"
+    );
+    // A caller queued while the relaunch is in progress is failed as soon
+    // as it fails, not after the 30 s checkout time-out.
+    let t0 = Instant::now();
+    let err = pool.call::<_, u32>("echo", &3).await.unwrap_err();
+    assert!(t0.elapsed() < secs(1), "{:?}", t0.elapsed());
+    match &err {
+        PoolError::Unavailable {
+            last_error,
+            crash_loop: false,
+            ..
+        } => {
+            assert!(last_error.to_string().contains("RuntimeError: no GPU"), "{err}")
+        }
+        other => panic!("expected Unavailable, got {other}"),
+    }
+    // New callers fail at once too.
+    let t0 = Instant::now();
+    assert!(matches!(
+        pool.call::<_, u32>("echo", &4).await,
+        Err(PoolError::Unavailable { .. })
+    ));
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    pool.shutdown(secs(1)).await;
+}
 
 /// `wait_for_ready` waits while the only worker is still starting (false
 /// at its time-out), and returns true as soon as one is ready, not at its
@@ -17,7 +66,7 @@ use tokio::time::Instant;
 #[tokio::test(start_paused = true)]
 async fn wait_for_ready_waits_for_a_starting_worker_and_returns_once_it_is_ready() {
     let l = launcher().launch_delay(secs(2));
-    let pool = builder(&l)
+    let pool = fake_pool_builder(&l)
         .workers(1)
         .start_mode(StartMode::Lazy)
         .build()
@@ -52,7 +101,7 @@ async fn only_a_draining_worker_left(
         0 | 1 => WorkerScript::default(),
         _ => later.clone(),
     });
-    let pool = builder(&l)
+    let pool = fake_pool_builder(&l)
         .workers(1)
         .max_requests(1)
         .drain_timeout(secs(3600))
@@ -139,7 +188,7 @@ async fn a_live_worker_on_a_crash_looping_slot_is_waited_for_not_unavailable() {
         0 | 1 => WorkerScript::default().crash_at(ms(10)),
         _ => WorkerScript::default(),
     });
-    let pool = builder(&l)
+    let pool = fake_pool_builder(&l)
         .workers(1)
         .start_mode(StartMode::Lazy)
         .crash_loop(2, secs(60))
@@ -150,82 +199,11 @@ async fn a_live_worker_on_a_crash_looping_slot_is_waited_for_not_unavailable() {
     assert_eq!(st.workers[0].id, Some(WorkerId(2)), "{st:#?}");
     assert!(st.workers[0].crash_loop, "{st:#?}");
     let lease = pool.checkout().await.unwrap();
-    let waiting = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.call::<_, u32>("echo", &7).await }
-    });
+    let waiting = spawn_call::<u32>(&pool, "echo", 7);
     settle().await;
     assert!(!waiting.is_finished(), "{:?}", waiting.await);
     assert_eq!(pool.status().queue_depth, 1);
     drop(lease);
     assert_eq!(waiting.await.unwrap().unwrap(), 7);
-    pool.shutdown(secs(1)).await;
-}
-
-/// A lease checked out while the breaker is half-open is not a probe: a
-/// good call on it does not close the breaker; only the probe's does.
-#[tokio::test(start_paused = true)]
-async fn a_lease_call_in_half_open_is_not_the_probe() {
-    let l = launcher().async_handler("hang", |_| std::future::pending());
-    let pool = builder(&l)
-        .workers(1)
-        .call_timeout(secs(1))
-        .breaker(Some(BreakerConfig {
-            failure_threshold: 1,
-            open_for: secs(10),
-            half_open_probes: 1,
-        }))
-        .build()
-        .await
-        .unwrap();
-    assert!(pool
-        .call::<_, u32>("hang", &())
-        .await
-        .unwrap_err()
-        .is_worker_fault());
-    assert_eq!(pool.status().breaker, BreakerState::Open);
-    tokio::time::sleep(secs(10)).await;
-    assert_eq!(pool.status().breaker, BreakerState::HalfOpen);
-    {
-        let lease = pool.checkout().await.unwrap();
-        assert_eq!(lease.call::<_, u32>("echo", &1).await.unwrap(), 1);
-        assert_eq!(lease.call::<_, u32>("echo", &2).await.unwrap(), 2);
-    }
-    assert_eq!(
-        pool.status().breaker,
-        BreakerState::HalfOpen,
-        "a lease's calls are not the half-open probe"
-    );
-    // The probe's success closes it.
-    assert_eq!(pool.call::<_, u32>("echo", &3).await.unwrap(), 3);
-    assert_eq!(pool.status().breaker, BreakerState::Closed);
-    pool.shutdown(secs(1)).await;
-}
-
-/// A crash counts for the crash-loop detection for exactly `window`: still
-/// at `window - 1 ms`, no longer at `window`.
-#[tokio::test(start_paused = true)]
-async fn a_crash_counts_for_the_crash_loop_window_and_not_after_it() {
-    let l = launcher();
-    let pool = builder(&l)
-        .workers(1)
-        .crash_loop(1, secs(60))
-        .build()
-        .await
-        .unwrap();
-    assert!(!pool.status().crash_loop);
-    l.worker(WorkerId(0)).unwrap().crash();
-    settle().await;
-    let t0 = Instant::now();
-    let st = pool.status();
-    assert!(st.crash_loop, "{st:#?}");
-    assert_eq!(st.workers[0].restarts, 1, "{st:#?}");
-    tokio::time::sleep_until(t0 + secs(60) - ms(1)).await;
-    assert!(pool.status().crash_loop, "{:#?}", pool.status());
-    tokio::time::sleep_until(t0 + secs(60)).await;
-    assert_eq!(Instant::now(), t0 + secs(60));
-    let st = pool.status();
-    assert!(!st.crash_loop, "{st:#?}");
-    assert!(!st.workers[0].crash_loop, "{st:#?}");
     pool.shutdown(secs(1)).await;
 }

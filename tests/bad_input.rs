@@ -1,4 +1,5 @@
-//! The bad-input matrix: one test per row, each with the error it must
+//! The bad-input matrix, across every layer (transport, pool, sessions,
+//! the Python runtime): one test per row, each with the error it must
 //! produce. Real Python workers where the row is about processes
 //! (`tests/apps/bad.py` and the raw `tests/apps/raw_*.py` programs).
 //! Needs the venv (`cargo xtask setup`) or `PORTPOOL_PYTHON`.
@@ -6,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use portpool_pool::{Pool, PoolError};
-use portpool_session::{SessionConfig, SessionError, SessionId, SessionPool};
-use portpool_transport::{CallError, CallRequest, LaunchError, ProcessLauncher, Value, WorkerCommand};
+use portpool::{
+    CallError, CallRequest, LaunchError, Pool, PoolError, ProcessLauncher, SessionConfig, SessionError,
+    SessionId, SessionPool, Value, WorkerCommand,
+};
 
 fn app(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,4 +1,4 @@
-"""Misbehaving handlers for the bad-input matrix (session/tests/bad_input.rs)."""
+"""Misbehaving handlers for the bad-input matrix (tests/bad_input.rs)."""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Handlers for the chaos soak (session/tests/chaos.rs). Every reply carries
+"""Handlers for the chaos soak (tests/chaos.rs). Every reply carries
 the caller's nonce, so a reply delivered to the wrong caller is detectable."""
 
 import asyncio

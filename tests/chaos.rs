@@ -1,5 +1,5 @@
-//! Chaos soak: a mixed workload (calls, streams, sessions, cancellations)
-//! against real Python workers while a chaos task SIGKILLs random workers and
+//! Chaos soak, across every layer: a mixed workload (calls, streams,
+//! sessions, cancellations) through the facade against real Python workers while a chaos task SIGKILLs random workers and
 //! injects hangs, with slow (re)starts. Checked at the end: every call ended
 //! exactly once, no reply reached the wrong caller, nothing leaked, the pool
 //! is back at full strength, no orphan processes, memory flat.
@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use portpool_pool::{Backoff, Pool, PoolError};
-use portpool_session::{OnLost, SessionConfig, SessionError, SessionId, SessionPool};
+use portpool::{
+    Backoff, CallRequest, OnLost, Pool, PoolError, ProcessLauncher, SessionConfig, SessionError, SessionId,
+    SessionPool, Value, WorkerCommand,
+};
 use portpool_testkit::CallLedger;
-use portpool_transport::{CallRequest, ProcessLauncher, Value, WorkerCommand};
 
 const WORKERS: usize = 4;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,7 +180,7 @@ async fn one_stream(ctx: &Ctx) {
     let params: BTreeMap<&str, Value> = [("nonce", Value::from(n)), ("n", Value::from(items))]
         .into_iter()
         .collect();
-    let request = CallRequest::new("stream", portpool_protocol::to_value(&params).unwrap());
+    let request = CallRequest::new("stream", portpool::to_value(&params).unwrap());
     let end = match ctx.pool.stream(request).await {
         Err(e) => ctx.tally.pool_error(&e),
         Ok(mut stream) => {

@@ -1,0 +1,66 @@
+//! Stopping a pool: `shutdown` drains running calls within its grace and
+//! refuses queued and new callers; dropping the last handle stops the
+//! workers. Fake workers and paused time (real processes:
+//! `process_drop.rs`).
+
+mod common;
+
+use common::*;
+use portpool_pool::PoolError;
+use portpool_transport::CallError;
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn closed_pool_fails_queued_and_new_callers() {
+    let l = launcher();
+    let pool = fake_pool(&l, 1).await.unwrap();
+    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
+    settle().await;
+    let queued = spawn_call::<u32>(&pool, "echo", 1);
+    settle().await;
+    let t0 = Instant::now();
+    pool.shutdown(secs(5)).await;
+    // The running call drained; the queued one was refused.
+    assert_eq!(running.await.unwrap().unwrap(), 1_000);
+    assert!(matches!(queued.await.unwrap(), Err(PoolError::PoolClosed { .. })));
+    assert_eq!(
+        t0.elapsed(),
+        secs(1),
+        "shutdown waited for the drain, not the whole grace"
+    );
+    assert!(matches!(
+        pool.call::<_, u32>("echo", &1).await,
+        Err(PoolError::PoolClosed { .. })
+    ));
+    assert!(matches!(pool.checkout().await, Err(PoolError::PoolClosed { .. })));
+    let w = &l.workers()[0];
+    assert_eq!(w.shutdowns().len(), 1);
+    assert!(!w.is_alive());
+    assert!(pool.status().closed);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_grace_bounds_the_drain() {
+    let l = launcher();
+    let pool = fake_pool(&l, 1).await.unwrap();
+    let running = spawn_call::<u64>(&pool, "sleep", 60_000);
+    settle().await;
+    let t0 = Instant::now();
+    pool.shutdown(secs(2)).await;
+    assert!(t0.elapsed() <= secs(3), "{:?}", t0.elapsed());
+    let err = running.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, PoolError::Call(CallError::WorkerClosed { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_workers() {
+    let l = launcher();
+    let pool = fake_pool(&l, 2).await.unwrap();
+    drop(pool);
+    tokio::time::sleep(secs(10)).await;
+    assert!(l.live_workers().is_empty());
+}
