@@ -26,26 +26,39 @@ fn python() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_imports_start_in_parallel() {
     let Some(python) = python() else { return };
+    // Each worker's import waits until all 8 have begun theirs: started in
+    // parallel they all finish; started one by one the first never would
+    // (its init time-out fails the build). No timing is asserted.
+    let barrier = std::env::temp_dir().join(format!("portpool-barrier-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&barrier);
+    std::fs::create_dir_all(&barrier).unwrap();
     let app = app(
         "slow_import",
-        "import time\ntime.sleep(1)\nimport portpool\napp = portpool.App()\n\n@app.handler\ndef echo(x):\n    return x\n",
+        &format!(
+            "import os, time\n\
+             barrier = {barrier:?}\n\
+             open(os.path.join(barrier, str(os.getpid())), 'w').close()\n\
+             give_up = time.monotonic() + 120\n\
+             while len(os.listdir(barrier)) < 8 and time.monotonic() < give_up:\n    time.sleep(0.01)\n\
+             import portpool\napp = portpool.App()\n\n@app.handler\ndef echo(x):\n    return x\n",
+            barrier = barrier.display().to_string()
+        ),
     );
-    let t0 = Instant::now();
-    let pool = Pool::builder(launcher(python, app))
-        .name("slow-import")
-        .workers(8)
-        .startup_concurrency(8)
-        .build()
-        .await
-        .unwrap();
-    let took = t0.elapsed();
+    let pool = Pool::builder(ProcessLauncher::new(
+        WorkerCommand::python_with(python, app).init_timeout(Duration::from_secs(60)),
+    ))
+    .name("slow-import")
+    .workers(8)
+    .startup_concurrency(8)
+    .build()
+    .await
+    .unwrap();
     assert_eq!(pool.status().ready, 8);
-    // 8 workers that each take 1 s to import: about 1 s in parallel, 8 s in
-    // sequence. Generous bound for a loaded 2-core machine.
-    assert!(took < Duration::from_secs(4), "8 workers took {took:?} to start");
+    assert_eq!(std::fs::read_dir(&barrier).unwrap().count(), 8, "8 imports began");
     let v: i64 = pool.call("echo", &5).await.unwrap();
     assert_eq!(v, 5);
     pool.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&barrier);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

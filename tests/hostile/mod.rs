@@ -24,6 +24,11 @@ pub const HEARTBEAT: Heartbeat = Heartbeat {
 /// error (generous: the machine is shared; the point is "does not hang").
 pub const BOUND: Duration = Duration::from_secs(15);
 
+/// How long a hostile worker may take to say hello: long enough for a good
+/// one on a loaded 2-core machine (2 s was not), short enough for the
+/// "never says hello" cases to finish well within [`BOUND`].
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the pool may take to be back at full strength after a fault.
 pub const RECOVERY: Duration = Duration::from_secs(10);
 
@@ -56,7 +61,7 @@ impl Hostile {
             .arg(script)
             .arg(self.mode)
             .arg(&self.dir)
-            .init_timeout(Duration::from_secs(2))
+            .init_timeout(INIT_TIMEOUT)
     }
 
     /// A pool of `workers` of this worker: small heartbeats and backoffs,
@@ -70,7 +75,7 @@ impl Hostile {
         Pool::builder(ProcessLauncher::new(command))
             .name(self.mode)
             .workers(workers)
-            .init_timeout(Duration::from_secs(2))
+            .init_timeout(INIT_TIMEOUT)
             .checkout_timeout(Duration::from_secs(10))
             .heartbeat(Some(HEARTBEAT))
             .restart_backoff(Backoff {
