@@ -1,7 +1,11 @@
 use crate::ProtocolVersion;
 
 /// Everything that can go wrong reading or writing protocol frames.
+///
+/// Non-exhaustive: a new kind of malformed input may get its own variant
+/// without breaking a `match` outside this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// A frame header announced (or an outgoing message needed) more bytes
     /// than the configured maximum. Detected before allocating the body.
