@@ -23,10 +23,12 @@ fn journal() -> ProcessLauncher {
 }
 
 /// Polls `future` once (far enough to send its request), then drops it.
-fn start_then_drop<F: Future>(future: F) {
+/// Whether it was still waiting (on a loaded machine the reply may come
+/// within that one poll).
+fn start_then_drop<F: Future>(future: F) -> bool {
     let mut future = pin!(future);
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-    assert!(matches!(future.as_mut().poll(&mut cx), Poll::Pending));
+    future.as_mut().poll(&mut cx).is_pending()
 }
 
 /// The worker's journal: every message it read, as "type:id".
@@ -64,8 +66,9 @@ async fn a_cancel_never_overtakes_its_request_while_requests_are_batched() {
     }
     // Fifty calls sent and given up on at once, in one scheduler turn: each
     // request is queued for the batch and its cancel right behind it.
+    let mut dropped_waiting = 0;
     for i in 0..50i64 {
-        start_then_drop(worker.call(CallRequest::new("echo", i)));
+        dropped_waiting += usize::from(start_then_drop(worker.call(CallRequest::new("echo", i))));
     }
     // And calls that complete: their replies are their own.
     for i in 0..20i64 {
@@ -93,7 +96,16 @@ async fn a_cancel_never_overtakes_its_request_while_requests_are_batched() {
         );
         cancels += 1;
     }
-    assert_eq!(cancels, 50, "every dropped call sends one cancel: {journal:?}");
+    // A call dropped while waiting sends one cancel, unless its reply came
+    // in between; calls that completed in their one poll send none.
+    assert!(
+        cancels <= dropped_waiting,
+        "{cancels} cancels for {dropped_waiting} calls: {journal:?}"
+    );
+    assert!(
+        cancels > 0,
+        "no cancel reached the worker, so nothing was checked: {journal:?}"
+    );
     // Ids were handed out in the order the calls were made, and each
     // caller's requests reach the worker in that order.
     let ids: Vec<u64> = requests
