@@ -25,6 +25,7 @@ mod demo;
 mod doctor;
 mod json;
 mod stats;
+mod table;
 
 /// Run and inspect pools of long-lived Python workers.
 #[derive(Debug, Parser)]
