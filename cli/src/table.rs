@@ -27,16 +27,23 @@ pub fn markdown<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
 }
 
 /// A table without borders for a terminal report, each line indented by
-/// `indent`; a rule of `─` under the header.
+/// `indent`, columns two spaces apart, a rule of `─` under the header.
 pub fn plain<S: AsRef<str>>(header: &[(&str, Align)], rows: &[Vec<S>], indent: &str) -> String {
+    use comfy_table::TableComponent::{HeaderLines, MiddleHeaderIntersections, VerticalLines};
+    // NOTHING has no component at all; a blank vertical line (set, unlike an
+    // absent one, is drawn) keeps the rule's gaps under the columns' gaps.
     let mut table = base(presets::NOTHING);
-    table.set_header(header.iter().map(|(h, _)| *h));
-    table.set_style(comfy_table::TableComponent::HeaderLines, '─');
+    table
+        .set_header(header.iter().map(|(h, _)| *h))
+        .set_style(HeaderLines, '─')
+        .set_style(VerticalLines, ' ')
+        .set_style(MiddleHeaderIntersections, ' ');
     for row in rows {
         table.add_row(row.iter().map(|c| c.as_ref().replace(['\r', '\n'], " ")));
     }
     for (column, (_, align)) in table.column_iter_mut().zip(header) {
-        column.set_cell_alignment(match align {
+        // One space of padding, one of the (blank) vertical line.
+        column.set_padding((0, 1)).set_cell_alignment(match align {
             Align::Left => CellAlignment::Left,
             Align::Right => CellAlignment::Right,
         });
@@ -146,7 +153,15 @@ pub(crate) mod tests {
             "  ",
         );
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines,
+            [
+                "  workload    ok      p50",
+                "  ───────── ───── ────────",
+                "  cpu          7  1.23 ms",
+                "  all       1234    45 µs",
+            ]
+        );
         assert!(
             lines.iter().all(|l| l.starts_with("  ") && !l.ends_with(' ')),
             "{text}"
