@@ -87,7 +87,10 @@ impl Samples {
     /// are added back (as HdrHistogram's `clone_correct` does: a sample of
     /// `t` also records `t - i`, `t - 2i`, ... down to `i`), where the
     /// interval `i` is the run's median latency: a caller's pace when it is
-    /// not stalled. The mean stays that of the measured samples.
+    /// not stalled. The mean stays that of the measured samples. No call
+    /// added is faster than that median, but calls a little slower than it
+    /// each add one near it, and many of those dilute the tail: a corrected
+    /// p99 can come out below the raw one.
     pub fn corrected(&self) -> Samples {
         if self.histogram.is_empty() {
             return self.clone();

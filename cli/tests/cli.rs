@@ -258,7 +258,9 @@ fn demo_recovers_and_prints_prometheus_series() {
 }
 
 /// The throughput rows carry each contestant's latency under load: p50,
-/// p99 and p99 corrected for coordinated omission (never below p99).
+/// p99 and p99 corrected for coordinated omission (the calls it adds back
+/// are never faster than the median, but they may dilute the raw tail, so
+/// the corrected p99 is only bound to be at least the p50).
 #[test]
 fn bench_throughput_rows_carry_corrected_latency() {
     let json = std::env::temp_dir().join(format!("portpool-bench2-{}.json", std::process::id()));
@@ -293,7 +295,8 @@ fn bench_throughput_rows_carry_corrected_latency() {
                 .unwrap_or_else(|| panic!("{side} {q}: {latency}"))
         };
         let (p50, p99, corrected) = (figure("p50"), figure("p99"), figure("p99_corrected"));
-        assert!(0.0 < p50 && p50 <= p99 && p99 <= corrected, "{side}: {latency}");
+        assert!(0.0 < p50 && p50 <= p99 && p50 <= corrected, "{side}: {latency}");
+        assert!(corrected.is_finite(), "{side}: {latency}");
     }
     // The table the README pastes: the header, the rule, a line per row.
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with('|')).collect();
