@@ -7,7 +7,8 @@
 //!   (`bin` values as `{"$bin": "<hex>"}`), or the typed error with its
 //!   traceback and exit code 1.
 //! - `portpool demo`: a mixed workload over example handlers, with a worker
-//!   killed mid-run, and a report.
+//!   killed mid-run, a report, and the pool's metrics in Prometheus' text
+//!   format.
 //! - `portpool bench`: each scenario beside its baseline measured in the same
 //!   run, as a table and JSON.
 //!
@@ -25,6 +26,7 @@ mod demo;
 mod doctor;
 mod json;
 mod stats;
+mod table;
 
 /// Run and inspect pools of long-lived Python workers.
 #[derive(Debug, Parser)]

@@ -183,7 +183,7 @@ fn bench_rows_carry_rounds_spread_and_targets() {
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "5", "5a", "5b", "5c"]
+        ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i", "1j", "1k", "5", "5a", "5b", "5c"]
     );
     for row in rows {
         assert_eq!(row["rounds"], 3, "{row}");
@@ -210,4 +210,101 @@ fn bench_rows_carry_rounds_spread_and_targets() {
     for side in ["sync", "async", "decoding_floor", "raw_floor"] {
         assert!(calls[side].as_f64().unwrap() > 0.0, "{calls}");
     }
+}
+
+/// A short `portpool demo` (a worker killed mid-run) ends as designed, with
+/// plain progress lines when stdout is not a terminal, and prints the pool's
+/// metrics as Prometheus' text format: the names and labels a scrape shows.
+#[test]
+fn demo_recovers_and_prints_prometheus_series() {
+    let output = portpool()
+        .args(["demo", "--seconds", "1", "--workers", "2", "--callers", "4"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("demo: completed as designed")),
+        "{stdout}"
+    );
+    // Not a terminal: no bar redrawn with carriage returns or escape codes.
+    assert!(!stdout.contains('\r') && !stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(stdout.contains(">> kill -9 worker in slot"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    for series in [
+        "# TYPE portpool_calls_total counter",
+        r#"portpool_worker_restarts_total{pool="demo",reason="crash"} 1"#,
+        r#"portpool_workers{pool="demo",state="ready"} 2"#,
+        r#"portpool_breaker_state{pool="demo"} 0"#,
+        "# TYPE portpool_call_duration_seconds summary",
+        r#"portpool_worker_start_duration_seconds_count{pool="demo",outcome="ok"} 3"#,
+    ] {
+        assert!(lines.contains(&series), "{series} missing:\n{stdout}");
+    }
+    for prefix in [
+        r#"portpool_calls_total{pool="demo",outcome="ok"} "#,
+        r#"portpool_calls_total{pool="demo",outcome="worker_crashed"} "#,
+        r#"portpool_call_duration_seconds{pool="demo",quantile="0.99"} "#,
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(prefix)),
+            "{prefix} missing:\n{stdout}"
+        );
+    }
+}
+
+/// The throughput rows carry each contestant's latency under load: p50,
+/// p99 and p99 corrected for coordinated omission (the calls it adds back
+/// are never faster than the median, but they may dilute the raw tail, so
+/// the corrected p99 is only bound to be at least the p50).
+#[test]
+fn bench_throughput_rows_carry_corrected_latency() {
+    let json = std::env::temp_dir().join(format!("portpool-bench2-{}.json", std::process::id()));
+    let output = portpool()
+        .args([
+            "bench",
+            "--only",
+            "2",
+            "--callers",
+            "4",
+            "--rounds",
+            "3",
+            "--seconds",
+            "0.05",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let rows = report["rows"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["2a", "2b", "2c", "2d", "2e", "2f", "2g"]);
+    let latency = &rows[0]["extra"]["latency_us_median"];
+    for side in ["sync", "decoding_floor", "raw_floor"] {
+        let figure = |q: &str| {
+            latency[side][q]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{side} {q}: {latency}"))
+        };
+        let (p50, p99, corrected) = (figure("p50"), figure("p99"), figure("p99_corrected"));
+        assert!(0.0 < p50 && p50 <= p99 && p50 <= corrected, "{side}: {latency}");
+        assert!(corrected.is_finite(), "{side}: {latency}");
+    }
+    // The table the README pastes: the header, the rule, a line per row.
+    let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(table.len(), 2 + ids.len(), "{stdout}");
+    assert!(table[0].starts_with("| #  | scenario"), "{stdout}");
+    assert!(table[1].starts_with("|----|---"), "{stdout}");
+    assert!(
+        table[2].starts_with("| 2a | throughput, 2 workers, 4 callers"),
+        "{stdout}"
+    );
 }

@@ -85,7 +85,8 @@ async fn sequential_loop(
 }
 
 /// `callers` tasks calling in a loop for `warmup`, then for `duration`;
-/// counts the calls completed inside that window and what they cost. With
+/// counts the calls completed inside that window, their latencies and what
+/// they cost. With
 /// `exclusive`, each call runs on an exclusive lease. Calls still running at
 /// the end are dropped (cancelled), not counted.
 pub async fn concurrent_calls(
@@ -108,9 +109,11 @@ pub async fn concurrent_calls(
         let (pool, method, params) = (pool.clone(), method.to_owned(), params.clone());
         let (counted, errors, first_error) = (counted.clone(), errors.clone(), first_error.clone());
         tasks.spawn(async move {
+            let mut samples = Samples::default();
             let work = async {
                 loop {
                     let request = CallRequest::new(method.as_str(), params.clone());
+                    let sent = tokio::time::Instant::now();
                     let outcome = if exclusive {
                         match pool.checkout().await {
                             Ok(lease) => lease.call_raw(request).await,
@@ -123,6 +126,7 @@ pub async fn concurrent_calls(
                     match outcome {
                         Ok(_) if now >= window_start => {
                             counted.fetch_add(1, Ordering::Relaxed);
+                            samples.push(now - sent);
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -137,13 +141,19 @@ pub async fn concurrent_calls(
                 }
             };
             let _ = tokio::time::timeout_at(window_end, work).await;
+            samples
         });
     }
     tokio::time::sleep_until(window_start).await;
     let (host0, worker0) = (Usage::host(), Usage::processes(&pids));
     tokio::time::sleep_until(window_end).await;
     let (host, worker) = (Usage::host().since(host0), Usage::processes(&pids).since(worker0));
-    while tasks.join_next().await.is_some() {}
+    let mut samples = Samples::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(caller) = joined {
+            samples.extend(caller);
+        }
+    }
     let errors = errors.load(Ordering::Relaxed);
     if errors > 0 {
         let first = first_error
@@ -155,7 +165,7 @@ pub async fn concurrent_calls(
     }
     let calls = counted.load(Ordering::Relaxed);
     Ok(Run {
-        samples: Samples::default(),
+        samples,
         calls,
         secs: duration.as_secs_f64(),
         per_call: PerCall::new(host, worker, calls),

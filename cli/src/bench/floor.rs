@@ -202,7 +202,8 @@ impl Floor {
 
     /// Each floor keeps `window` copies of `frame` in flight (one driver
     /// thread per floor) for a `warmup`, then for `duration`; counts the
-    /// replies read inside that window.
+    /// replies read inside that window and their latencies (from the write
+    /// of a request to the read of its reply).
     pub fn pipelined(
         floors: &mut [Floor],
         frame: &[u8],
@@ -223,14 +224,16 @@ impl Floor {
             let (host0, worker0) = (Usage::host(), Usage::processes(&pids));
             std::thread::sleep(end.saturating_duration_since(Instant::now()));
             let (host, worker) = (Usage::host().since(host0), Usage::processes(&pids).since(worker0));
-            let mut calls = 0;
+            let (mut calls, mut samples) = (0, Samples::default());
             for driver in drivers {
-                calls += driver
+                let (counted, latencies) = driver
                     .join()
                     .map_err(|_| "a floor driver panicked".to_owned())??;
+                calls += counted;
+                samples.extend(latencies);
             }
             Ok(Run {
-                samples: Samples::default(),
+                samples,
                 calls,
                 secs: duration.as_secs_f64(),
                 per_call: PerCall::new(host, worker, calls),
@@ -244,26 +247,32 @@ impl Floor {
         window: usize,
         start: Instant,
         end: Instant,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, Samples), String> {
+        // The floor answers in order: the oldest write is the next reply's.
+        let mut sent = std::collections::VecDeque::with_capacity(window);
         for _ in 0..window {
+            sent.push_back(Instant::now());
             self.write(frame)?;
         }
-        let mut counted = 0;
+        let (mut counted, mut samples) = (0, Samples::default());
         loop {
             self.read_reply(frame)?;
             let now = Instant::now();
+            let written = sent.pop_front().unwrap_or(now);
             if now >= end {
                 break;
             }
             if now >= start {
                 counted += 1;
+                samples.push(now - written);
             }
+            sent.push_back(Instant::now());
             self.write(frame)?;
         }
         for _ in 1..window {
             self.read_reply(frame)?;
         }
-        Ok(counted)
+        Ok((counted, samples))
     }
 
     /// Closes stdin (the script exits on end of input) and reaps it.
@@ -341,7 +350,7 @@ mod tests {
             Duration::from_millis(50),
         )
         .unwrap();
-        assert!(run.calls > 0);
+        assert!(run.calls > 0 && run.samples.len() as u64 == run.calls);
         // Every reply was read back: the pipes are empty and both still answer.
         for mut floor in floors {
             floor.round_trip(&frame).unwrap();

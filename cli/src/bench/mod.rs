@@ -381,20 +381,32 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 // ---------------------------------------------------------------------------
 // Output
 
+/// The columns of the table (README pastes it: keep them).
+const COLUMNS: [&str; 7] = [
+    "#",
+    "scenario",
+    "portpool",
+    "baseline",
+    "ratio (min–max)",
+    "target",
+    "met?",
+];
+
 fn print_table(rows: &[Row]) {
-    let header = [
-        "#",
-        "scenario",
-        "portpool",
-        "baseline",
-        "ratio (min–max)",
-        "target",
-        "met?",
-    ];
-    let cells: Vec<[String; 7]> = rows
+    println!();
+    println!("{}", table(rows));
+    println!(
+        "ratio: portpool / baseline (the median of per-round ratios, min–max over the rounds), \
+         except the speed-up rows (4b, 6a, 6b): baseline / portpool; cs = context switches"
+    );
+}
+
+/// The rows as a GitHub-markdown table, one line per row.
+fn table(rows: &[Row]) -> String {
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.scenario.clone(),
                 r.what.clone(),
                 format!("{} ({})", r.portpool.text(), r.portpool.label),
@@ -412,37 +424,7 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    println!();
-    line(&header.map(String::from));
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .map(|w| "-".repeat(w + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for row in &cells {
-        line(row);
-    }
-    println!(
-        "ratio: portpool / baseline (the median of per-round ratios, min–max over the rounds), \
-         except the speed-up rows (4b, 6a, 6b): baseline / portpool; cs = context switches"
-    );
+    crate::table::markdown(&COLUMNS, &cells)
 }
 
 fn ratio_text(row: &Row) -> String {
@@ -494,21 +476,16 @@ fn machine() -> Machine {
 
 /// Today's date (UTC), `YYYY-MM-DD`.
 fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    utc_date(std::time::SystemTime::now())
+}
+
+/// The UTC calendar date of `time`, `YYYY-MM-DD` (`unknown` outside the
+/// years -9999..=9999).
+fn utc_date(time: std::time::SystemTime) -> String {
+    jiff::Timestamp::try_from(time).map_or_else(
+        |_| "unknown".into(),
+        |t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -579,10 +556,83 @@ mod tests {
     }
 
     #[test]
-    fn date_shape() {
-        let date = today();
-        assert_eq!(date.len(), 10);
-        assert!(date.starts_with("20"));
+    fn dates_are_utc_calendar_days() {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let at = |secs: u64| utc_date(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01");
+        assert_eq!(at(86_399), "1970-01-01");
+        assert_eq!(at(86_400), "1970-01-02");
+        // Leap days: a year divisible by 400 has one, by 100 only does not.
+        assert_eq!(at(951_782_400), "2000-02-29");
+        assert_eq!(at(951_868_800), "2000-03-01");
+        assert_eq!(at(4_107_456_000), "2100-02-28");
+        assert_eq!(at(4_107_542_400), "2100-03-01");
+        // 2024-12-31T23:59:59Z, one second before the year turns.
+        assert_eq!(at(1_735_689_599), "2024-12-31");
+        assert_eq!(at(1_735_689_600), "2025-01-01");
+        // Before the epoch, and out of the range a date is written for.
+        assert_eq!(utc_date(UNIX_EPOCH - Duration::from_secs(1)), "1969-12-31");
+        assert_eq!(
+            utc_date(UNIX_EPOCH + Duration::from_secs(400 * 366 * 86_400 * 100)),
+            "unknown"
+        );
+        let today = today();
+        assert_eq!(today, utc_date(SystemTime::now()));
+        assert_eq!(today.len(), 10);
+    }
+
+    /// The bench table is valid GitHub markdown with the seven columns, one
+    /// line per row, each row's id first.
+    #[test]
+    fn table_is_markdown_with_every_row() {
+        let rows = [
+            Row::paired(
+                "1",
+                "seq. small-call p50, 1 worker, sync handler vs decoding floor",
+                ("portpool", &[30.0, 40.0, 90.0]),
+                ("decoding floor", &[20.0, 20.0, 30.0]),
+                "us",
+                "portpool / baseline",
+            )
+            .target(Cmp::AtMost, 1.3),
+            Row::new(
+                "4b",
+                "cold start | speed-up",
+                Figure::secs("parallel", 0.61),
+                Figure::secs("sequential", 4.2),
+                "baseline / portpool",
+            )
+            .target(Cmp::AtLeast, 3.0),
+            Row::new(
+                "5",
+                "1 MiB echo",
+                Figure::new("portpool", 812.0, "MiB/s"),
+                Figure::new("raw floor", 406.0, "MiB/s"),
+                "portpool / baseline",
+            ),
+        ];
+        let text = table(&rows);
+        crate::table::tests::assert_valid_markdown(&text, COLUMNS.len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 + rows.len(), "{text}");
+        assert!(lines[0].starts_with("| #  | scenario "), "{text}");
+        for (line, id) in lines[2..].iter().zip(["1 ", "4b", "5 "]) {
+            assert!(line.starts_with(&format!("| {id} |")), "{line}");
+        }
+        assert!(lines[2].contains("| 40 µs (portpool)"), "{text}");
+        assert!(
+            lines[2].contains("| 2.00x (1.50–3.00) | <= 1.30x | NO   |"),
+            "{text}"
+        );
+        assert!(lines[3].contains("cold start \\| speed-up"), "{text}");
+        assert!(
+            lines[3].contains("| 6.89x             | >= 3.00x | yes  |"),
+            "{text}"
+        );
+        assert!(
+            lines[4].contains("| 812 MiB/s (portpool) | 406 MiB/s (raw floor)  | 2.00x "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -37,17 +37,22 @@ impl Rounds {
     }
 
     fn p50(&self, who: usize) -> Vec<f64> {
-        self.runs[who]
-            .iter()
-            .map(|r| r.samples.clone().quantile_us(0.5))
-            .collect()
+        self.of(who, |r| r.samples.quantile_us(0.5))
     }
 
     fn p99(&self, who: usize) -> Vec<f64> {
-        self.runs[who]
-            .iter()
-            .map(|r| r.samples.clone().quantile_us(0.99))
-            .collect()
+        self.of(who, |r| r.samples.quantile_us(0.99))
+    }
+
+    /// Latency of a closed-loop (throughput) contestant, the median over
+    /// rounds: p50, p99, and p99 corrected for coordinated omission.
+    fn latency(&self, who: usize) -> serde_json::Value {
+        let corrected = self.of(who, |r| r.samples.corrected().quantile_us(0.99));
+        serde_json::json!({
+            "p50": median(&self.p50(who)),
+            "p99": median(&self.p99(who)),
+            "p99_corrected": median(&corrected),
+        })
     }
 }
 
@@ -329,6 +334,9 @@ impl Bench {
                 .extra(serde_json::json!({
                     "floor_in_flight_per_process": window,
                     "calls_per_s_per_round": {"sync": sync, "decoding_floor": dec, "raw_floor": rawf},
+                    "latency_us_median": {
+                        "sync": rounds.latency(0), "decoding_floor": rounds.latency(1), "raw_floor": rounds.latency(2),
+                    },
                 })),
             );
             self.rows.push(Row::paired(

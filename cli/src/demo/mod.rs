@@ -1,8 +1,16 @@
 //! `portpool demo`: a bounded mixed workload over the example handlers, with
-//! one worker killed mid-run to show recovery, then a report.
+//! one worker killed mid-run to show recovery, then a report and the pool's
+//! metrics in Prometheus' text format.
+//!
+//! - [`progress`]: the progress bar (plain lines when not on a terminal);
+//! - [`report`]: the report, and the verdict the run is judged by;
+//! - [`metrics`]: the Prometheus recorder and its `portpool_*` series.
+
+mod metrics;
+mod progress;
+mod report;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +24,7 @@ use portpool::{
 };
 
 use crate::stats::{fmt_us, Samples};
+use progress::{Counts, Progress};
 
 /// Options of `portpool demo`.
 #[derive(Debug, clap::Args)]
@@ -103,6 +112,10 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let duration = Duration::try_from_secs_f64(args.seconds.max(1.0)).map_err(|e| e.to_string())?;
     println!("portpool demo: {workers} workers of {}", args.app.display());
     println!("  interpreter {}", python.display());
+    // Before the pool exists, so that every series it emits is recorded.
+    let prometheus = metrics::install()
+        .map_err(|e| println!("  {e}; the metrics are not shown"))
+        .ok();
 
     let started = Instant::now();
     let launcher = ProcessLauncher::new(WorkerCommand::python_with(&python, &args.app));
@@ -162,18 +175,22 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     let kill_at = start + duration.mul_f64(0.4);
     let mut killed: Option<(u64, u32)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut printed = u64::MAX;
+    let mut progress = Progress::stdout(duration);
     while Instant::now() < deadline {
         tick.tick().await;
         if !args.no_kill && killed.is_none() && Instant::now() >= kill_at {
-            killed = kill_one(&pool);
+            killed = kill_one(&pool, &mut progress);
         }
-        progress(&pool, &shared, start, duration, false, &mut printed);
+        progress.update(start.elapsed().min(duration), &counts(&pool, &shared), false);
+        if let Some(prometheus) = &prometheus {
+            // Summaries keep their samples until upkeep folds them in.
+            prometheus.run_upkeep();
+        }
     }
     for task in tasks {
         let _ = task.await;
     }
-    progress(&pool, &shared, start, duration, true, &mut printed);
+    progress.update(start.elapsed().min(duration), &counts(&pool, &shared), true);
     let elapsed = start.elapsed();
 
     // Let the pool finish replacing the killed worker, if it has not yet.
@@ -182,12 +199,34 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let healthy = report(&pool, &shared, elapsed, killed, args.no_kill);
+    let run = report::Run {
+        ok: shared.done.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        elapsed,
+        killed,
+        no_kill: args.no_kill,
+    };
+    let healthy = {
+        let tally = shared.tally.lock().unwrap_or_else(|e| e.into_inner());
+        report::report(&pool.status(), &tally, &run, prometheus.as_ref())
+    };
     pool.shutdown(Duration::from_secs(5)).await;
     Ok(healthy)
 }
 
-fn kill_one(pool: &Pool) -> Option<(u64, u32)> {
+fn counts(pool: &Pool, shared: &Shared) -> Counts {
+    let status = pool.status();
+    Counts {
+        ok: shared.done.load(Ordering::Relaxed),
+        errors: shared.failed.load(Ordering::Relaxed),
+        ready: status.ready,
+        size: status.size,
+        restarts: status.workers.iter().map(|w| w.restarts).sum(),
+        breaker: status.breaker.as_str(),
+    }
+}
+
+fn kill_one(pool: &Pool, progress: &mut Progress) -> Option<(u64, u32)> {
     let status = pool.status();
     let victim = status
         .workers
@@ -198,55 +237,17 @@ fn kill_one(pool: &Pool) -> Option<(u64, u32)> {
     let raw = i32::try_from(pid).ok()?;
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL) {
         Ok(()) => {
-            use std::io::IsTerminal as _;
-            println!(
-                "{}  >> kill -9 worker in slot {} (pid {pid}) with {} calls in flight{:20}",
-                if std::io::stdout().is_terminal() { "\n" } else { "" },
-                victim.slot,
-                victim.in_flight,
-                ""
-            );
+            progress.println(&format!(
+                "  >> kill -9 worker in slot {} (pid {pid}) with {} calls in flight",
+                victim.slot, victim.in_flight,
+            ));
             Some((victim.slot, pid))
         }
         Err(e) => {
-            println!("\r  >> could not kill pid {pid}: {e}");
+            progress.println(&format!("  >> could not kill pid {pid}: {e}"));
             None
         }
     }
-}
-
-fn progress(pool: &Pool, shared: &Shared, start: Instant, total: Duration, last: bool, printed: &mut u64) {
-    use std::io::IsTerminal as _;
-    const WIDTH: usize = 30;
-    let terminal = std::io::stdout().is_terminal();
-    // Not a terminal: one line per second instead of a redrawn bar.
-    let second = start.elapsed().as_secs();
-    if !terminal && !last && second == *printed {
-        return;
-    }
-    *printed = second;
-    let elapsed = start.elapsed().min(total);
-    let fraction = elapsed.as_secs_f64() / total.as_secs_f64();
-    let filled = ((fraction * WIDTH as f64) as usize).min(WIDTH);
-    let status = pool.status();
-    let restarts: u64 = status.workers.iter().map(|w| w.restarts).sum();
-    print!(
-        "{}  [{}{}] {:>5.1}s  ok {:>6}  errors {:>3}  ready {}/{}  restarts {}  breaker {:<9}",
-        if terminal { "\r" } else { "" },
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled),
-        elapsed.as_secs_f64(),
-        shared.done.load(Ordering::Relaxed),
-        shared.failed.load(Ordering::Relaxed),
-        status.ready,
-        status.size,
-        restarts,
-        status.breaker.as_str()
-    );
-    if last || !terminal {
-        println!();
-    }
-    let _ = std::io::stdout().flush();
 }
 
 /// A tiny xorshift generator: the mix only needs to look random.
@@ -359,119 +360,4 @@ async fn session(sessions: &SessionPool) -> Result<(), SessionError> {
         }
     }
     session.close().await
-}
-
-fn report(
-    pool: &Pool,
-    shared: &Shared,
-    elapsed: Duration,
-    killed: Option<(u64, u32)>,
-    no_kill: bool,
-) -> bool {
-    let mut tally = shared.tally.lock().unwrap_or_else(|e| e.into_inner());
-    let ok = shared.done.load(Ordering::Relaxed);
-    let failed = shared.failed.load(Ordering::Relaxed);
-    let mut all = Samples::default();
-    println!("\nreport");
-    println!(
-        "  {} calls ok, {} failed in {:.1} s: {:.0} calls/s",
-        ok,
-        failed,
-        elapsed.as_secs_f64(),
-        ok as f64 / elapsed.as_secs_f64()
-    );
-    println!("\n  {:<22} {:>7} {:>10} {:>10}", "workload", "ok", "p50", "p99");
-    for (kind, samples) in tally.latency.iter_mut() {
-        println!(
-            "  {:<22} {:>7} {:>10} {:>10}",
-            kind.label(),
-            samples.len(),
-            fmt_us(samples.quantile_us(0.5)),
-            fmt_us(samples.quantile_us(0.99))
-        );
-        all.extend(samples.clone());
-    }
-    println!(
-        "  {:<22} {:>7} {:>10} {:>10}",
-        "all",
-        all.len(),
-        fmt_us(all.quantile_us(0.5)),
-        fmt_us(all.quantile_us(0.99))
-    );
-    println!(
-        "  session conversations verified (counter 1, 2, 3 on one worker): {}",
-        tally.sessions_verified
-    );
-
-    println!("\n  errors by kind");
-    if tally.errors.is_empty() {
-        println!("    none");
-    }
-    for (kind, n) in &tally.errors {
-        println!("    {kind:<16} {n:>5}   e.g. {}", tally.error_examples[kind]);
-    }
-    let crashed = tally.errors.get("worker_crashed").copied().unwrap_or(0);
-    let lost = tally.errors.get("session_lost").copied().unwrap_or(0);
-    if let Some((slot, pid)) = killed {
-        println!(
-            "    -> the {crashed} worker_crashed errors are the calls that were in flight on pid {pid} (slot {slot})\n       when it was killed; every other call went on, and the slot got a new worker."
-        );
-        if lost > 0 {
-            println!(
-                "    -> the {lost} session_lost errors are conversations bound to pid {pid}: their state died with it,\n       each was told so once, and started over on another worker."
-            );
-        }
-    }
-
-    let status = pool.status();
-    println!("\n  workers");
-    println!(
-        "  {:>4} {:>6} {:>8} {:<9} {:>8} {:>8} {:>9} {:>8}",
-        "slot", "id", "pid", "state", "served", "restarts", "rss", "uptime"
-    );
-    for w in &status.workers {
-        println!(
-            "  {:>4} {:>6} {:>8} {:<9} {:>8} {:>8} {:>9} {:>8}",
-            w.slot,
-            w.id.map_or("-".to_string(), |id| id.to_string()),
-            w.pid.map_or("-".to_string(), |p| p.to_string()),
-            w.state.as_str(),
-            w.served,
-            w.restarts,
-            w.rss_bytes
-                .map_or("-".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
-            w.uptime
-                .map_or("-".to_string(), |u| format!("{:.1}s", u.as_secs_f64()))
-        );
-    }
-    let restarts: u64 = status.workers.iter().map(|w| w.restarts).sum();
-    println!(
-        "  ready {}/{}, restarts {}, breaker {}",
-        status.ready,
-        status.size,
-        restarts,
-        status.breaker.as_str()
-    );
-
-    let unexpected: u64 = tally
-        .errors
-        .iter()
-        // What the kill causes: calls in flight on the killed worker, and
-        // sessions bound to it (told once, then started over).
-        .filter(|(kind, _)| !matches!(kind.as_str(), "worker_crashed" | "session_lost"))
-        .map(|(_, n)| n)
-        .sum();
-    let recovered = status.ready == status.size && (no_kill || (killed.is_some() && restarts >= 1));
-    let healthy = ok > 0 && unexpected == 0 && recovered;
-    if healthy {
-        println!(
-            "\ndemo: completed as designed (the killed worker's calls failed as WorkerCrashed, its sessions as SessionLost; the pool recovered)"
-        );
-    } else {
-        println!(
-            "\ndemo: NOT as designed: unexpected errors {unexpected}, recovered {recovered} (killed {})",
-            killed.is_some()
-        );
-    }
-    healthy
 }
