@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use portpool_transport::*;
