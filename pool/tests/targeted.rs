@@ -15,14 +15,15 @@ async fn call_on_runs_on_the_named_worker() {
     let pool = builder(&l).workers(3).build().await.unwrap();
     for _ in 0..4 {
         let v = pool
-            .call_on(WorkerId(2), CallRequest::new("echo", 7), Wait::Queue)
+            .affinity()
+            .call(WorkerId(2), CallRequest::new("echo", 7), Wait::Queue)
             .await
             .unwrap();
         assert_eq!(v, Value::from(7));
     }
     assert_eq!(l.worker(WorkerId(2)).unwrap().calls().len(), 4);
     assert!(l.worker(WorkerId(0)).unwrap().calls().is_empty());
-    assert_eq!(pool.ready_workers().len(), 3);
+    assert_eq!(pool.affinity().ready_workers().len(), 3);
     pool.shutdown(secs(1)).await;
 }
 
@@ -33,7 +34,8 @@ async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
     let busy = tokio::spawn({
         let pool = pool.clone();
         async move {
-            pool.call_on(WorkerId(0), CallRequest::new("sleep", 1_000), Wait::Queue)
+            pool.affinity()
+                .call(WorkerId(0), CallRequest::new("sleep", 1_000), Wait::Queue)
                 .await
         }
     });
@@ -41,7 +43,8 @@ async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
 
     let t0 = Instant::now();
     let err = pool
-        .call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::FailFast)
+        .affinity()
+        .call(WorkerId(0), CallRequest::new("echo", 1), Wait::FailFast)
         .await
         .unwrap_err();
     assert!(
@@ -61,7 +64,8 @@ async fn fail_fast_is_busy_at_once_and_queue_waits_its_turn() {
     let queued = tokio::spawn({
         let pool = pool.clone();
         async move {
-            pool.call_on(WorkerId(0), CallRequest::new("echo", 2), Wait::Queue)
+            pool.affinity()
+                .call(WorkerId(0), CallRequest::new("echo", 2), Wait::Queue)
                 .await
         }
     });
@@ -90,7 +94,8 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
     });
     let pool = builder(&l).workers(1).build().await.unwrap();
     let err = pool
-        .call_on(WorkerId(42), CallRequest::new("echo", 1), Wait::Queue)
+        .affinity()
+        .call(WorkerId(42), CallRequest::new("echo", 1), Wait::Queue)
         .await
         .unwrap_err();
     assert!(
@@ -109,7 +114,8 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
     let running = tokio::spawn({
         let pool = pool.clone();
         async move {
-            pool.call_on(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue)
+            pool.affinity()
+                .call(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue)
                 .await
         }
     });
@@ -117,7 +123,8 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
     let waiting = tokio::spawn({
         let pool = pool.clone();
         async move {
-            pool.call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue)
+            pool.affinity()
+                .call(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue)
                 .await
         }
     });
@@ -134,9 +141,9 @@ async fn a_gone_worker_fails_targeted_calls_with_worker_gone() {
         ),
         "{err}"
     );
-    assert!(!pool.is_serving(WorkerId(0)));
+    assert!(!pool.affinity().is_serving(WorkerId(0)));
     wait_status(&pool, |s| s.ready == 1).await;
-    assert!(pool.is_serving(WorkerId(1)));
+    assert!(pool.affinity().is_serving(WorkerId(1)));
     pool.shutdown(secs(1)).await;
 }
 
@@ -150,7 +157,7 @@ async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targete
         .build()
         .await
         .unwrap();
-    assert!(pool.pin(WorkerId(0)));
+    assert!(pool.affinity().pin(WorkerId(0)));
     pool.call::<_, u32>("echo", &1).await.unwrap(); // reaches max_requests
     wait_status(&pool, |s| s.count(WorkerState::Draining) == 1 && s.ready == 1).await;
 
@@ -158,22 +165,23 @@ async fn a_pin_defers_recycling_until_released_and_draining_still_serves_targete
     tokio::time::sleep(secs(10)).await;
     assert!(l.worker(WorkerId(0)).unwrap().is_alive());
     let v = pool
-        .call_on(WorkerId(0), CallRequest::new("echo", 5), Wait::Queue)
+        .affinity()
+        .call(WorkerId(0), CallRequest::new("echo", 5), Wait::Queue)
         .await
         .unwrap();
     assert_eq!(v, Value::from(5));
     assert!(
-        !pool.ready_workers().contains(&WorkerId(0)),
+        !pool.affinity().ready_workers().contains(&WorkerId(0)),
         "not offered to new sessions"
     );
 
-    pool.close_session_on(WorkerId(0), "s-1").await.unwrap();
+    pool.affinity().close_session(WorkerId(0), "s-1").await.unwrap();
     assert_eq!(
         l.worker(WorkerId(0)).unwrap().session_closes(),
         vec!["s-1".to_string()]
     );
 
-    pool.unpin(WorkerId(0));
+    pool.affinity().unpin(WorkerId(0));
     wait_only_worker(&pool, WorkerId(1)).await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
     pool.shutdown(secs(1)).await;
@@ -189,15 +197,15 @@ async fn a_pin_defers_recycling_only_up_to_the_drain_timeout() {
         .build()
         .await
         .unwrap();
-    assert!(pool.pin(WorkerId(0)));
+    assert!(pool.affinity().pin(WorkerId(0)));
     let t0 = Instant::now();
     pool.call::<_, u32>("echo", &1).await.unwrap();
     wait_only_worker(&pool, WorkerId(1)).await;
     assert!(t0.elapsed() >= secs(5), "held until the drain time-out");
     assert!(t0.elapsed() < secs(7));
-    let err = pool.close_session_on(WorkerId(0), "s").await.unwrap_err();
+    let err = pool.affinity().close_session(WorkerId(0), "s").await.unwrap_err();
     assert!(matches!(err, PoolError::WorkerGone { .. }), "{err}");
-    pool.unpin(WorkerId(0)); // unknown by now: harmless
+    pool.affinity().unpin(WorkerId(0)); // unknown by now: harmless
     pool.shutdown(secs(1)).await;
 }
 
@@ -205,8 +213,8 @@ async fn a_pin_defers_recycling_only_up_to_the_drain_timeout() {
 async fn pins_do_not_delay_pool_shutdown() {
     let l = launcher();
     let pool = builder(&l).workers(2).build().await.unwrap();
-    assert!(pool.pin(WorkerId(0)));
-    assert!(pool.pin(WorkerId(1)));
+    assert!(pool.affinity().pin(WorkerId(0)));
+    assert!(pool.affinity().pin(WorkerId(1)));
     let t0 = Instant::now();
     pool.shutdown(secs(10)).await;
     assert!(t0.elapsed() < secs(1), "took {:?}", t0.elapsed());

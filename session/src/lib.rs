@@ -34,7 +34,7 @@
 //! use portpool_pool::Pool;
 //! use portpool_session::{SessionConfig, SessionPool};
 //! use portpool_testkit::{CallContext, FakeLauncher};
-//! use portpool_transport::Value;
+//! use portpool_pool::Value;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

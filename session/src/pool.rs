@@ -2,8 +2,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use portpool_pool::{Checkout, Pool, PoolError, Wait};
-use portpool_transport::{CallError, CallRequest, Value, WorkerId};
+use portpool_pool::{
+    typed_call, AffinityPort, CallError, CallRequest, Checkout, Pool, PoolError, Value, Wait, WorkerId,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -40,6 +41,9 @@ pub struct SessionPool {
 
 struct Inner {
     pool: Pool,
+    /// What affinity needs from the pool: calls for one worker, pins,
+    /// `session_close`.
+    port: AffinityPort,
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
     /// Serializes the binding of new sessions, so concurrent new sessions
@@ -71,16 +75,20 @@ impl Drop for Inner {
             task.abort();
         }
         let pins = PinRelease {
-            pool: self.pool.clone(),
+            port: self.port.clone(),
             pins: std::mem::take(&mut *self.pins.lock().unwrap_or_else(|e| e.into_inner())),
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(pins);
             return;
         };
-        let (pool, store) = (self.pool.clone(), self.store.clone());
+        let (port, name, store) = (
+            self.port.clone(),
+            self.pool.config().name.clone(),
+            self.store.clone(),
+        );
         runtime.spawn(async move {
-            close_all(&pool, store.as_ref()).await;
+            close_all(&port, &name, store.as_ref()).await;
             drop(pins);
         });
     }
@@ -88,7 +96,7 @@ impl Drop for Inner {
 
 /// Pins to release, when dropped.
 struct PinRelease {
-    pool: Pool,
+    port: AffinityPort,
     pins: HashMap<WorkerId, usize>,
 }
 
@@ -96,33 +104,33 @@ impl Drop for PinRelease {
     fn drop(&mut self) {
         for (worker, n) in self.pins.drain() {
             for _ in 0..n {
-                self.pool.unpin(worker);
+                self.port.unpin(worker);
             }
         }
     }
 }
 
 /// Removes every binding of `store` and tells its worker to drop the state.
-async fn close_all(pool: &Pool, store: &dyn SessionStore) {
+async fn close_all(port: &AffinityPort, name: &str, store: &dyn SessionStore) {
     let bindings = store.list().await;
     let closed = bindings.len();
     for (session, binding) in bindings {
         if store.remove_if_bound_to(&session, binding.worker).await.is_none() {
             continue;
         }
-        if pool.is_serving(binding.worker) {
-            if let Err(e) = pool.close_session_on(binding.worker, session.as_str()).await {
+        if port.is_serving(binding.worker) {
+            if let Err(e) = port.close_session(binding.worker, session.as_str()).await {
                 tracing::debug!(%session, worker = %binding.worker, error = %e, "session_close not delivered");
             }
         }
     }
     if closed > 0 {
         tracing::debug!(
-            pool = pool.name(),
+            pool = name,
             sessions = closed,
             "session pool dropped: sessions closed"
         );
-        metrics::gauge!("portpool_sessions", "pool" => pool.name().to_string()).set(store.len().await as f64);
+        metrics::gauge!("portpool_sessions", "pool" => name.to_string()).set(store.len().await as f64);
     }
 }
 
@@ -154,9 +162,14 @@ impl Inner {
         self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The pool's name (the `pool` label of the session metrics).
+    fn name(&self) -> String {
+        self.pool.config().name.clone()
+    }
+
     /// Pins `worker` for a session this session pool bound.
     fn pin(&self, worker: WorkerId) {
-        if self.pool.pin(worker) {
+        if self.port.pin(worker) {
             *self.pins().entry(worker).or_insert(0) += 1;
         }
     }
@@ -172,7 +185,7 @@ impl Inner {
             pins.remove(&worker);
         }
         drop(pins);
-        self.pool.unpin(worker);
+        self.port.unpin(worker);
     }
 }
 
@@ -202,7 +215,7 @@ impl Drop for ActiveGuard<'_> {
 /// Closes a throwaway session on its worker when dropped armed (the call
 /// using it was dropped before it could close it itself).
 struct CloseOnDrop {
-    pool: Pool,
+    port: AffinityPort,
     worker: WorkerId,
     /// `None` once closed (disarmed).
     session: Option<String>,
@@ -217,10 +230,10 @@ impl Drop for CloseOnDrop {
             tracing::debug!(worker = %self.worker, %session, "no runtime to close a dropped fallback session");
             return;
         };
-        let (pool, worker) = (self.pool.clone(), self.worker);
+        let (port, worker) = (self.port.clone(), self.worker);
         runtime.spawn(async move {
-            if pool.is_serving(worker) {
-                if let Err(e) = pool.close_session_on(worker, &session).await {
+            if port.is_serving(worker) {
+                if let Err(e) = port.close_session(worker, &session).await {
                     tracing::debug!(%worker, %session, error = %e, "fallback session_close not delivered");
                 }
             }
@@ -341,6 +354,7 @@ impl SessionPool {
             });
         }
         let inner = Arc::new(Inner {
+            port: pool.affinity(),
             pool,
             store,
             config,
@@ -386,17 +400,7 @@ impl SessionPool {
         P: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let params = portpool_protocol::to_value(params).map_err(|e| PoolError::Encode {
-            method: method.to_string(),
-            reason: e.to_string(),
-        })?;
-        let value = self.call_raw(session, CallRequest::new(method, params)).await?;
-        portpool_protocol::from_value(value).map_err(|e| {
-            SessionError::Pool(PoolError::Decode {
-                method: method.to_string(),
-                reason: e.to_string(),
-            })
-        })
+        typed_call(method, params, |request| self.call_raw(session, request)).await
     }
 
     /// Runs one raw request in `session`.
@@ -407,54 +411,52 @@ impl SessionPool {
     ) -> Result<Value, SessionError> {
         request.session = Some(session.to_string());
         let _active = self.activate(session).await;
-        // Only `Rebind` retries (once, when the worker vanished between the
-        // binding check and the call), so only it pays for a copy.
-        let retry = (self.inner.config.on_lost == OnLost::Rebind).then(|| request.clone());
-        match self.call_bound(session, request).await {
-            Err(SessionError::Pool(PoolError::WorkerGone { .. })) if retry.is_some() => {
-                let request = retry.unwrap_or_else(|| unreachable!("checked above"));
-                self.call_bound(session, request).await
-            }
-            other => other,
-        }
-    }
-
-    async fn call_bound(&self, session: &SessionId, request: CallRequest) -> Result<Value, SessionError> {
         let inner = &self.inner;
-        // A closed pool is not a lost worker: say what really happened.
-        if inner.pool.is_closed() {
-            return Err(SessionError::Pool(inner.pool.closed_error()));
-        }
-        let worker = self.bound_worker(session).await?;
-        let pool = &inner.pool;
-        let result = match inner.config.affinity {
-            Affinity::Strict => pool.call_on(worker, request, Wait::Queue).await,
-            Affinity::FailFast => pool.call_on(worker, request, Wait::FailFast).await,
-            Affinity::Hint => match pool.call_on(worker, request.clone(), Wait::FailFast).await {
-                Err(PoolError::WorkerBusy { .. }) => self.call_elsewhere(session, request).await,
-                other => other,
-            },
+        let affinity = inner.config.affinity;
+        let wait = match affinity {
+            Affinity::Strict => Wait::Queue,
+            Affinity::FailFast | Affinity::Hint => Wait::FailFast,
         };
-        inner.store.touch(session, Instant::now()).await;
-        match result {
-            Ok(value) => Ok(value),
-            Err(PoolError::WorkerBusy { worker, .. }) => Err(SessionError::WorkerBusy {
-                session: session.to_string(),
-                worker,
-            }),
-            Err(gone @ PoolError::WorkerGone { .. }) => {
-                self.lost(session, worker, "is no longer in the pool".into())
-                    .await?;
-                Err(SessionError::Pool(gone))
-            }
-            Err(PoolError::Call(error @ CallError::WorkerCrashed { .. })) if error.worker() == worker => {
-                let reason = format!("crashed during the call: {error}");
-                match self.lost(session, worker, reason).await {
-                    Err(lost) => Err(lost),
-                    Ok(()) => Err(SessionError::Pool(PoolError::Call(error))),
+        // `Rebind` retries once, when the worker vanished between the
+        // binding check and the call. The slot is refused before the
+        // request is sent, so the request is still at hand: no copy.
+        let mut retry = inner.config.on_lost == OnLost::Rebind;
+        loop {
+            // A closed pool is not a lost worker: say what really happened.
+            inner.port.ensure_open()?;
+            let worker = self.bound_worker(session).await?;
+            let result = match inner.port.slot(worker, wait).await {
+                Ok(slot) => slot.call(request).await,
+                Err(PoolError::WorkerBusy { .. }) if affinity == Affinity::Hint => {
+                    self.call_elsewhere(session, request).await
                 }
-            }
-            Err(other) => Err(SessionError::Pool(other)),
+                Err(gone @ PoolError::WorkerGone { .. }) => {
+                    inner.store.touch(session, Instant::now()).await;
+                    self.lost(session, worker, "is no longer in the pool".into())
+                        .await?;
+                    if std::mem::take(&mut retry) {
+                        continue;
+                    }
+                    return Err(SessionError::Pool(gone));
+                }
+                Err(other) => Err(other),
+            };
+            inner.store.touch(session, Instant::now()).await;
+            return match result {
+                Ok(value) => Ok(value),
+                Err(PoolError::WorkerBusy { worker, .. }) => Err(SessionError::WorkerBusy {
+                    session: session.to_string(),
+                    worker,
+                }),
+                Err(PoolError::Call(error @ CallError::WorkerCrashed { .. })) if error.worker() == worker => {
+                    let reason = format!("crashed during the call: {error}");
+                    match self.lost(session, worker, reason).await {
+                        Err(lost) => Err(lost),
+                        Ok(()) => Err(SessionError::Pool(PoolError::Call(error))),
+                    }
+                }
+                Err(other) => Err(SessionError::Pool(other)),
+            };
         }
     }
 
@@ -468,21 +470,21 @@ impl SessionPool {
         session: &SessionId,
         mut request: CallRequest,
     ) -> Result<Value, PoolError> {
-        let pool = &self.inner.pool;
+        let inner = &self.inner;
         let throwaway = format!("{session}.fallback.{:016x}", rand::random::<u64>());
         request.session = Some(throwaway.clone());
-        let lease = pool.checkout_with(Checkout::Shared).await?;
+        let lease = inner.pool.checkout_with(Checkout::Shared).await?;
         let worker = lease.worker_id();
         // From here the worker may hold state for the throwaway session.
         let mut cleanup = CloseOnDrop {
-            pool: pool.clone(),
+            port: inner.port.clone(),
             worker,
             session: Some(throwaway),
         };
         let result = lease.call_raw(request).await;
         drop(lease);
         if let Some(throwaway) = cleanup.session.as_deref() {
-            if let Err(e) = pool.close_session_on(worker, throwaway).await {
+            if let Err(e) = inner.port.close_session(worker, throwaway).await {
                 tracing::debug!(%session, %worker, error = %e, "fallback session_close not delivered");
             }
         }
@@ -518,9 +520,7 @@ impl SessionPool {
     /// least recently used idle session. With [`MemoryStore`] the cost is
     /// O(log n) in the number of bound sessions.
     pub async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
-        if self.inner.pool.is_closed() {
-            return Err(SessionError::Pool(self.inner.pool.closed_error()));
-        }
+        self.inner.port.ensure_open()?;
         let _active = self.activate(session).await;
         self.bound_worker(session).await
     }
@@ -578,7 +578,7 @@ impl SessionPool {
     async fn bound_worker(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
         let inner = &self.inner;
         if let Some(binding) = inner.store.get(session).await {
-            if inner.pool.is_serving(binding.worker) {
+            if inner.port.is_serving(binding.worker) {
                 return Ok(binding.worker);
             }
             self.lost(session, binding.worker, "is no longer in the pool".into())
@@ -595,8 +595,7 @@ impl SessionPool {
             return Ok(());
         }
         self.inner.unpin(worker);
-        metrics::counter!("portpool_sessions_lost_total", "pool" => self.inner.pool.name().to_string())
-            .increment(1);
+        metrics::counter!("portpool_sessions_lost_total", "pool" => self.inner.name()).increment(1);
         tracing::info!(%session, %worker, "session lost: worker {reason}");
         match self.inner.config.on_lost {
             OnLost::Report => Err(SessionError::SessionLost {
@@ -622,19 +621,17 @@ impl SessionPool {
         if inner.store.len().await >= inner.config.max_sessions {
             self.evict_one().await?;
         }
-        let mut ready = inner.pool.ready_workers();
+        let mut ready = inner.port.ready_workers();
         if ready.is_empty() {
             // A restart window (e.g. right after SessionLost in a small
             // pool): wait like any pool call would, up to the checkout
             // time-out.
             inner
-                .pool
+                .port
                 .wait_for_ready(inner.pool.config().checkout_timeout)
                 .await;
-            if inner.pool.is_closed() {
-                return Err(SessionError::Pool(inner.pool.closed_error()));
-            }
-            ready = inner.pool.ready_workers();
+            inner.port.ensure_open()?;
+            ready = inner.port.ready_workers();
         }
         let counts = inner.store.sessions_per_worker().await;
         let worker = ready
@@ -651,8 +648,7 @@ impl SessionPool {
         if binding.worker == worker {
             inner.pin(worker);
         }
-        metrics::gauge!("portpool_sessions", "pool" => inner.pool.name().to_string())
-            .set(inner.store.len().await as f64);
+        metrics::gauge!("portpool_sessions", "pool" => inner.name()).set(inner.store.len().await as f64);
         Ok(binding.worker)
     }
 
@@ -690,8 +686,7 @@ impl SessionPool {
             .await
             .is_some()
         {
-            metrics::counter!("portpool_sessions_evicted_total", "pool" => self.inner.pool.name().to_string())
-                .increment(1);
+            metrics::counter!("portpool_sessions_evicted_total", "pool" => self.inner.name()).increment(1);
             self.release(&victim, binding.worker, "evicted").await;
         }
         Ok(())
@@ -701,10 +696,10 @@ impl SessionPool {
     async fn release(&self, session: &SessionId, worker: WorkerId, why: &str) {
         tracing::debug!(%session, %worker, "session {why}");
         self.inner.unpin(worker);
-        metrics::gauge!("portpool_sessions", "pool" => self.inner.pool.name().to_string())
+        metrics::gauge!("portpool_sessions", "pool" => self.inner.name())
             .set(self.inner.store.len().await as f64);
-        if self.inner.pool.is_serving(worker) {
-            if let Err(e) = self.inner.pool.close_session_on(worker, session.as_str()).await {
+        if self.inner.port.is_serving(worker) {
+            if let Err(e) = self.inner.port.close_session(worker, session.as_str()).await {
                 tracing::debug!(%session, %worker, error = %e, "session_close not delivered");
             }
         }
@@ -768,8 +763,7 @@ impl SessionPool {
             .await
             .is_some()
         {
-            metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.pool.name().to_string())
-                .increment(1);
+            metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.name()).increment(1);
             self.release(session, binding.worker, "expired").await;
         }
     }

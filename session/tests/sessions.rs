@@ -39,7 +39,8 @@ async fn pool(l: &FakeLauncher, workers: usize) -> Pool {
 /// session's), in a task of its own.
 fn occupy(pool: &Pool, worker: WorkerId, ms: u64) -> JoinHandle<Result<Value, PoolError>> {
     spawn_with(pool, move |pool| async move {
-        pool.call_on(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
+        pool.affinity()
+            .call(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
             .await
     })
 }
@@ -333,7 +334,7 @@ async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
     sessions.close(&id).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
-    assert!(!pool.is_serving(WorkerId(0)));
+    assert!(!pool.affinity().is_serving(WorkerId(0)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -670,12 +671,12 @@ async fn dropping_the_session_pool_releases_its_pins_so_recycling_proceeds() {
     // Worker 0 reached max_requests: it drains, but its sessions pin it.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(pool.status().workers.len(), 2);
-    assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+    assert!(pool.affinity().is_serving(WorkerId(0)), "pinned by its sessions");
 
     drop(sessions);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !pool.is_serving(WorkerId(0)),
+        !pool.affinity().is_serving(WorkerId(0)),
         "recycled once the pins were released"
     );
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
@@ -846,13 +847,13 @@ fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
             count(&sessions, &SessionId::new()).await.unwrap();
         }
         tokio::time::sleep(ms(200)).await;
-        assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+        assert!(pool.affinity().is_serving(WorkerId(0)), "pinned by its sessions");
         sessions
     });
     drop(sessions); // no runtime here: the pins go at once
     rt.block_on(async {
         let t0 = std::time::Instant::now();
-        while pool.is_serving(WorkerId(0)) {
+        while pool.affinity().is_serving(WorkerId(0)) {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "worker 0 was never recycled"
