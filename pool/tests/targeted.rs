@@ -1,5 +1,6 @@
-//! Calls for one particular worker (the session layer's affinity), pins and
-//! session_close, with fake workers and paused time.
+//! The affinity port (`Pool::affinity`): calls, slots and streams for one
+//! particular worker, pins and session_close, with fake workers and paused
+//! time.
 
 mod common;
 
@@ -10,7 +11,7 @@ use portpool_transport::{CallRequest, Value, WorkerId};
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
-async fn call_on_runs_on_the_named_worker() {
+async fn a_port_call_runs_on_the_named_worker() {
     let l = launcher();
     let pool = builder(&l).workers(3).build().await.unwrap();
     for _ in 0..4 {
@@ -219,4 +220,106 @@ async fn pins_do_not_delay_pool_shutdown() {
     pool.shutdown(secs(10)).await;
     assert!(t0.elapsed() < secs(1), "took {:?}", t0.elapsed());
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_slot_is_taken_before_the_request_and_given_back_when_used_or_dropped() {
+    let l = launcher(); // one slot per worker
+    let pool = builder(&l).workers(2).build().await.unwrap();
+    let port = pool.affinity();
+    let slot = port.slot(WorkerId(0), Wait::FailFast).await.unwrap();
+    assert_eq!(slot.worker_id(), WorkerId(0));
+    assert_eq!(held(&pool.status()), 1);
+    let err = port.slot(WorkerId(0), Wait::FailFast).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PoolError::WorkerBusy {
+                worker: WorkerId(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Dropped unused: the slot comes back and no call reached the worker.
+    drop(slot);
+    assert_eq!(held(&pool.status()), 0);
+    assert!(l.worker(WorkerId(0)).unwrap().calls().is_empty());
+
+    // Used: one call, then the slot comes back.
+    let slot = port.slot(WorkerId(0), Wait::FailFast).await.unwrap();
+    let v = slot.call(CallRequest::new("echo", 3)).await.unwrap();
+    assert_eq!(v, Value::from(3));
+    assert_eq!(held(&pool.status()), 0);
+    assert_eq!(l.worker(WorkerId(0)).unwrap().calls().len(), 1);
+    pool.shutdown(secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_targeted_stream_holds_its_slot_on_that_worker_until_it_ends() {
+    use futures::StreamExt;
+
+    let l = launcher();
+    let pool = builder(&l).workers(2).build().await.unwrap();
+    let port = pool.affinity();
+    let mut stream = port
+        .stream(WorkerId(1), CallRequest::new("count", 3), Wait::Queue)
+        .await
+        .unwrap();
+    assert_eq!(stream.worker_id(), WorkerId(1));
+    assert_eq!(stream.next().await.unwrap().unwrap(), Value::from(0));
+    let st = pool.status();
+    assert_eq!(
+        st.workers
+            .iter()
+            .find(|w| w.id == Some(WorkerId(1)))
+            .unwrap()
+            .held,
+        1,
+        "{st:#?}"
+    );
+    let rest: Vec<Value> = stream.map(|r| r.unwrap()).collect().await;
+    assert_eq!(rest, [Value::from(1), Value::from(2)]);
+    assert_eq!(held(&pool.status()), 0);
+    assert!(l.worker(WorkerId(0)).unwrap().calls().is_empty());
+    pool.shutdown(secs(1)).await;
+}
+
+/// The pool's `call_timeout` reaches the worker as the request's deadline
+/// on the targeted path too (the worker's timer is the call's one timer),
+/// and a time-out gives the slot back.
+#[tokio::test(start_paused = true)]
+async fn targeted_calls_carry_the_pools_call_timeout_to_the_worker() {
+    let l = launcher();
+    let pool = builder(&l)
+        .workers(1)
+        .call_timeout(secs(2))
+        .build()
+        .await
+        .unwrap();
+    let port = pool.affinity();
+    let t0 = Instant::now();
+    let err = port
+        .call(WorkerId(0), CallRequest::new("hang", 0), Wait::Queue)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PoolError::Call(portpool_pool::CallError::Timeout { after, .. }) if *after == secs(2)),
+        "{err}"
+    );
+    assert_eq!(t0.elapsed(), secs(2));
+    assert_eq!(held(&pool.status()), 0);
+    let slot = port.slot(WorkerId(0), Wait::FailFast).await.unwrap();
+    slot.call(CallRequest::new("echo", 1).with_timeout(secs(5)))
+        .await
+        .unwrap();
+    let calls = l.worker(WorkerId(0)).unwrap().calls();
+    let timeouts: Vec<_> = calls.iter().map(|c| c.timeout).collect();
+    assert_eq!(
+        timeouts,
+        [Some(secs(2)), Some(secs(5))],
+        "a request's own deadline wins"
+    );
+    pool.shutdown(secs(1)).await;
 }

@@ -303,6 +303,54 @@ async fn rebind_mode_moves_the_session_silently() {
     assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
 }
 
+/// A call queued for its session's worker when that worker goes gets
+/// `WorkerGone` from the pool before its request was sent: in `Rebind` mode
+/// the same request runs again on the session's new worker; in `Report`
+/// mode the call is the one `SessionLost`.
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_for_a_worker_that_goes_is_retried_on_rebind_and_lost_on_report() {
+    for on_lost in [OnLost::Rebind, OnLost::Report] {
+        let l = launcher();
+        let p = pool(&l, 2).await;
+        let sessions = SessionPool::new(p.clone(), SessionConfig::default().on_lost(on_lost)).unwrap();
+        let id = SessionId::new();
+        assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+        let bound = sessions.binding(&id).await.unwrap().worker;
+        let busy = occupy(&p, bound, 5_000);
+        tokio::time::sleep(ms(1)).await;
+        let queued = spawn_with(&sessions.session(id.clone()), |s| async move {
+            s.call::<_, u64>("count", &()).await
+        });
+        tokio::time::sleep(ms(1)).await;
+        assert_eq!(
+            p.status().queue_depth,
+            1,
+            "{on_lost:?}: the session's call waits for its worker"
+        );
+        l.worker(bound).unwrap().crash();
+        assert!(busy.await.unwrap().is_err());
+        let result = queued.await.unwrap();
+        match on_lost {
+            OnLost::Rebind => {
+                assert_eq!(result.unwrap(), 1, "ran again, on a fresh state");
+                let now = sessions.binding(&id).await.unwrap().worker;
+                assert_ne!(now, bound);
+                let calls = l.worker(now).unwrap().calls();
+                assert_eq!(calls.len(), 1, "{calls:?}");
+                assert_eq!(calls[0].session.as_deref(), Some(id.as_str()), "the same request");
+            }
+            _ => {
+                assert!(
+                    matches!(&result, Err(SessionError::SessionLost { worker, .. }) if *worker == bound),
+                    "{result:?}"
+                );
+                assert!(sessions.binding(&id).await.is_none());
+            }
+        }
+        p.shutdown(ms(100)).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
     let l = launcher();
