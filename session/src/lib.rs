@@ -28,6 +28,12 @@
 //! - validated [`SessionId`]s (1-128 of `A-Z a-z 0-9 - _ . :`) and random
 //!   128-bit ones from [`SessionId::new`].
 //!
+//! The crate depends on the pool crate's public API only: what affinity
+//! needs from the pool (calls for one worker, pins, `session_close`, the
+//! ready workers) goes through its
+//! [`AffinityPort`](portpool_pool::AffinityPort), and typed calls through
+//! [`typed_call`](portpool_pool::typed_call).
+//!
 //! # Example
 //!
 //! ```
