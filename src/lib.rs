@@ -66,8 +66,9 @@
 //!
 //! # Calls for one worker, and what a worker shows
 //!
-//! [`Pool::call_on`] sends a call to one particular worker (what sessions
-//! use); [`Wait`] says whether to queue for it or fail fast when it is busy.
+//! [`Pool::affinity`] is the port sessions use ([`AffinityPort`]): it sends
+//! a call to one particular worker, [`Wait`] saying whether to queue for it
+//! or fail fast when it is busy, and pins workers that hold state.
 //! [`Pool::status`] shows each worker's stderr tail and how many replies
 //! it sent that nobody waited for any more.
 //!
@@ -75,9 +76,10 @@
 //! use portpool::{CallRequest, Pool, PoolError, Value, Wait, WorkerId};
 //!
 //! # async fn example(pool: Pool) -> Result<(), PoolError> {
-//! let worker: WorkerId = pool.ready_workers()[0];
-//! let v: Value = pool
-//!     .call_on(worker, CallRequest::new("echo", 1), Wait::FailFast)
+//! let port = pool.affinity();
+//! let worker: WorkerId = port.ready_workers()[0];
+//! let v: Value = port
+//!     .call(worker, CallRequest::new("echo", 1), Wait::FailFast)
 //!     .await?;
 //! assert_eq!(v, Value::from(1));
 //! for w in pool.status().workers {
@@ -95,8 +97,9 @@ pub use portpool_protocol as protocol;
 pub use portpool_transport as transport;
 
 pub use portpool_pool::{
-    Backoff, BreakerConfig, BreakerState, Checkout, CrashLoop, Heartbeat, Lease, Pool, PoolBuilder,
-    PoolConfig, PoolError, PoolStatus, PoolStream, RecyclePolicy, StartMode, Wait, WorkerState, WorkerStatus,
+    AffinityPort, Backoff, BreakerConfig, BreakerState, Checkout, CrashLoop, Heartbeat, Lease, Pool,
+    PoolBuilder, PoolConfig, PoolError, PoolStatus, PoolStream, RecyclePolicy, StartMode, Wait, WorkerSlot,
+    WorkerState, WorkerStatus,
 };
 pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
 pub use portpool_transport::{

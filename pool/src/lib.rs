@@ -5,21 +5,36 @@
 //! [`Launcher`](portpool_transport::Launcher)), never processes, so every rule
 //! here is testable with fakes and paused time.
 //!
-//! It provides:
-//! - [`Pool`] and its [`PoolBuilder`]: size, per-worker concurrency, eager
-//!   parallel or lazy start, checkout / call / init time-outs, a bounded
-//!   FIFO wait queue, restart backoff, recycling, heartbeats, a circuit
-//!   breaker ([`PoolConfig`] lists every setting);
-//! - calls: [`Pool::call`] (serde-typed), [`Pool::call_raw`], [`Pool::stream`];
-//! - [`Pool::checkout`]: an RAII [`Lease`] on one worker for multi-call
+//! Its public API:
+//! - [`Pool`], built by a [`PoolBuilder`]: size, per-worker concurrency,
+//!   eager parallel or lazy start, checkout / call / init time-outs, a
+//!   bounded FIFO wait queue, restart backoff, recycling, heartbeats, a
+//!   circuit breaker ([`PoolConfig`] lists every setting, with
+//!   [`StartMode`], [`Backoff`], [`RecyclePolicy`], [`Heartbeat`],
+//!   [`BreakerConfig`], [`CrashLoop`]). Its twelve methods: `builder`,
+//!   `config`, the calls [`Pool::call`] (serde-typed), [`Pool::call_value`],
+//!   [`Pool::call_raw`] and [`Pool::stream`] (a [`PoolStream`]), the
+//!   checkouts [`Pool::checkout`] and [`Pool::checkout_with`], `affinity`,
+//!   `is_closed`, `status` and `shutdown`;
+//! - [`Lease`]: an RAII checkout of one worker for multi-call
 //!   conversations, returned on drop, panic and cancellation; the
 //!   [`Checkout`] kind is an enum;
-//! - one typed [`PoolError`] per failure, with the worker's id, pid and
-//!   stderr tail when a worker is involved;
-//! - [`Pool::status`] snapshots, `metrics` counters, gauges and histograms
-//!   (names in [`metrics`]) labelled with the pool name, and `tracing` spans
-//!   `portpool.call` and `portpool.launch`. The library installs no
-//!   subscriber or recorder.
+//! - [`AffinityPort`] ([`Pool::affinity`]): what session affinity needs,
+//!   calls and streams for one worker (waiting by [`Wait`], or in two steps
+//!   through a [`WorkerSlot`]), pins that defer recycling, `session_close`,
+//!   the ready workers;
+//! - [`typed_call`], the serde step of every typed call, for layers that
+//!   add their own raw call;
+//! - one typed [`PoolError`] per failure (a worker's [`CallError`]
+//!   included), with the worker's id, pid and stderr tail when a worker is
+//!   involved;
+//! - [`Pool::status`] snapshots ([`PoolStatus`], [`WorkerStatus`],
+//!   [`WorkerState`], [`BreakerState`]), `metrics` counters, gauges and
+//!   histograms (names in [`metrics`]) labelled with the pool name, and
+//!   `tracing` spans `portpool.call` and `portpool.launch`. The library
+//!   installs no subscriber or recorder;
+//! - re-exported from the transport: [`CallRequest`], [`Value`],
+//!   [`WorkerId`].
 //!
 //! Every future is cancel-safe: dropping one at any await point never leaks
 //! a worker slot, a queue entry, a lease or a breaker probe.
@@ -47,12 +62,27 @@
 //! `driver/gauges.rs` gauges and status); `guard.rs` the slot held by a
 //! caller, given back on drop; `supervisor.rs` one task per slot (launch,
 //! watch, heartbeat, recycle make-before-break, drain, backoff);
-//! `lease.rs` running calls and streams on a held slot; `pool.rs` and
-//! `builder.rs` the public handle; `config.rs`, `error.rs`, `status.rs`
-//! and [`metrics`] the vocabulary. Dependencies run one way: `pool` →
-//! `lease` → `driver` → `guard`, `sched` → `config`, `error`, `status`;
-//! the builder hands the supervisor to the driver, so the driver does not
-//! depend on it.
+//! `call.rs` the one path of a call or stream on a held slot (the
+//! deadline, the worker's call, recording the outcome) and the serde step;
+//! `lease.rs` the lease; `affinity.rs` the port for sessions; `pool.rs`
+//! and `builder.rs` the public handle; `config.rs`, `error.rs`,
+//! `status.rs` and [`metrics`] the vocabulary. Dependencies run one way:
+//! `pool` → `lease`, `affinity` → `call` → `driver` → `guard`, `sched` →
+//! `config`, `error`, `status`; the builder hands the supervisor to the
+//! driver, so the driver does not depend on it.
+//!
+//! # The path of one call
+//!
+//! [`Pool::call`] encodes the params ([`typed_call`]) and asks the driver
+//! for a slot (at once, or queued up to the checkout time-out); `call.rs`
+//! gives the request the pool's `call_timeout` unless it carries its own
+//! deadline, and hands it to the worker. The worker owns the call's one
+//! timer: honouring `request.timeout` is part of the
+//! [`Worker`](portpool_transport::Worker) contract, so the pool starts no
+//! second one. The outcome is recorded once (breaker, served count,
+//! recycling, metrics), the slot goes back as its guard drops, and the
+//! result is decoded. A [`Lease`] and the [`AffinityPort`] run their calls
+//! through the same path.
 //!
 //! # Example
 //!
@@ -106,7 +136,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod affinity;
 mod builder;
+mod call;
 mod config;
 mod driver;
 mod error;
@@ -118,11 +150,13 @@ mod sched;
 mod status;
 mod supervisor;
 
+pub use affinity::{AffinityPort, Wait, WorkerSlot};
 pub use builder::PoolBuilder;
+pub use call::{typed_call, PoolStream};
 pub use config::{Backoff, BreakerConfig, CrashLoop, Heartbeat, PoolConfig, RecyclePolicy, StartMode};
 pub use error::PoolError;
-pub use lease::{Lease, PoolStream};
-pub use pool::{Pool, Wait};
-pub use portpool_transport::{CallRequest, Value, WorkerId};
+pub use lease::Lease;
+pub use pool::Pool;
+pub use portpool_transport::{CallError, CallRequest, Value, WorkerId};
 pub use sched::Checkout;
 pub use status::{BreakerState, PoolStatus, WorkerState, WorkerStatus};

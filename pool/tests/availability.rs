@@ -72,19 +72,19 @@ async fn wait_for_ready_waits_for_a_starting_worker_and_returns_once_it_is_ready
         .build()
         .await
         .unwrap();
-    assert!(pool.ready_workers().is_empty());
+    assert!(pool.affinity().ready_workers().is_empty());
     // Still starting after 1 s: not ready.
-    assert!(!pool.wait_for_ready(secs(1)).await);
+    assert!(!pool.affinity().wait_for_ready(secs(1)).await);
     // Waits (through the second second of the launch) and is true once the
     // worker is ready: long before the hour is up.
-    let ready = tokio::time::timeout(secs(60), pool.wait_for_ready(secs(3600)))
+    let ready = tokio::time::timeout(secs(60), pool.affinity().wait_for_ready(secs(3600)))
         .await
         .expect("wait_for_ready returns once a worker is ready, not at its time-out");
     assert!(ready, "{:#?}", pool.status());
-    assert_eq!(pool.ready_workers(), [WorkerId(0)]);
+    assert_eq!(pool.affinity().ready_workers(), [WorkerId(0)]);
     // Already ready: true at once.
     let t0 = Instant::now();
-    assert!(pool.wait_for_ready(secs(3600)).await);
+    assert!(pool.affinity().wait_for_ready(secs(3600)).await);
     assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
     pool.shutdown(secs(1)).await;
 }
@@ -108,20 +108,20 @@ async fn only_a_draining_worker_left(
         .build()
         .await
         .unwrap();
-    assert!(pool.pin(WorkerId(0)));
+    assert!(pool.affinity().pin(WorkerId(0)));
     assert_eq!(pool.call::<_, u32>("echo", &1).await.unwrap(), 1);
     let st = wait_status(&pool, |s| {
         s.ready == 1 && s.workers.iter().any(|w| w.state == WorkerState::Draining)
     })
     .await;
-    assert_eq!(pool.ready_workers(), [WorkerId(1)], "{st:#?}");
+    assert_eq!(pool.affinity().ready_workers(), [WorkerId(1)], "{st:#?}");
     l.worker(WorkerId(1)).unwrap().crash();
     let st = wait_status(&pool, |s| s.ready == 0).await;
     assert!(
-        pool.is_serving(WorkerId(0)),
+        pool.affinity().is_serving(WorkerId(0)),
         "the pinned worker still drains: {st:#?}"
     );
-    assert!(pool.ready_workers().is_empty());
+    assert!(pool.affinity().ready_workers().is_empty());
     (l, pool)
 }
 
@@ -130,12 +130,12 @@ async fn only_a_draining_worker_left(
 #[tokio::test(start_paused = true)]
 async fn wait_for_ready_does_not_count_a_draining_worker() {
     let (_l, pool) = only_a_draining_worker_left(WorkerScript::default().launch_delay(secs(5))).await;
-    let ready = tokio::time::timeout(secs(60), pool.wait_for_ready(secs(3600)))
+    let ready = tokio::time::timeout(secs(60), pool.affinity().wait_for_ready(secs(3600)))
         .await
         .expect("wait_for_ready returns once the replacement is ready");
     assert!(ready, "{:#?}", pool.status());
-    assert_eq!(pool.ready_workers(), [WorkerId(2)]);
-    pool.unpin(WorkerId(0));
+    assert_eq!(pool.affinity().ready_workers(), [WorkerId(2)]);
+    pool.affinity().unpin(WorkerId(0));
     pool.shutdown(secs(1)).await;
 }
 
@@ -166,7 +166,8 @@ async fn a_draining_worker_does_not_stop_fail_fast_when_every_start_fails() {
     assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
     // The draining worker still serves its own (session) calls.
     let v = pool
-        .call_on(
+        .affinity()
+        .call(
             WorkerId(0),
             CallRequest::new("echo", 4),
             portpool_pool::Wait::Queue,
@@ -174,7 +175,7 @@ async fn a_draining_worker_does_not_stop_fail_fast_when_every_start_fails() {
         .await
         .unwrap();
     assert_eq!(v, 4.into());
-    pool.unpin(WorkerId(0));
+    pool.affinity().unpin(WorkerId(0));
     pool.shutdown(secs(1)).await;
 }
 

@@ -120,7 +120,10 @@ async fn one_call(pool: &Pool, kind: Kind, i: i64, rng_val: u64) -> Result<(), P
         }
         Kind::Targeted => {
             let w = WorkerId(rng_val % 8);
-            let v = pool.call_on(w, CallRequest::new("echo", i), Wait::Queue).await?;
+            let v = pool
+                .affinity()
+                .call(w, CallRequest::new("echo", i), Wait::Queue)
+                .await?;
             assert_eq!(v, Value::from(i));
         }
         Kind::Dropped => {
@@ -288,7 +291,8 @@ async fn a_dropped_pool_call_is_recorded_by_the_worker_as_cancelled() {
     }
     let r = tokio::time::timeout(
         ms(10),
-        pool.call_on(WorkerId(0), CallRequest::new("sleep", 10_000), Wait::Queue),
+        pool.affinity()
+            .call(WorkerId(0), CallRequest::new("sleep", 10_000), Wait::Queue),
     )
     .await;
     assert!(r.is_err());

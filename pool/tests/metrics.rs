@@ -192,7 +192,7 @@ async fn calls_restarts_and_workers_are_measured_with_the_pool_label() {
 #[track_caller]
 fn assert_gauges_agree(pool: &portpool_pool::Pool, when: &str) {
     let st = pool.status();
-    let name = pool.name();
+    let name = &pool.config().name;
     let mut wrong = Vec::new();
     let depth = value(&format!("portpool_queue_depth{{pool={name}}}"));
     if depth != st.queue_depth as f64 {
@@ -251,7 +251,8 @@ async fn every_gauge_agrees_with_status_after_each_fault() {
     let queued: Vec<_> = (0..3)
         .map(|i| {
             spawn_with(&pool, |pool| async move {
-                pool.call_on(WorkerId(0), CallRequest::new("echo", i), Wait::Queue)
+                pool.affinity()
+                    .call(WorkerId(0), CallRequest::new("echo", i), Wait::Queue)
                     .await
             })
         })

@@ -131,17 +131,19 @@ async fn worker_dying_during_recycle_fails_its_targeted_waiters_at_once() {
         .build()
         .await
         .unwrap();
-    assert!(pool.pin(WorkerId(0))); // a bound session
+    assert!(pool.affinity().pin(WorkerId(0))); // a bound session
     tokio::time::sleep(ms(10_500)).await; // replacement launching (2 s)
     let running = spawn_with(&pool, |pool| async move {
-        pool.call_on(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue)
+        pool.affinity()
+            .call(WorkerId(0), CallRequest::new("sleep", 5_000), Wait::Queue)
             .await
     });
     settle().await;
     let queued = spawn_with(&pool, |pool| async move {
         let t0 = Instant::now();
         let r = pool
-            .call_on(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue)
+            .affinity()
+            .call(WorkerId(0), CallRequest::new("echo", 1), Wait::Queue)
             .await;
         (r, t0.elapsed())
     });

@@ -157,7 +157,8 @@ async fn targeted_call_not_blocked_by_unrelated_exclusive_waiter() {
     let pool = fake_pool(&l, 2).await.unwrap();
     for w in 0..2 {
         spawn_with(&pool, |pool| async move {
-            pool.call_on(WorkerId(w), CallRequest::new("sleep", 1_000), Wait::Queue)
+            pool.affinity()
+                .call(WorkerId(w), CallRequest::new("sleep", 1_000), Wait::Queue)
                 .await
         });
     }
@@ -175,23 +176,27 @@ async fn targeted_call_not_blocked_by_unrelated_exclusive_waiter() {
     // Worker 1 has a free slot and is not reserved: served at once.
     let t0 = Instant::now();
     let ff = pool
-        .call_on(WorkerId(1), CallRequest::new("echo", 1), Wait::FailFast)
+        .affinity()
+        .call(WorkerId(1), CallRequest::new("echo", 1), Wait::FailFast)
         .await;
     assert!(ff.is_ok(), "fail-fast: {ff:?}");
     let q = pool
-        .call_on(WorkerId(1), CallRequest::new("echo", 2), Wait::Queue)
+        .affinity()
+        .call(WorkerId(1), CallRequest::new("echo", 2), Wait::Queue)
         .await;
     assert!(q.is_ok(), "queued: {q:?}");
     assert_eq!(t0.elapsed(), ms(0), "waited {:?} for a free slot", t0.elapsed());
     // Worker 0 is reserved for the exclusive waiter: a session call for it
     // waits rather than starve the checkout.
     let err = pool
-        .call_on(WorkerId(0), CallRequest::new("echo", 3), Wait::FailFast)
+        .affinity()
+        .call(WorkerId(0), CallRequest::new("echo", 3), Wait::FailFast)
         .await
         .unwrap_err();
     assert!(matches!(err, PoolError::WorkerBusy { .. }), "{err}");
     let behind = spawn_with(&pool, |pool| async move {
-        pool.call_on(WorkerId(0), CallRequest::new("echo", 4), Wait::Queue)
+        pool.affinity()
+            .call(WorkerId(0), CallRequest::new("echo", 4), Wait::Queue)
             .await
     });
     tokio::time::sleep(ms(1_001)).await;

@@ -1,5 +1,5 @@
 use portpool_pool::PoolError;
-use portpool_transport::WorkerId;
+use portpool_pool::WorkerId;
 
 /// Everything a session operation can fail with.
 #[derive(Debug, Clone, thiserror::Error)]

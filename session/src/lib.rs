@@ -28,13 +28,19 @@
 //! - validated [`SessionId`]s (1-128 of `A-Z a-z 0-9 - _ . :`) and random
 //!   128-bit ones from [`SessionId::new`].
 //!
+//! The crate depends on the pool crate's public API only: what affinity
+//! needs from the pool (calls for one worker, pins, `session_close`, the
+//! ready workers) goes through its
+//! [`AffinityPort`](portpool_pool::AffinityPort), and typed calls through
+//! [`typed_call`](portpool_pool::typed_call).
+//!
 //! # Example
 //!
 //! ```
 //! use portpool_pool::Pool;
 //! use portpool_session::{SessionConfig, SessionPool};
 //! use portpool_testkit::{CallContext, FakeLauncher};
-//! use portpool_transport::Value;
+//! use portpool_pool::Value;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

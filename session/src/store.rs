@@ -2,7 +2,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use portpool_transport::WorkerId;
+use portpool_pool::WorkerId;
 use tokio::time::Instant;
 
 use crate::SessionId;

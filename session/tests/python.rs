@@ -84,7 +84,7 @@ async fn killing_the_bound_worker_gives_session_lost_then_a_fresh_counter() {
         .unwrap();
     // Wait until the pool has noticed the death.
     let until = std::time::Instant::now() + Duration::from_secs(5);
-    while sessions.pool().is_serving(bound) {
+    while sessions.pool().affinity().is_serving(bound) {
         assert!(
             std::time::Instant::now() < until,
             "the pool never noticed the kill"

@@ -39,7 +39,8 @@ async fn pool(l: &FakeLauncher, workers: usize) -> Pool {
 /// session's), in a task of its own.
 fn occupy(pool: &Pool, worker: WorkerId, ms: u64) -> JoinHandle<Result<Value, PoolError>> {
     spawn_with(pool, move |pool| async move {
-        pool.call_on(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
+        pool.affinity()
+            .call(worker, CallRequest::new("sleep", ms), portpool_pool::Wait::Queue)
             .await
     })
 }
@@ -302,6 +303,54 @@ async fn rebind_mode_moves_the_session_silently() {
     assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
 }
 
+/// A call queued for its session's worker when that worker goes gets
+/// `WorkerGone` from the pool before its request was sent: in `Rebind` mode
+/// the same request runs again on the session's new worker; in `Report`
+/// mode the call is the one `SessionLost`.
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_for_a_worker_that_goes_is_retried_on_rebind_and_lost_on_report() {
+    for on_lost in [OnLost::Rebind, OnLost::Report] {
+        let l = launcher();
+        let p = pool(&l, 2).await;
+        let sessions = SessionPool::new(p.clone(), SessionConfig::default().on_lost(on_lost)).unwrap();
+        let id = SessionId::new();
+        assert_eq!(count(&sessions, &id).await.unwrap(), 1);
+        let bound = sessions.binding(&id).await.unwrap().worker;
+        let busy = occupy(&p, bound, 5_000);
+        tokio::time::sleep(ms(1)).await;
+        let queued = spawn_with(&sessions.session(id.clone()), |s| async move {
+            s.call::<_, u64>("count", &()).await
+        });
+        tokio::time::sleep(ms(1)).await;
+        assert_eq!(
+            p.status().queue_depth,
+            1,
+            "{on_lost:?}: the session's call waits for its worker"
+        );
+        l.worker(bound).unwrap().crash();
+        assert!(busy.await.unwrap().is_err());
+        let result = queued.await.unwrap();
+        match on_lost {
+            OnLost::Rebind => {
+                assert_eq!(result.unwrap(), 1, "ran again, on a fresh state");
+                let now = sessions.binding(&id).await.unwrap().worker;
+                assert_ne!(now, bound);
+                let calls = l.worker(now).unwrap().calls();
+                assert_eq!(calls.len(), 1, "{calls:?}");
+                assert_eq!(calls[0].session.as_deref(), Some(id.as_str()), "the same request");
+            }
+            _ => {
+                assert!(
+                    matches!(&result, Err(SessionError::SessionLost { worker, .. }) if *worker == bound),
+                    "{result:?}"
+                );
+                assert!(sessions.binding(&id).await.is_none());
+            }
+        }
+        p.shutdown(ms(100)).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
     let l = launcher();
@@ -333,7 +382,7 @@ async fn recycling_waits_for_bound_sessions_up_to_the_drain_timeout() {
     sessions.close(&id).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
-    assert!(!pool.is_serving(WorkerId(0)));
+    assert!(!pool.affinity().is_serving(WorkerId(0)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -670,12 +719,12 @@ async fn dropping_the_session_pool_releases_its_pins_so_recycling_proceeds() {
     // Worker 0 reached max_requests: it drains, but its sessions pin it.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(pool.status().workers.len(), 2);
-    assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+    assert!(pool.affinity().is_serving(WorkerId(0)), "pinned by its sessions");
 
     drop(sessions);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !pool.is_serving(WorkerId(0)),
+        !pool.affinity().is_serving(WorkerId(0)),
         "recycled once the pins were released"
     );
     assert!(!l.worker(WorkerId(0)).unwrap().is_alive());
@@ -846,13 +895,13 @@ fn dropping_the_session_pool_outside_a_runtime_still_releases_its_pins() {
             count(&sessions, &SessionId::new()).await.unwrap();
         }
         tokio::time::sleep(ms(200)).await;
-        assert!(pool.is_serving(WorkerId(0)), "pinned by its sessions");
+        assert!(pool.affinity().is_serving(WorkerId(0)), "pinned by its sessions");
         sessions
     });
     drop(sessions); // no runtime here: the pins go at once
     rt.block_on(async {
         let t0 = std::time::Instant::now();
-        while pool.is_serving(WorkerId(0)) {
+        while pool.affinity().is_serving(WorkerId(0)) {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "worker 0 was never recycled"

@@ -80,6 +80,13 @@ pub type CallStream = Pin<Box<dyn Stream<Item = Result<Value, CallError>> + Send
 /// Every call ends exactly once: with its result or one [`CallError`]; a
 /// caller never receives another call's reply. Dropping a call's future
 /// cancels the call.
+///
+/// An implementation honours [`CallRequest::timeout`]: a call (or the
+/// whole of a stream) still running when its deadline passes is cancelled
+/// and ends with [`CallError::Timeout`] naming the worker, the method and
+/// the deadline (`after`), within the granularity of the timer. The pool
+/// relies on it: it starts no timer of its own for a call, so a worker
+/// that ignores the deadline lets a call run past it.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Worker: Send + Sync + std::fmt::Debug {
@@ -118,10 +125,13 @@ pub trait Worker: Send + Sync + std::fmt::Debug {
     /// `cause` and `reason`, and [`Worker::closed`] resolves.
     fn kill(&self, cause: CrashCause, reason: &str);
 
-    /// Runs one call to completion.
+    /// Runs one call to completion, or until `request.timeout` passes
+    /// ([`CallError::Timeout`]).
     async fn call(&self, request: CallRequest) -> Result<Value, CallError>;
 
     /// Starts a streaming call. Errors here mean the call was not sent.
+    /// When `request.timeout` passes before the stream ends, its last item
+    /// is [`CallError::Timeout`].
     async fn stream(&self, request: CallRequest) -> Result<CallStream, CallError>;
 
     /// Sends a ping and waits up to `timeout` for the pong; returns the
