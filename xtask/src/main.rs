@@ -186,7 +186,8 @@ const MUTANT_FILES: &[&str] = &[
     "protocol/src/*.rs",
     "transport/src/process/worker.rs",
     "transport/src/process/writer.rs",
-    "pool/src/shared.rs",
+    "transport/src/process/spin.rs",
+    "pool/src/sched/*.rs",
 ];
 
 /// Options of `cargo xtask mutants`.
