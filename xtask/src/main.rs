@@ -494,7 +494,7 @@ mod tests {
             .files
             .iter()
             .any(|f| f == "transport/src/process/worker.rs"));
-        assert!(parsed.files.iter().any(|f| f == "pool/src/shared.rs"));
+        assert!(parsed.files.iter().any(|f| f == "pool/src/sched/*.rs"));
     }
 
     #[test]
