@@ -9,7 +9,7 @@ use portpool::{CallError, CallRequest, Pool, PoolError, ProcessLauncher, Value, 
 
 use crate::json;
 
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     pub app: PathBuf,
     pub python: PathBuf,
     pub session: Option<String>,
@@ -19,7 +19,7 @@ pub struct CallArgs {
     pub params: Option<String>,
 }
 
-pub async fn run(args: CallArgs) -> ExitCode {
+pub(crate) async fn run(args: CallArgs) -> ExitCode {
     let params = match parse_params(args.params.as_deref()) {
         Ok(params) => params,
         Err(e) => {
@@ -82,7 +82,7 @@ async fn stream(pool: &Pool, request: CallRequest) -> Result<(), PoolError> {
 }
 
 /// Parses the params argument: absent is `null`.
-pub fn parse_params(text: Option<&str>) -> Result<Value, String> {
+pub(crate) fn parse_params(text: Option<&str>) -> Result<Value, String> {
     let Some(text) = text else {
         return Ok(Value::Nil);
     };

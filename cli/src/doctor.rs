@@ -53,7 +53,7 @@ async fn python_says(python: &Path, code: &str) -> Result<String, String> {
     }
 }
 
-pub async fn run(app: PathBuf, python: PathBuf) -> ExitCode {
+pub(crate) async fn run(app: PathBuf, python: PathBuf) -> ExitCode {
     println!("portpool doctor: app {}", app.display());
     let mut list = Checklist { failed: false };
     const SETUP: &str = "run `cargo xtask setup` (creates .venv with the runtime), or pass --python / set PORTPOOL_PYTHON to an interpreter that has it";

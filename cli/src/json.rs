@@ -9,7 +9,7 @@ use portpool::Value;
 use serde_json::{Map, Number, Value as Json};
 
 /// Converts a JSON value into a MessagePack value.
-pub fn to_msgpack(json: &Json) -> Result<Value, String> {
+pub(crate) fn to_msgpack(json: &Json) -> Result<Value, String> {
     Ok(match json {
         Json::Null => Value::Nil,
         Json::Bool(b) => Value::Boolean(*b),
@@ -41,7 +41,7 @@ pub fn to_msgpack(json: &Json) -> Result<Value, String> {
 }
 
 /// Converts a MessagePack value into JSON.
-pub fn to_json(value: &Value) -> Json {
+pub(crate) fn to_json(value: &Value) -> Json {
     match value {
         Value::Nil => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),

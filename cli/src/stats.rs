@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 
 /// Significant decimal digits the histogram keeps: a percentile read back
 /// is within 0.1% of the recorded value it stands for.
-pub const SIGNIFICANT_DIGITS: u8 = 3;
+pub(crate) const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// Longest sample recorded as is (one day); longer ones are recorded as this.
 const LONGEST_NS: u64 = 86_400 * 1_000_000_000;
@@ -17,7 +17,7 @@ const LONGEST_NS: u64 = 86_400 * 1_000_000_000;
 /// Percentiles come from an [HDR histogram](hdrhistogram) (auto-resizing,
 /// [`SIGNIFICANT_DIGITS`]); the mean is kept exactly beside it.
 #[derive(Debug, Clone)]
-pub struct Samples {
+pub(crate) struct Samples {
     histogram: Histogram<u64>,
     /// The exact sum and count of the measured samples, for the mean (the
     /// histogram's mean is bucketed, and correction adds samples).
@@ -38,7 +38,7 @@ impl Default for Samples {
 
 impl Samples {
     /// Adds one sample.
-    pub fn push(&mut self, d: Duration) {
+    pub(crate) fn push(&mut self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).min(LONGEST_NS);
         // Auto-resizing: only a value past i64::MAX / 2 could fail.
         let _ = self.histogram.record(ns);
@@ -47,7 +47,7 @@ impl Samples {
     }
 
     /// Adds every sample of `other`.
-    pub fn extend(&mut self, other: Samples) {
+    pub(crate) fn extend(&mut self, other: Samples) {
         // Auto-resizing histograms of the same precision always add.
         let _ = self.histogram.add(&other.histogram);
         self.sum_ns += other.sum_ns;
@@ -55,7 +55,7 @@ impl Samples {
     }
 
     /// How many samples (after [`Samples::corrected`], with those added).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         usize::try_from(self.histogram.len()).unwrap_or(usize::MAX)
     }
 
@@ -64,7 +64,7 @@ impl Samples {
     /// The sample of rank `ceil(q * len)` (the nearest-rank definition),
     /// read back as the highest value its histogram bucket stands for: at
     /// most 0.1% (1 ns for samples under 2 µs) above the sample itself.
-    pub fn quantile_us(&self, q: f64) -> f64 {
+    pub(crate) fn quantile_us(&self, q: f64) -> f64 {
         if self.histogram.is_empty() {
             return 0.0;
         }
@@ -72,7 +72,7 @@ impl Samples {
     }
 
     /// The exact mean of the measured samples in microseconds; 0 when empty.
-    pub fn mean_us(&self) -> f64 {
+    pub(crate) fn mean_us(&self) -> f64 {
         match self.measured {
             0 => 0.0,
             n => self.sum_ns as f64 / n as f64 / 1e3,
@@ -91,7 +91,7 @@ impl Samples {
     /// added is faster than that median, but calls a little slower than it
     /// each add one near it, and many of those dilute the tail: a corrected
     /// p99 can come out below the raw one.
-    pub fn corrected(&self) -> Samples {
+    pub(crate) fn corrected(&self) -> Samples {
         if self.histogram.is_empty() {
             return self.clone();
         }
@@ -105,7 +105,7 @@ impl Samples {
 }
 
 /// Formats microseconds as `812 µs` or `12.3 ms`.
-pub fn fmt_us(us: f64) -> String {
+pub(crate) fn fmt_us(us: f64) -> String {
     if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)
     } else if us >= 1000.0 {

@@ -5,7 +5,7 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 /// How a column's cells sit in its width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Align {
+pub(crate) enum Align {
     /// Text.
     Left,
     /// Figures.
@@ -16,7 +16,7 @@ pub enum Align {
 /// cells padded to their column's width (left-aligned, as the figures carry
 /// labels). A `|` inside a cell is escaped and a line break becomes a space,
 /// so each row stays one table row.
-pub fn markdown<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
+pub(crate) fn markdown<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
     let escape = |cell: &str| cell.replace('|', "\\|").replace(['\r', '\n'], " ");
     let mut table = base(presets::ASCII_MARKDOWN);
     table.set_header(header.iter().map(|h| escape(h)));
@@ -28,7 +28,7 @@ pub fn markdown<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
 
 /// A table without borders for a terminal report, each line indented by
 /// `indent`, columns two spaces apart, a rule of `─` under the header.
-pub fn plain<S: AsRef<str>>(header: &[(&str, Align)], rows: &[Vec<S>], indent: &str) -> String {
+pub(crate) fn plain<S: AsRef<str>>(header: &[(&str, Align)], rows: &[Vec<S>], indent: &str) -> String {
     use comfy_table::TableComponent::{HeaderLines, MiddleHeaderIntersections, VerticalLines};
     // NOTHING has no component at all; a blank vertical line (set, unlike an
     // absent one, is drawn) keeps the rule's gaps under the columns' gaps.

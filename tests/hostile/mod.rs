@@ -14,7 +14,7 @@ use portpool::{Backoff, Heartbeat, Pool, PoolBuilder, ProcessLauncher, Value, Wo
 
 /// Heartbeat of every hostile pool: a frozen worker is detected within
 /// `interval × max_misses + timeout` = 500 ms (plus scheduling).
-pub const HEARTBEAT: Heartbeat = Heartbeat {
+pub(crate) const HEARTBEAT: Heartbeat = Heartbeat {
     interval: Duration::from_millis(100),
     timeout: Duration::from_millis(300),
     max_misses: 2,
@@ -22,27 +22,27 @@ pub const HEARTBEAT: Heartbeat = Heartbeat {
 
 /// The bound within which every scenario must have ended in its typed
 /// error (generous: the machine is shared; the point is "does not hang").
-pub const BOUND: Duration = Duration::from_secs(15);
+pub(crate) const BOUND: Duration = Duration::from_secs(15);
 
 /// How long a hostile worker may take to say hello: long enough for a good
 /// one on a loaded 2-core machine (2 s was not), short enough for the
 /// "never says hello" cases to finish well within [`BOUND`].
-pub const INIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the pool may take to be back at full strength after a fault.
-pub const RECOVERY: Duration = Duration::from_secs(10);
+pub(crate) const RECOVERY: Duration = Duration::from_secs(10);
 
 /// One scenario's hostile worker: its mode and state directory (where each
 /// start records its pid, and each descendant it spawns records its own).
 /// Dropping it SIGKILLs every recorded process and its process group, so
 /// nothing is left even when an assertion fails.
-pub struct Hostile {
+pub(crate) struct Hostile {
     pub mode: &'static str,
     pub dir: PathBuf,
 }
 
 impl Hostile {
-    pub fn new(mode: &'static str) -> Self {
+    pub(crate) fn new(mode: &'static str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "portpool-hostile-{}-{}-{mode}",
@@ -55,7 +55,7 @@ impl Hostile {
     }
 
     /// `python3 tests/hostile/worker.py MODE DIR`.
-    pub fn command(&self) -> WorkerCommand {
+    pub(crate) fn command(&self) -> WorkerCommand {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/worker.py");
         WorkerCommand::new("python3")
             .arg(script)
@@ -66,12 +66,12 @@ impl Hostile {
 
     /// A pool of `workers` of this worker: small heartbeats and backoffs,
     /// so every detection and recovery is fast.
-    pub fn pool(&self, workers: usize) -> PoolBuilder {
+    pub(crate) fn pool(&self, workers: usize) -> PoolBuilder {
         self.pool_with(self.command(), workers)
     }
 
     /// [`Hostile::pool`] with a command of the caller's (limits, frame size).
-    pub fn pool_with(&self, command: WorkerCommand, workers: usize) -> PoolBuilder {
+    pub(crate) fn pool_with(&self, command: WorkerCommand, workers: usize) -> PoolBuilder {
         Pool::builder(ProcessLauncher::new(command))
             .name(self.mode)
             .workers(workers)
@@ -88,7 +88,7 @@ impl Hostile {
     }
 
     /// The pid of start `n`, once it has recorded it.
-    pub fn start_pid(&self, n: usize) -> Option<u32> {
+    pub(crate) fn start_pid(&self, n: usize) -> Option<u32> {
         std::fs::read_to_string(self.dir.join(format!("start-{n}")))
             .ok()?
             .trim()
@@ -97,7 +97,7 @@ impl Hostile {
     }
 
     /// Waits (real time) for start `n` to record its pid.
-    pub async fn wait_start_pid(&self, n: usize) -> u32 {
+    pub(crate) async fn wait_start_pid(&self, n: usize) -> u32 {
         let until = Instant::now() + BOUND;
         loop {
             if let Some(pid) = self.start_pid(n) {
@@ -113,7 +113,7 @@ impl Hostile {
     }
 
     /// Every process recorded so far: starts and their descendants.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -127,7 +127,7 @@ impl Hostile {
     /// Asserts that every recorded process, and every member of their
     /// process groups, is gone within `within` (a zombie child of ours is
     /// a leak, not gone: see `portpool_testkit::ProcessState`).
-    pub async fn assert_nothing_left(&self, within: Duration) {
+    pub(crate) async fn assert_nothing_left(&self, within: Duration) {
         let pids = self.pids();
         assert!(!pids.is_empty(), "{}: no start recorded", self.mode);
         let left = portpool_testkit::wait_all_gone(&pids, &pids, within).await;
@@ -140,7 +140,7 @@ impl Hostile {
 
     /// Asserts the processes of start `n` (and the descendants it recorded
     /// while alive) are gone within `within`, while the pool still runs.
-    pub async fn assert_start_gone(&self, n: usize, within: Duration) {
+    pub(crate) async fn assert_start_gone(&self, n: usize, within: Duration) {
         let pid = self.start_pid(n).expect("start recorded");
         let left = portpool_testkit::wait_all_gone(&[pid], &[pid], within).await;
         assert!(
@@ -168,7 +168,7 @@ impl Drop for Hostile {
 /// Waits until the pool has `workers` ready workers (within [`RECOVERY`])
 /// and serves a call, then shuts it down and checks that nothing of the
 /// hostile worker is left.
-pub async fn assert_recovers_and_cleans_up(hostile: &Hostile, pool: Pool, workers: usize) {
+pub(crate) async fn assert_recovers_and_cleans_up(hostile: &Hostile, pool: Pool, workers: usize) {
     let until = Instant::now() + RECOVERY;
     while pool.status().ready != workers {
         assert!(
@@ -189,7 +189,7 @@ pub async fn assert_recovers_and_cleans_up(hostile: &Hostile, pool: Pool, worker
 }
 
 /// Sends `signal` (e.g. "-STOP") to `pid`.
-pub fn signal(pid: u32, signal: &str) {
+pub(crate) fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, &pid.to_string()])
         .status()

@@ -12,22 +12,22 @@ use std::process::Command;
 use super::run;
 
 /// The variable the `portpool-dspy` tests and example read.
-pub const PYTHON_VAR: &str = "PORTPOOL_DSPY_PYTHON";
+pub(crate) const PYTHON_VAR: &str = "PORTPOOL_DSPY_PYTHON";
 
 /// Path of the DSPy environment's interpreter.
-pub fn python(root: &Path) -> PathBuf {
+pub(crate) fn python(root: &Path) -> PathBuf {
     root.join(".venv-dspy/bin/python")
 }
 
 /// Creates `.venv-dspy` if missing and installs `python/[test,dspy]` into it
 /// unless the installed copy matches the current pyproject.toml.
-pub fn setup(root: &Path) -> Result<PathBuf, String> {
+pub(crate) fn setup(root: &Path) -> Result<PathBuf, String> {
     super::venv_with_runtime(root, ".venv-dspy", "test,dspy", "dspy-")
 }
 
 /// `ci`: creates the environment and exports [`PYTHON_VAR`] for the steps
 /// after it (the workspace's `cargo test` runs the `portpool-dspy` tests).
-pub fn ci_setup(root: &Path) -> Result<(), String> {
+pub(crate) fn ci_setup(root: &Path) -> Result<(), String> {
     let python = setup(root)?;
     std::env::set_var(PYTHON_VAR, &python);
     Ok(())
@@ -35,7 +35,7 @@ pub fn ci_setup(root: &Path) -> Result<(), String> {
 
 /// `ci`: the DSPy pytest file, run with the DSPy environment (the main
 /// `.venv` skips it).
-pub fn ci_pytest(root: &Path) -> Result<(), String> {
+pub(crate) fn ci_pytest(root: &Path) -> Result<(), String> {
     run(Command::new(python(root)).current_dir(root.join("python")).args([
         "-m",
         "pytest",

@@ -12,7 +12,7 @@ use super::usage::{PerCall, Run, Usage};
 use crate::stats::Samples;
 
 /// The process ids of the pool's workers.
-pub fn worker_pids(pool: &Pool) -> Vec<u32> {
+pub(super) fn worker_pids(pool: &Pool) -> Vec<u32> {
     pool.status().workers.iter().filter_map(|w| w.pid).collect()
 }
 
@@ -22,7 +22,7 @@ pub fn worker_pids(pool: &Pool) -> Vec<u32> {
 /// a reply then completes its caller on the thread that read it. (A caller
 /// blocked in `Runtime::block_on` on a thread of its own is woken across
 /// threads instead: see [`Caller::BlockOn`].)
-pub async fn sequential_calls(
+pub(super) async fn sequential_calls(
     pool: &Pool,
     method: &str,
     params: &Value,
@@ -42,7 +42,7 @@ pub async fn sequential_calls(
 
 /// Where a sequential caller runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caller {
+pub(super) enum Caller {
     /// A task on the runtime's worker threads (a service's request handler).
     Task,
     /// The future passed to `block_on`, on a thread of its own.
@@ -89,7 +89,7 @@ async fn sequential_loop(
 /// they cost. With
 /// `exclusive`, each call runs on an exclusive lease. Calls still running at
 /// the end are dropped (cancelled), not counted.
-pub async fn concurrent_calls(
+pub(super) async fn concurrent_calls(
     pool: &Pool,
     method: &str,
     params: &Value,
@@ -175,7 +175,7 @@ pub async fn concurrent_calls(
 /// The frame portpool sends for `method(params)`, byte for byte, so the
 /// floors get exactly the same request. The id is one a warm pool sends
 /// (two bytes after the marker), not 1.
-pub fn request_frame(method: &str, params: Value) -> Result<Vec<u8>, String> {
+pub(super) fn request_frame(method: &str, params: Value) -> Result<Vec<u8>, String> {
     let message = Message::Request(Request {
         id: 1000,
         method: method.into(),

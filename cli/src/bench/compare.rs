@@ -7,7 +7,7 @@ use serde::Serialize;
 /// backwards in odd ones (A, B, then B, A, ...), so neither always runs
 /// first (right after a warm-up, or right after the other one heated the
 /// CPU).
-pub fn round_order(round: usize, n: usize) -> Vec<usize> {
+pub(super) fn round_order(round: usize, n: usize) -> Vec<usize> {
     if round % 2 == 0 {
         (0..n).collect()
     } else {
@@ -17,7 +17,7 @@ pub fn round_order(round: usize, n: usize) -> Vec<usize> {
 
 /// The median (the mean of the middle two for an even count); NaN if empty.
 /// NaNs sort last.
-pub fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -29,7 +29,7 @@ pub fn median(values: &[f64]) -> f64 {
 
 /// The ratios of paired rounds, summarised.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Ratio {
+pub(super) struct Ratio {
     /// The median of the per-round ratios.
     pub median: f64,
     /// The smallest per-round ratio.
@@ -42,13 +42,13 @@ pub struct Ratio {
 
 impl Ratio {
     /// `a[i] / b[i]` for each round `i` (the shorter length wins).
-    pub fn paired(a: &[f64], b: &[f64]) -> Ratio {
+    pub(super) fn paired(a: &[f64], b: &[f64]) -> Ratio {
         let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
         Ratio::of(&ratios)
     }
 
     /// Summarises ratios already computed.
-    pub fn of(ratios: &[f64]) -> Ratio {
+    pub(super) fn of(ratios: &[f64]) -> Ratio {
         let known: Vec<f64> = ratios.iter().copied().filter(|r| !r.is_nan()).collect();
         let (min, max) = if known.is_empty() {
             (f64::NAN, f64::NAN) // 0 / 0 every round: no ratio

@@ -20,7 +20,7 @@ use crate::stats::Samples;
 
 /// Which floor script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FloorKind {
+pub(super) enum FloorKind {
     /// Bytes echo, no decoding.
     Raw,
     /// msgpack decode + response encode.
@@ -29,7 +29,7 @@ pub enum FloorKind {
 
 impl FloorKind {
     /// The script's file name in `examples/`.
-    pub fn script(self) -> &'static str {
+    pub(super) fn script(self) -> &'static str {
         match self {
             FloorKind::Raw => "raw_echo.py",
             FloorKind::Decode => "decode_echo.py",
@@ -37,7 +37,7 @@ impl FloorKind {
     }
 
     /// The name in the table.
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             FloorKind::Raw => "raw floor",
             FloorKind::Decode => "decoding floor",
@@ -46,7 +46,7 @@ impl FloorKind {
 }
 
 /// One floor process.
-pub struct Floor {
+pub(super) struct Floor {
     kind: FloorKind,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -58,7 +58,7 @@ pub struct Floor {
 
 impl Floor {
     /// Starts `examples/<kind.script()>` with `python`.
-    pub fn spawn(python: &Path, examples: &Path, kind: FloorKind) -> Result<Floor, String> {
+    pub(super) fn spawn(python: &Path, examples: &Path, kind: FloorKind) -> Result<Floor, String> {
         let script = examples.join(kind.script());
         let mut child = Command::new(python)
             .arg(&script)
@@ -83,7 +83,7 @@ impl Floor {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -167,14 +167,14 @@ impl Floor {
     }
 
     /// One request, one reply (checked).
-    pub fn round_trip(&mut self, frame: &[u8]) -> Result<(), String> {
+    pub(super) fn round_trip(&mut self, frame: &[u8]) -> Result<(), String> {
         self.write(frame)?;
         self.read_reply(frame)
     }
 
     /// Warm-up, then sequential round trips for `duration`: one latency
     /// sample per call, host and worker CPU over the window.
-    pub fn sequential(&mut self, frame: &[u8], duration: Duration) -> Result<Run, String> {
+    pub(super) fn sequential(&mut self, frame: &[u8], duration: Duration) -> Result<Run, String> {
         for _ in 0..50 {
             self.round_trip(frame)?;
         }
@@ -204,7 +204,7 @@ impl Floor {
     /// thread per floor) for a `warmup`, then for `duration`; counts the
     /// replies read inside that window and their latencies (from the write
     /// of a request to the read of its reply).
-    pub fn pipelined(
+    pub(super) fn pipelined(
         floors: &mut [Floor],
         frame: &[u8],
         window: usize,
@@ -276,7 +276,7 @@ impl Floor {
     }
 
     /// Closes stdin (the script exits on end of input) and reaps it.
-    pub fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {

@@ -47,7 +47,7 @@ use compare::Ratio;
 
 /// Options of `portpool bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Short measurements (3 rounds of 0.3 s; well under a minute in all).
     #[arg(long)]
     quick: bool,
@@ -249,7 +249,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub async fn run(args: BenchArgs) -> ExitCode {
+pub(crate) async fn run(args: BenchArgs) -> ExitCode {
     let python = crate::interpreter(args.python.clone());
     let seconds = args.seconds.unwrap_or(if args.quick { 0.3 } else { 1.0 });
     let Ok(seconds) = Duration::try_from_secs_f64(seconds.max(0.05)) else {

@@ -10,7 +10,7 @@ const USER_HZ: f64 = 100.0;
 
 /// Cumulative CPU time and context switches at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
+pub(super) struct Usage {
     /// User + system CPU seconds.
     pub cpu_s: f64,
     /// Voluntary + involuntary context switches.
@@ -22,7 +22,7 @@ pub struct Usage {
 impl Usage {
     /// The bench process itself, every thread (getrusage, microsecond
     /// resolution). Zero where unavailable.
-    pub fn host() -> Usage {
+    pub(super) fn host() -> Usage {
         getrusage(UsageWho::RUSAGE_SELF).map_or(Usage::default(), |u| {
             let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
             Usage {
@@ -36,7 +36,7 @@ impl Usage {
     /// A child process: utime + stime and minor faults from
     /// `/proc/<pid>/stat` (all its threads), and the context switches of each of its live threads from
     /// `/proc/<pid>/task/*/status`. Zero where unreadable.
-    pub fn process(pid: u32) -> Usage {
+    pub(super) fn process(pid: u32) -> Usage {
         let (cpu_s, faults) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|stat| parse_stat(&stat))
@@ -57,7 +57,7 @@ impl Usage {
     }
 
     /// The sum over several processes.
-    pub fn processes(pids: &[u32]) -> Usage {
+    pub(super) fn processes(pids: &[u32]) -> Usage {
         pids.iter()
             .map(|&pid| Usage::process(pid))
             .fold(Usage::default(), |a, b| Usage {
@@ -68,7 +68,7 @@ impl Usage {
     }
 
     /// What was spent between `before` and `self`.
-    pub fn since(self, before: Usage) -> Usage {
+    pub(super) fn since(self, before: Usage) -> Usage {
         Usage {
             cpu_s: self.cpu_s - before.cpu_s,
             switches: self.switches - before.switches,
@@ -79,7 +79,7 @@ impl Usage {
 
 /// The cost of one call, host side and worker side.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct PerCall {
+pub(super) struct PerCall {
     pub host_cpu_us: f64,
     pub host_switches: f64,
     pub worker_cpu_us: f64,
@@ -90,7 +90,7 @@ pub struct PerCall {
 
 impl PerCall {
     /// Spread `host` and `worker` usage over `calls` calls.
-    pub fn new(host: Usage, worker: Usage, calls: u64) -> PerCall {
+    pub(super) fn new(host: Usage, worker: Usage, calls: u64) -> PerCall {
         let n = calls.max(1) as f64;
         PerCall {
             host_cpu_us: host.cpu_s * 1e6 / n,
@@ -168,7 +168,7 @@ mod tests {
 
 /// One measured run of one contestant.
 #[derive(Debug, Clone, Default)]
-pub struct Run {
+pub(super) struct Run {
     /// Per-call latency (sequential runs only).
     pub samples: crate::stats::Samples,
     /// Calls completed inside the measurement window.
@@ -181,7 +181,7 @@ pub struct Run {
 
 impl Run {
     /// Calls per second.
-    pub fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.calls as f64 / self.secs.max(1e-9)
     }
 }

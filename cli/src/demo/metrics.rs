@@ -6,7 +6,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the Prometheus recorder for this process; `Err` with the reason
 /// when it cannot be (another recorder is installed).
-pub fn install() -> Result<PrometheusHandle, String> {
+pub(super) fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
@@ -14,7 +14,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// The `portpool_*` families of a scrape text (their `# HELP` / `# TYPE`
 /// lines and samples), without blank lines.
-pub fn portpool_series(scrape: &str) -> String {
+pub(super) fn portpool_series(scrape: &str) -> String {
     scrape
         .lines()
         .filter(|line| {

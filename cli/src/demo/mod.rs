@@ -28,7 +28,7 @@ use progress::{Counts, Progress};
 
 /// Options of `portpool demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// The Python app with the demo handlers (primes, fetch, count, counter).
     #[arg(long, default_value_os_t = crate::example("demo_app.py"))]
     app: PathBuf,
@@ -95,7 +95,7 @@ struct Shared {
     tally: Mutex<Tally>,
 }
 
-pub async fn run(args: DemoArgs) -> ExitCode {
+pub(crate) async fn run(args: DemoArgs) -> ExitCode {
     match demo(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

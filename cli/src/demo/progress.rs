@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// What the progress line shows besides the time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(super) struct Counts {
     /// Calls that succeeded.
     pub ok: u64,
     /// Calls that failed.
@@ -33,7 +33,7 @@ impl Counts {
 }
 
 /// Where progress goes.
-pub enum Progress {
+pub(super) enum Progress {
     /// A bar redrawn in place (a terminal).
     Bar(ProgressBar),
     /// Plain lines, at most one a second (anything else).
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Progress {
 
 impl Progress {
     /// A bar on stdout when it is a terminal, else plain lines on stdout.
-    pub fn stdout(total: Duration) -> Self {
+    pub(super) fn stdout(total: Duration) -> Self {
         if std::io::stdout().is_terminal() {
             Progress::bar(total, ProgressDrawTarget::stdout())
         } else {
@@ -65,7 +65,7 @@ impl Progress {
     }
 
     /// A bar over `total`, drawn to `target`.
-    pub fn bar(total: Duration, target: ProgressDrawTarget) -> Self {
+    pub(super) fn bar(total: Duration, target: ProgressDrawTarget) -> Self {
         let bar = ProgressBar::with_draw_target(Some(millis(total)), target);
         // The template is a constant: it parses (see the tests).
         if let Ok(style) = ProgressStyle::with_template("  [{bar:30}] {prefix:>6}  {msg}") {
@@ -75,13 +75,13 @@ impl Progress {
     }
 
     /// Plain lines to `out`.
-    pub fn lines(out: Box<dyn Write + Send>) -> Self {
+    pub(super) fn lines(out: Box<dyn Write + Send>) -> Self {
         Progress::Lines { out, printed: None }
     }
 
     /// Shows `elapsed` (of the bar's total) and `counts`; `last` is the
     /// final update, always shown (and the bar is left on screen).
-    pub fn update(&mut self, elapsed: Duration, counts: &Counts, last: bool) {
+    pub(super) fn update(&mut self, elapsed: Duration, counts: &Counts, last: bool) {
         let seconds = format!("{:.1}s", elapsed.as_secs_f64());
         match self {
             Progress::Bar(bar) => {
@@ -105,7 +105,7 @@ impl Progress {
     }
 
     /// A line of its own, above the bar on a terminal.
-    pub fn println(&mut self, line: &str) {
+    pub(super) fn println(&mut self, line: &str) {
         match self {
             Progress::Bar(bar) => bar.println(line),
             Progress::Lines { out, .. } => {

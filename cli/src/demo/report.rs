@@ -14,7 +14,7 @@ use crate::table::{plain, Align};
 
 /// The run's outcome besides the tally.
 #[derive(Debug)]
-pub struct Run {
+pub(super) struct Run {
     /// Calls that succeeded, and failed.
     pub ok: u64,
     /// Calls that failed.
@@ -28,7 +28,12 @@ pub struct Run {
 }
 
 /// Prints the report; returns whether the run went as designed.
-pub fn report(status: &PoolStatus, tally: &Tally, run: &Run, prometheus: Option<&PrometheusHandle>) -> bool {
+pub(super) fn report(
+    status: &PoolStatus,
+    tally: &Tally,
+    run: &Run,
+    prometheus: Option<&PrometheusHandle>,
+) -> bool {
     println!("\nreport");
     println!(
         "  {} calls ok, {} failed in {:.1} s: {:.0} calls/s",

@@ -17,7 +17,7 @@ use super::ms;
 
 /// What a [`Scripted`] worker reports as its CPU time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cpu {
+pub(crate) enum Cpu {
     /// `None`, like the fake itself.
     Unknown,
     /// A constant: a stopped or deadlocked process.
@@ -28,7 +28,7 @@ pub enum Cpu {
 
 /// The knobs of a set of [`Scripted`] workers, turned by the test.
 #[derive(Debug)]
-pub struct Knobs {
+pub(crate) struct Knobs {
     /// What `cpu_time` reports.
     pub cpu: Cpu,
     /// What `discarded_replies` reports.
@@ -38,7 +38,7 @@ pub struct Knobs {
 /// A worker that delegates to a fake and reports a scripted CPU time and
 /// discarded-reply count (the fake has neither).
 #[derive(Debug)]
-pub struct Scripted {
+pub(crate) struct Scripted {
     inner: Box<dyn Worker>,
     knobs: Arc<Mutex<Knobs>>,
     born: Instant,
@@ -96,7 +96,7 @@ impl Worker for Scripted {
 
 /// A launcher of [`Scripted`] workers sharing one set of knobs.
 #[derive(Clone)]
-pub struct ScriptedLauncher {
+pub(crate) struct ScriptedLauncher {
     fake: FakeLauncher,
     knobs: Arc<Mutex<Knobs>>,
 }
@@ -114,7 +114,7 @@ impl Launcher for ScriptedLauncher {
 }
 
 /// A launcher of [`Scripted`] workers around `fake`, and their knobs.
-pub fn scripted(fake: &FakeLauncher, cpu: Cpu) -> (ScriptedLauncher, Arc<Mutex<Knobs>>) {
+pub(crate) fn scripted(fake: &FakeLauncher, cpu: Cpu) -> (ScriptedLauncher, Arc<Mutex<Knobs>>) {
     let knobs = Arc::new(Mutex::new(Knobs { cpu, discarded: 0 }));
     (
         ScriptedLauncher {
