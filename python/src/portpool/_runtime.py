@@ -499,11 +499,15 @@ _PLAIN_TYPES: frozenset[type] = frozenset((type(None), bool, int, float, str, by
 class _Method:
     """What the runtime keeps per handler: how it runs, and whether its last sync run was long."""
 
-    __slots__ = ("handler", "is_async", "slow")
+    __slots__ = ("handler", "is_async", "call", "slow")
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.is_async = handler.kind in _ASYNC_KINDS
+        # The function itself when it takes just the params (saves Handler.call's dispatch).
+        self.call: Callable[[Any], Any] | None = (
+            handler.func if handler.takes_params and not handler.takes_ctx else None
+        )
         # The last run of this sync handler took at least _INLINE_TAKEOVER: its next requests go
         # straight to a thread of their own instead of running on the reading thread.
         self.slow = False
@@ -793,6 +797,7 @@ class Runtime:
         reader = self._input
         unpack = protocol.unpack
         on_message = self._on_message
+        on_request = self._on_request
         starting: list[_Request] = []
         read_into = self._read_into
         monotonic = time.monotonic
@@ -815,7 +820,10 @@ class Runtime:
                     except protocol.InvalidParams as exc:  # fails only this call
                         ok = self._on_invalid_params(exc)
                     else:
-                        ok = on_message(msg, received, starting)
+                        if msg["type"] == "request":
+                            ok = on_request(msg, received, starting)
+                        else:
+                            ok = on_message(msg, received, starting)
                     if not ok:
                         self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
                         self._request_stop(_Stop.PROTOCOL_ERROR)
@@ -1204,7 +1212,8 @@ class Runtime:
         if req.cancelled:  # cancelled while it waited in a batch (see _run_inline)
             return self._cancelled_frame(req)
         try:
-            result = req.handler.call(req.params, req.ctx)
+            info = req.info
+            result = info.call(req.params) if info.call is not None else req.handler.call(req.params, req.ctx)
             if type(result) in _PLAIN_TYPES:
                 pass
             elif inspect.isgenerator(result):
@@ -1221,7 +1230,7 @@ class Runtime:
             elif inspect.isawaitable(result):  # e.g. a sync wrapper returning a coroutine
                 assert self._loop is not None
                 result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
-            if req.is_cancelled():
+            if req.cancelled or (req.ctx is not None and req.is_cancelled()):
                 return self._cancelled_frame(req)
             return self._ok_frame(req, result)
         except _EncodeFailure as exc:
