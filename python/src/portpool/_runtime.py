@@ -554,7 +554,12 @@ class _Request:
 
 
 class _Lead:
-    """The job "read the protocol input" (see :class:`_Workers`)."""
+    """The job "read the protocol input" (see :class:`_Workers`), after running ``batch`` inline."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: list[_Request] | None = None) -> None:
+        self.batch = batch
 
 
 _LEAD = _Lead()
@@ -573,7 +578,9 @@ class _Workers:
     is added, up to ``max_concurrency + 1`` (the running sync requests plus the reader).
     """
 
-    def __init__(self, max_jobs: int, run: Callable[[_Request], None], lead: Callable[[], None]) -> None:
+    def __init__(
+        self, max_jobs: int, run: Callable[[_Request], None], lead: Callable[[list[_Request] | None], None]
+    ) -> None:
         self._max = max_jobs + 1
         self._run = run
         self._lead = lead
@@ -606,7 +613,7 @@ class _Workers:
             if isinstance(job, _Request):
                 run(job)
             else:
-                self._lead()  # returns once it passed the lead on (or input ended)
+                self._lead(job.batch)  # returns once it passed the lead on (or input ended)
             del job
             with lock:
                 self._idle += 1
@@ -670,12 +677,17 @@ class Runtime:
             self._read_bufs = [bytearray(_READ_SIZE)]
             self._read_buf = memoryview(self._read_bufs[0])
         # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
+        self._in_poll: Any = None  # select.poll on in_fd (the watcher: is input waiting?)
         self._inline_pending: collections.deque[_Request] = collections.deque()  # batch not started yet
         self._batch_holder: int | None = None  # the thread whose batch's responses are held (see _emit)
         self._watch_lock = threading.Lock()
         self._watch_cond = threading.Condition(self._watch_lock)
         self._inline_since: float | None = None  # when the lead holder began running a handler itself
         self._inline_runs = 0
+        self._loop_lead = False  # the event loop holds the lead (see _loop_read)
+        self._loop_reading = False  # ...and its reader callback is registered
+        self._loop_in_read = False  # ...and is acting on what it read (the watcher must wait)
+        self._loop_reads = 0  # reads by the loop so far (the watcher sees whether it still reads)
         self._steals = 0  # how often the watcher passed the lead on while an inline run went on
         self._watcher_asleep = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -701,6 +713,9 @@ class Runtime:
             methods=self.app.methods,
         )
         self._out.send(protocol.encode(hello))
+        if hasattr(select, "poll"):  # elsewhere the loop never holds the lead
+            self._in_poll = select.poll()
+            self._in_poll.register(self.in_fd, select.POLLIN)
         threading.Thread(target=self._watch, name="portpool-watcher", daemon=True).start()
         self._workers.submit(_LEAD)  # a worker thread starts reading input
         await self._stop_event.wait()
@@ -786,61 +801,145 @@ class Runtime:
 
     # ------------------------------------------------------------------ input (reader thread)
 
-    def _lead(self) -> None:
+    def _lead(self, batch: list[_Request] | None = None) -> None:
         """Worker thread holding the lead: reads input and acts on each message at once.
 
         Sync requests a read starts run right here, one after the other (see
-        :meth:`_run_inline`), while the watcher guards against long ones. Returns once the
-        watcher passed the lead to another thread, or input ended (end of input, error,
-        protocol violation).
+        :meth:`_run_inline`), while the watcher guards against long ones; ``batch``: sync
+        requests the loop read, to run first. When a read starts only async requests, the
+        lead goes to the event loop (see :meth:`_loop_read`). Returns once the lead went to
+        another thread or the loop, or input ended (end of input, error, protocol violation).
+        """
+        process = self._process
+        read_into = self._read_into
+        starting: list[_Request] = []
+        if batch and not self._run_inline(batch):
+            return
+        while True:
+            if not process(read_into(), starting):
+                return
+            if starting:
+                mine = self._start_batch(starting)
+                if mine:
+                    starting = []
+                    if not self._run_inline(mine):
+                        return  # the watcher passed the lead on while they ran
+                    continue
+                only_async = all(req.is_async for req in starting)
+                starting = []
+                if only_async and self._in_poll is not None:
+                    with self._watch_lock:
+                        self._loop_lead = True  # from now on; the watcher may take it back
+                    self._post(self._loop_take_lead)
+                    return
+
+    def _process(self, data: memoryview | bytes, starting: list[_Request]) -> bool:
+        """Lead holder: acts on the messages of one read; requests that take a slot go to ``starting``.
+
+        Returns False when reading must stop: end of input (empty ``data``), or a protocol violation.
         """
         reader = self._input
-        unpack = protocol.unpack
-        on_message = self._on_message
-        on_request = self._on_request
-        starting: list[_Request] = []
-        read_into = self._read_into
-        monotonic = time.monotonic
         try:
-            while True:
-                data = read_into()
-                if not data:
-                    reader.eof()
-                    self._request_stop(_Stop.EOF)
-                    self._watchdog(
-                        self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK,
-                        EXIT_OK,
-                        kill_group=self.stopped_on_eof,
-                    )
-                    return
-                received = monotonic()
-                for body in reader.feed(data):
-                    try:
-                        msg = unpack(body)
-                    except protocol.InvalidParams as exc:  # fails only this call
-                        ok = self._on_invalid_params(exc)
+            if not data:
+                reader.eof()
+                self._request_stop(_Stop.EOF)
+                self._watchdog(
+                    self.shutdown_grace + _CANCEL_SETTLE + _FLUSH_TIMEOUT + _WATCHDOG_SLACK,
+                    EXIT_OK,
+                    kill_group=self.stopped_on_eof,
+                )
+                return False
+            received = time.monotonic()
+            unpack = protocol.unpack
+            for body in reader.feed(data):
+                try:
+                    msg = unpack(body)
+                except protocol.InvalidParams as exc:  # fails only this call
+                    ok = self._on_invalid_params(exc)
+                else:
+                    if msg["type"] == "request":
+                        ok = self._on_request(msg, received, starting)
                     else:
-                        if msg["type"] == "request":
-                            ok = on_request(msg, received, starting)
-                        else:
-                            ok = on_message(msg, received, starting)
-                    if not ok:
-                        self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
-                        self._request_stop(_Stop.PROTOCOL_ERROR)
-                        return
-                if starting:
-                    mine = self._start_batch(starting)
-                    starting = []
-                    if mine and not self._run_inline(mine):
-                        return  # the watcher passed the lead on while they ran
+                        ok = self._on_message(msg, received, starting)
+                if not ok:
+                    self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
+                    self._request_stop(_Stop.PROTOCOL_ERROR)
+                    return False
+            return True
         except protocol.ProtocolError as exc:
             _log(f"protocol violation from the host: {type(exc).__name__}: {exc}; exiting with code 2")
-            self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
-            self._request_stop(_Stop.PROTOCOL_ERROR)
         except BaseException as exc:  # pragma: no cover - a bug in the reader itself
             _log(f"reader failed: {exc!r}; exiting with code 2")
-            self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
-            self._request_stop(_Stop.PROTOCOL_ERROR)
+        self._watchdog(_WATCHDOG_SLACK, EXIT_PROTOCOL_ERROR)
+        self._request_stop(_Stop.PROTOCOL_ERROR)
+        return False
+
+    def _loop_take_lead(self) -> None:
+        """Loop thread: starts reading input itself, unless the watcher took the lead back meanwhile."""
+        with self._watch_lock:
+            if not self._loop_lead:
+                return
+            self._loop_reading = True
+        assert self._loop is not None
+        self._loop.add_reader(self.in_fd, self._loop_read)
+
+    def _loop_read(self) -> None:
+        """Loop thread holding the lead: one read, acted on like :meth:`_lead` does.
+
+        While only async requests come, the loop reads them itself: no other thread wakes up
+        per call. A read that starts sync requests hands the lead (and those requests) back to
+        a worker thread; so does the watcher, if input waits while the loop is blocked.
+        """
+        loop = self._loop
+        assert loop is not None
+        lock = self._watch_lock
+        with lock:
+            lead = self._loop_lead
+            self._loop_reads += 1
+            if lead:
+                self._loop_in_read = True  # the watcher leaves the lead alone until it is acted on
+            else:
+                self._loop_reading = False
+        if not lead:  # the watcher took the lead back
+            loop.remove_reader(self.in_fd)
+            return
+        starting: list[_Request] = []
+        try:
+            more = self._process(self._read_into(), starting)
+        finally:
+            with lock:
+                self._loop_in_read = False
+        if not more:
+            self._loop_give_lead(None)
+            return
+        if not starting:
+            return
+        sync = [req for req in starting if not req.is_async]
+        if sync:
+            self._loop_give_lead(sync)
+            starting = [req for req in starting if req.is_async]
+            if not starting:
+                return
+        self._inline_runs += 1  # activity: the watcher keeps ticking
+        if self._watcher_asleep:
+            with self._watch_lock:
+                self._watch_cond.notify()
+        self._start_async(starting)
+
+    def _loop_give_lead(self, batch: list[_Request] | None) -> None:
+        """Loop thread: stops reading; a worker thread takes the lead (after running ``batch``)."""
+        assert self._loop is not None
+        with self._watch_lock:
+            lead = self._loop_lead
+            self._loop_lead = self._loop_reading = False
+        self._loop.remove_reader(self.in_fd)
+        if batch is None:
+            return
+        if lead:
+            self._workers.submit(_Lead(batch))
+        else:  # the watcher took the lead back meanwhile: a thread reads already
+            for req in batch:
+                self._workers.submit(req)
 
     def _read_into(self) -> memoryview | bytes:
         """Lead holder: one read of the protocol input into the reused read buffer (empty at the end).
@@ -903,27 +1002,33 @@ class Runtime:
                 self._batch_holder = None
                 self._out.kick()
 
-    def _inline_running(self) -> bool:
-        return self._inline_since is not None
+    def _watch_armed(self) -> bool:
+        """Whether input may go unread: the lead holder runs a handler, or the loop leads with work."""
+        return self._inline_since is not None or (self._loop_lead and bool(self._requests))
 
     def _watch(self) -> None:
-        """Watcher thread: passes the lead on when a sync handler run by the lead holder runs long.
+        """Watcher thread: takes the lead away from a lead holder that stopped reading for long.
 
         While the lead holder runs handlers itself, nobody reads input; this thread checks
         every ``_WATCH_TICK`` seconds and, once a handler has run for ``_INLINE_TAKEOVER``
         seconds, hands reading to another thread and the rest of the batch to threads of their
         own, so pings, cancels and further requests are read within about ``_WATCH_TICK +
-        _INLINE_TAKEOVER`` of arriving. It sleeps without a time-out after a tick that saw no
-        inline run, until the next inline run wakes it.
+        _INLINE_TAKEOVER`` of arriving. When the event loop holds the lead and input has been
+        waiting for two ticks without the loop reading it (a handler blocks the loop), a
+        worker thread takes the lead back. It sleeps without a time-out after a tick that saw
+        nothing to guard, until the next inline run or async request wakes it.
         """
         cond = self._watch_cond
         pending = self._inline_pending
+        poller = self._in_poll
         seen = -1
+        loop_reads = -1
+        waiting = False  # the loop held the lead and input waited unread at the last tick
         while True:
             with cond:
-                if self._inline_since is None and self._inline_runs == seen:
+                if not self._watch_armed() and self._inline_runs == seen:
                     self._watcher_asleep = True
-                    cond.wait_for(self._inline_running)
+                    cond.wait_for(self._watch_armed)
                     self._watcher_asleep = False
                 seen = self._inline_runs
                 cond.wait(_WATCH_TICK)
@@ -934,6 +1039,19 @@ class Runtime:
                     self._steals += 1
                     rest = list(pending)
                     pending.clear()
+                reclaim = False
+                if self._loop_lead and poller is not None and not self._loop_in_read:
+                    unread = self._loop_reads == loop_reads and _readable(poller)
+                    reclaim = unread and waiting
+                    waiting = unread and not reclaim
+                    loop_reads = self._loop_reads
+                    if reclaim:
+                        self._loop_lead = False  # the loop's next _loop_read stops reading
+                else:
+                    waiting = False
+            if reclaim:
+                _log("the event loop is blocked and input is waiting; a thread takes over reading")
+                self._workers.submit(_LEAD)
             if steal:
                 self._workers.submit(_LEAD)
                 for req in rest:
@@ -1425,6 +1543,14 @@ def _fit_error(
     if len(body) > max_frame:  # pragma: no cover - only for a max_frame too small for any error
         body = _pack_error(id_, _cut_utf8(type_, 32), _cut_utf8(message, max(0, max_frame - 96)), None, None)
     return body
+
+
+def _readable(poller: Any) -> bool:
+    """Whether input is waiting on the fd ``poller`` watches (or it reports an error: so will a read)."""
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return False
 
 
 async def _await(awaitable: Any) -> Any:
