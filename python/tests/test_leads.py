@@ -195,7 +195,7 @@ def test_input_is_read_while_a_handler_blocks_the_loop_that_holds_the_lead(
 
 
 def test_end_of_input_while_the_loop_holds_the_lead_answers_then_exits(worker: Worker) -> None:
-    for i in range(3):
+    for _ in range(3):
         worker.result("async_sleep", 0)
     id_ = worker.request("async_sleep", 0.3)
     time.sleep(0.05)
