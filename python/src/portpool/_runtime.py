@@ -81,6 +81,9 @@ _WATCH_TICK = 0.002
 
 _FRAME_HEADER = struct.Struct(">I")  # as protocol.frame writes it
 _U32_MAX = 2**32 - 1
+# Tasks of async handlers start eagerly (their first step runs at once) where asyncio can.
+_EAGER = sys.version_info >= (3, 12)
+ENV_UVLOOP = "PORTPOOL_UVLOOP"
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The parent that started this process (the host), before any reparenting: see _kill_own_group.
 _PARENT_AT_START = os.getppid()
@@ -499,11 +502,12 @@ _PLAIN_TYPES: frozenset[type] = frozenset((type(None), bool, int, float, str, by
 class _Method:
     """What the runtime keeps per handler: how it runs, and whether its last sync run was long."""
 
-    __slots__ = ("handler", "is_async", "call", "slow")
+    __slots__ = ("handler", "is_async", "is_gen", "call", "slow")
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.is_async = handler.kind in _ASYNC_KINDS
+        self.is_gen = handler.kind is HandlerKind.ASYNC_GEN
         # The function itself when it takes just the params (saves Handler.call's dispatch).
         self.call: Callable[[Any], Any] | None = (
             handler.func if handler.takes_params and not handler.takes_ctx else None
@@ -830,6 +834,8 @@ class Runtime:
                 if only_async and self._in_poll is not None:
                     with self._watch_lock:
                         self._loop_lead = True  # from now on; the watcher may take it back
+                        if self._watcher_asleep:
+                            self._watch_cond.notify()  # to guard the loop while the requests run
                     self._post(self._loop_take_lead)
                     return
 
@@ -914,12 +920,15 @@ class Runtime:
             return
         if not starting:
             return
-        sync = [req for req in starting if not req.is_async]
-        if sync:
+        if not all(req.is_async for req in starting):
+            sync: list[_Request] = []
+            async_reqs: list[_Request] = []
+            for req in starting:
+                (async_reqs if req.is_async else sync).append(req)
             self._loop_give_lead(sync)
-            starting = [req for req in starting if req.is_async]
-            if not starting:
+            if not async_reqs:
                 return
+            starting = async_reqs
         self._inline_runs += 1  # activity: the watcher keeps ticking
         if self._watcher_asleep:
             with self._watch_lock:
@@ -933,6 +942,7 @@ class Runtime:
             lead = self._loop_lead
             self._loop_lead = self._loop_reading = False
         self._loop.remove_reader(self.in_fd)
+        _set_blocking(self.in_fd)  # uvloop's add_reader made it non-blocking
         if batch is None:
             return
         if lead:
@@ -952,9 +962,13 @@ class Runtime:
         holding the lead reads, so one buffer serves every lead holder in turn.
         """
         try:
-            if self._read_buf is None:
-                return os.read(self.in_fd, _READ_SIZE)
-            return self._read_buf[: os.readv(self.in_fd, self._read_bufs)]
+            while True:
+                try:
+                    if self._read_buf is None:
+                        return os.read(self.in_fd, _READ_SIZE)
+                    return self._read_buf[: os.readv(self.in_fd, self._read_bufs)]
+                except BlockingIOError:  # uvloop made the fd non-blocking while the loop read it
+                    select.select([self.in_fd], [], [])
         except OSError as exc:
             _log(f"reading the protocol input failed ({exc}); treating it as end of input")
             return b""
@@ -1229,18 +1243,29 @@ class Runtime:
             self._workers.submit(req)
 
     def _start_async(self, reqs: list[_Request]) -> None:
-        """Loop thread: starts async requests as tasks."""
+        """Loop thread: starts async requests as tasks.
+
+        On Python 3.12+ each task's first step runs right here (an eager start: a handler that
+        does not wait for anything is done without another turn of the loop); elsewhere the
+        first steps run in the loop's next iteration.
+        """
         loop = self._loop
         assert loop is not None
-        for req in reqs:
-            req.task = loop.create_task(self._run_async(req))
-        if len(reqs) > 1:
-            # The tasks' first steps run next, in one loop iteration: hold their output and write it
-            # all at once (one writev) from a callback that runs right after them. Held frames are
-            # queued without claiming the writer role, so a task that blocks the loop holds back no
-            # other thread's output (pongs, sync replies), and those threads write held frames too.
+        many = len(reqs) > 1
+        if many:
+            # Hold the output of the tasks' first steps and write it all at once (one writev)
+            # right after them. Held frames are queued without claiming the writer role, so a
+            # task that blocks the loop holds back no other thread's output (pongs, sync
+            # replies), and those threads write held frames too.
             self._hold_output = True
-            loop.call_soon(self._release_output)
+        for req in reqs:
+            coro = self._run_async(req)
+            req.task = _eager_task(loop, coro) if _EAGER else loop.create_task(coro)
+        if many:
+            if _EAGER:
+                self._release_output()
+            else:
+                loop.call_soon(self._release_output)  # after the first steps, in the next iteration
 
     def _release_output(self) -> None:
         """Loop thread: writes what the loop queued while holding output."""
@@ -1364,7 +1389,7 @@ class Runtime:
         try:
             if req.is_cancelled():  # cancelled between taking its slot and starting
                 frame = self._cancelled_frame(req)
-            elif req.handler.kind is HandlerKind.ASYNC_GEN:
+            elif req.info.is_gen:
                 agen = req.handler.call(req.params, req.ctx)
                 try:
                     async for item in agen:
@@ -1545,12 +1570,32 @@ def _fit_error(
     return body
 
 
+def _set_blocking(fd: int) -> None:
+    try:
+        if not os.get_blocking(fd):
+            os.set_blocking(fd, True)
+    except OSError:
+        pass
+
+
 def _readable(poller: Any) -> bool:
     """Whether input is waiting on the fd ``poller`` watches (or it reports an error: so will a read)."""
     try:
         return bool(poller.poll(0))
     except OSError:
         return False
+
+
+if sys.version_info >= (3, 12):
+
+    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
+        """A task whose first step runs now, in the caller (Python 3.12+)."""
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
+        return loop.create_task(coro)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -1690,6 +1735,19 @@ def _exit(code: int, *, run_atexit: bool = False, kill_group: bool = False) -> N
     os._exit(code)
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when uvloop is installed (unless ``PORTPOOL_UVLOOP=0``), else asyncio's."""
+    if os.environ.get(ENV_UVLOOP, "").strip() != "0":
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            pass
+        else:
+            new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return new_loop()
+    return asyncio.new_event_loop()
+
+
 def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
     """Serves ``app`` on ``fds`` (``(in_fd, out_fd)``; default: redirect stdio now) and exits the process."""
     in_fd, out_fd = redirect_stdio() if fds is None else fds
@@ -1702,7 +1760,7 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
     )
     # Not asyncio.run(): its teardown waits for leftover tasks and executor threads, which a
     # misbehaving handler could make last forever. The process exits right after this instead.
-    loop = asyncio.new_event_loop()
+    loop = _new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         code = loop.run_until_complete(runtime.run())
@@ -1725,7 +1783,8 @@ APP is a path to a .py file (its module-level App instance is used, e.g. `app`),
 a module name, or module:attr / file.py:attr naming the App.
 
 Environment: PORTPOOL_MAX_FRAME (bytes, default 67108864),
-PORTPOOL_SHUTDOWN_GRACE (seconds, default 5).
+PORTPOOL_SHUTDOWN_GRACE (seconds, default 5), PORTPOOL_UVLOOP=0 (asyncio's
+event loop even when uvloop is installed).
 """
 
 
