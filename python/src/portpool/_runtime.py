@@ -38,7 +38,6 @@ import inspect
 import io
 import itertools
 import os
-import platform
 import queue
 import select
 import signal
@@ -711,7 +710,7 @@ class Runtime:
         self._idle_event = asyncio.Event()
         self._out.start()
         hello = protocol.hello_message(
-            runtime_version=platform.python_version(),
+            runtime_version=sys.version.split()[0],  # as platform.python_version() (not imported: cold start)
             pid=os.getpid(),
             max_concurrency=self.app.max_concurrency,
             methods=self.app.methods,
