@@ -2,21 +2,23 @@
 
 Threads, and the path of a request:
 
-* a reader thread reads frames from the protocol input fd (large reads, several frames
-  at a time), decodes them and acts on each at once: it answers ``ping``, applies
-  ``cancel`` and ``session_close``, and hands each ``request`` that gets a free slot
-  straight to where it runs (``max_concurrency`` slots; the rest wait in arrival order);
-* sync handlers and sync generators run on a pool of handler threads (a thread for every
-  running sync request), which encode and send their own responses. Reading is a role the
-  threads pass around (see :class:`_Workers`): a sync request runs on the thread that read
-  it. When it is the only request running and no more input is waiting, the reader runs it
-  without waking any other thread and then reads on (the common sequential case: one
-  context switch per call); a watcher thread hands reading to another thread if such a
-  handler runs longer than a millisecond or so, so pings, cancels and further requests are
-  still read within a few milliseconds (see :meth:`Runtime._watch`);
+* one thread at a time holds the lead: it reads frames from the protocol input fd (large
+  reads, several frames at a time), decodes them and acts on each at once: it answers
+  ``ping``, applies ``cancel`` and ``session_close``, and starts each ``request`` that gets
+  a free slot (``max_concurrency`` slots; the rest wait in arrival order);
+* sync handlers and sync generators run on a pool of handler threads, which encode and
+  send their own responses. Reading is a role the threads pass around (see
+  :class:`_Workers`): the sync requests of one read run on the thread that read them, one
+  after the other, without waking any other thread (the sequential case: one context
+  switch per call), their responses written together. A watcher thread hands reading and
+  the rest of the batch to other threads once a handler has run for a millisecond or so,
+  so pings, cancels and further requests are still read within a few milliseconds (see
+  :meth:`Runtime._watch`); a handler whose last run was that long gets a thread of its own;
 * the main thread runs one asyncio event loop: ``async def`` handlers run there as tasks
-  (one hop from the reader) and send their responses from the loop; it also drives
-  shutdown (grace period, cancelling stragglers);
+  and send their responses from the loop. While only async requests come, the loop holds
+  the lead and reads the input itself (see :meth:`Runtime._loop_read`); a sync request
+  hands it back to a thread, and the watcher takes it back if input waits while a handler
+  blocks the loop. The loop also drives shutdown (grace period, cancelling stragglers);
 * output has no writer thread of its own: whichever thread has a frame to send writes it,
   together with frames queued meanwhile, under one lock, so frames never interleave. When
   the pipe is full, a flusher thread takes over until the host reads again (see
