@@ -690,7 +690,6 @@ class Runtime:
         self._inline_since: float | None = None  # when the lead holder began running a handler itself
         self._inline_runs = 0
         self._loop_lead = False  # the event loop holds the lead (see _loop_read)
-        self._loop_reading = False  # ...and its reader callback is registered
         self._loop_in_read = False  # ...and is acting on what it read (the watcher must wait)
         self._loop_reads = 0  # reads by the loop so far (the watcher sees whether it still reads)
         self._steals = 0  # how often the watcher passed the lead on while an inline run went on
@@ -886,7 +885,6 @@ class Runtime:
         with self._watch_lock:
             if not self._loop_lead:
                 return
-            self._loop_reading = True
         assert self._loop is not None
         self._loop.add_reader(self.in_fd, self._loop_read)
 
@@ -905,8 +903,6 @@ class Runtime:
             self._loop_reads += 1
             if lead:
                 self._loop_in_read = True  # the watcher leaves the lead alone until it is acted on
-            else:
-                self._loop_reading = False
         if not lead:  # the watcher took the lead back
             loop.remove_reader(self.in_fd)
             return
@@ -941,7 +937,7 @@ class Runtime:
         assert self._loop is not None
         with self._watch_lock:
             lead = self._loop_lead
-            self._loop_lead = self._loop_reading = False
+            self._loop_lead = False
         self._loop.remove_reader(self.in_fd)
         _set_blocking(self.in_fd)  # uvloop's add_reader made it non-blocking
         if batch is None:
