@@ -129,6 +129,16 @@ class Worker:
             raise AssertionError(f"no frame: {item!r}; stderr:\n{self.stderr}")
         return item  # type: ignore[no-any-return]
 
+    def recv_nowait(self) -> dict[str, Any] | None:
+        """The next frame if one has arrived already, else None."""
+        try:
+            item = self._frames.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise AssertionError(f"no frame: {item!r}; stderr:\n{self.stderr}")
+        return item  # type: ignore[no-any-return]
+
     def request(self, method: str, params: Any = None, **kw: Any) -> int:
         id_ = kw.pop("id", None) or next(self._ids)
         self.send(protocol.request_message(id_, method, params, **kw))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -115,12 +116,27 @@ def frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+# Each thread packs with a Packer of its own, made once: ``msgpack.packb`` builds a fresh
+# one (and its buffer) per call. One Packer cannot be shared: packing may run Python code
+# (a dict subclass's ``items``), and another thread could then pack on the same buffer.
+_packers = threading.local()
+# A Packer keeps the buffer it grew; after a body larger than this the thread's Packer is
+# dropped, so idle threads do not each hold on to their largest message.
+_PACKER_KEEP: Final = 1 << 20
+
+
 def pack(message: Mapping[str, Any]) -> bytes:
     """Encodes a message body (MessagePack, ``bin`` for bytes, ``str`` for text).
 
     Raises ``TypeError``/``ValueError``/``OverflowError`` when a value cannot be encoded.
     """
-    body: bytes = msgpack.packb(message, use_bin_type=True)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    body: bytes = packer.pack(message)  # a failed pack leaves the Packer empty and usable
+    if len(body) > _PACKER_KEEP:
+        del _packers.packer
     return body
 
 
