@@ -121,6 +121,7 @@ fn venv_with_runtime(root: &Path, dir: &str, extras: &str, tag: &str) -> Result<
     let stamp_path = root.join(dir).join(".portpool-installed");
     let stamp = format!("{tag}{:x}", fnv1a(&pyproject));
     if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+        precompile(root, &python)?;
         return Ok(python);
     }
     println!("xtask: installing python/[{extras}] into {dir}");
@@ -144,7 +145,19 @@ fn venv_with_runtime(root: &Path, dir: &str, extras: &str, tag: &str) -> Result<
         ])
         .arg(format!("{}[{extras}]", root.join("python").display())))?;
     std::fs::write(&stamp_path, stamp).map_err(|e| format!("cannot write {}: {e}", stamp_path.display()))?;
+    precompile(root, &python)?;
     Ok(python)
+}
+
+/// Writes the runtime's bytecode next to its (editable) source, so every
+/// worker starts from cached bytecode even where `PYTHONDONTWRITEBYTECODE`
+/// is set (as it is on these machines): otherwise each worker compiles the
+/// runtime anew, 23-29 ms of its start against 7 ms. Only stale files are
+/// rewritten, so this is quick when nothing changed.
+fn precompile(root: &Path, python: &Path) -> Result<(), String> {
+    run(Command::new(python)
+        .args(["-m", "compileall", "-q"])
+        .arg(root.join("python/src/portpool")))
 }
 
 /// A small stable hash, so the install stamp needs no dependency.
