@@ -232,13 +232,15 @@ impl Inner {
     }
 
     /// Forgets a call the caller gave up on and tells the worker.
-    fn abandon(&self, id: RequestId) {
+    /// Returns the pending entry, if the call was still waiting.
+    fn abandon(&self, id: RequestId) -> Option<Pending> {
         let removed = self.state().remove(id);
         if removed.is_some() {
             if let Ok(frame) = encode_frame(&Message::Cancel(Cancel { id }), self.max_frame) {
                 self.writer.send(Bytes::from(frame));
             }
         }
+        removed
     }
 
     fn send_control(&self, message: &Message) {
@@ -600,8 +602,7 @@ impl Worker for ProcessWorker {
         let id = self.next_id();
         let timeout = request.timeout;
         let (method, frame) = self.request_frame(id, request)?;
-        let (reply, rx) = oneshot::channel();
-        let span_method = method.clone();
+        let (reply, mut rx) = oneshot::channel();
         self.inner
             .send_registered(id, Pending::Call { method, reply }, frame)?;
         let mut guard = CallGuard {
@@ -610,21 +611,27 @@ impl Worker for ProcessWorker {
             armed: true,
         };
         let outcome = match timeout {
-            None => rx.await,
-            Some(limit) => match tokio::time::timeout(limit, rx).await {
-                Ok(received) => received,
+            None => rx.await.ok(),
+            Some(limit) => match tokio::time::timeout(limit, &mut rx).await {
+                Ok(received) => received.ok(),
                 Err(_elapsed) => {
-                    // The guard cancels the call as it drops.
-                    return Err(CallError::Timeout {
-                        worker: self.inner.info.id,
-                        method: span_method,
-                        after: limit,
-                    });
+                    guard.armed = false;
+                    // Still waiting: cancel it, and name the method kept in
+                    // the pending entry (no copy of it per call).
+                    if let Some(Pending::Call { method, .. }) = self.inner.abandon(id) {
+                        return Err(CallError::Timeout {
+                            worker: self.inner.info.id,
+                            method,
+                            after: limit,
+                        });
+                    }
+                    // The reply (or the worker's end) came as time ran out.
+                    rx.try_recv().ok()
                 }
             },
         };
         guard.armed = false;
-        outcome.unwrap_or_else(|_| Err(self.inner.dead_error()))
+        outcome.unwrap_or_else(|| Err(self.inner.dead_error()))
     }
 
     async fn stream(&self, request: CallRequest) -> Result<CallStream, CallError> {
