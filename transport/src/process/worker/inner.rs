@@ -1,0 +1,316 @@
+//! What a worker's handle, reader and callers share: the pending table,
+//! the writer, encoding, routing replies, and failing every call once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use nix::sys::signal::Signal;
+use portpool_protocol::{encode_frame, encode_frame_into, Cancel, Message, RequestId};
+use tokio::sync::watch;
+
+use super::pending::{Frame, Pending, State};
+use super::reader::EXIT_SEEN_WITHIN;
+use crate::process::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
+use crate::process::reaper::Group;
+use crate::process::stderr::StderrLog;
+use crate::process::writer::FrameWriter;
+use crate::{CallError, CrashCause, WorkerExit, WorkerInfo};
+
+pub(super) struct Inner {
+    pub(super) info: WorkerInfo,
+    pub(super) max_frame: usize,
+    pub(super) max_stream_buffer: usize,
+    pub(super) state: Mutex<State>,
+    pub(super) writer: Arc<FrameWriter>,
+    pub(super) next_id: AtomicU64,
+    pub(super) closing: AtomicBool,
+    /// Set as soon as the reader knows the worker is gone.
+    pub(super) broken: AtomicBool,
+    pub(super) discarded: AtomicU64,
+    pub(super) exit_rx: watch::Receiver<Option<WorkerExit>>,
+    /// The process group, signalled only while its leader is unreaped.
+    pub(super) group: Arc<Group>,
+    pub(super) dead_tx: watch::Sender<bool>,
+    pub(super) stderr: Arc<StderrLog>,
+    /// Set by [`Worker::kill`]: the cause the reader reports instead of the
+    /// end of stdout that the kill brings about.
+    pub(super) killed: Mutex<Option<(CrashCause, String)>>,
+    /// A frame buffer kept from the last request the pipe took at once, so
+    /// the next request is encoded without allocating (and, when large,
+    /// without faulting its pages in again). Kept only up to
+    /// [`SPARE_BUFFER_MAX`].
+    pub(super) spare: Mutex<Vec<u8>>,
+}
+
+/// The largest request buffer a worker keeps for reuse (see `Inner::spare`).
+pub(super) const SPARE_BUFFER_MAX: usize = 2 * 1024 * 1024;
+
+impl Inner {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn closed_error(&self) -> CallError {
+        CallError::WorkerClosed {
+            worker: self.info.id,
+            pid: self.info.pid,
+        }
+    }
+
+    /// Registers a pending entry and sends its frame, atomically with respect
+    /// to the worker dying: either both happen or the death error returns.
+    pub(super) fn send_registered(
+        &self,
+        id: RequestId,
+        pending: Pending,
+        frame: Frame,
+    ) -> Result<(), CallError> {
+        let mut state = self.state();
+        let refused = if let Some(dead) = &state.dead {
+            Some(dead.clone())
+        } else if self.closing.load(Ordering::Acquire) {
+            Some(self.closed_error())
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            drop(state);
+            self.give_back(frame);
+            return Err(error);
+        }
+        // Other calls running: the worker is busy, so this frame may wait
+        // for the writer's next batch (see `FrameWriter::send_buffer`).
+        let cork = state.in_flight > 0;
+        state.insert(id, pending);
+        // The writer outlives every registration (it stops only after the
+        // reader failed them all), so a send error cannot strand this entry.
+        match frame {
+            Frame::Shared(frame) => self.writer.send(frame),
+            Frame::Buffer(frame) => {
+                let back = self.writer.send_buffer(frame, cork);
+                drop(state);
+                if let Some(buffer) = back {
+                    self.give_back(Frame::Buffer(buffer));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a request into the spare buffer (or a new one).
+    pub(super) fn encode_request(&self, message: &Message, method: &str) -> Result<Frame, CallError> {
+        let mut buffer = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        match encode_frame_into(message, self.max_frame, &mut buffer) {
+            Ok(()) => Ok(Frame::Buffer(buffer)),
+            Err(e) => {
+                self.give_back(Frame::Buffer(buffer));
+                Err(CallError::InvalidRequest {
+                    worker: self.info.id,
+                    method: method.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Keeps a frame buffer for the next request, unless it is too large.
+    pub(super) fn give_back(&self, frame: Frame) {
+        if let Frame::Buffer(mut buffer) = frame {
+            if buffer.capacity() <= SPARE_BUFFER_MAX {
+                buffer.clear();
+                let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                if buffer.capacity() > spare.capacity() {
+                    *spare = buffer;
+                }
+            }
+        }
+    }
+
+    pub(super) fn encode(&self, message: &Message, method: &str) -> Result<Bytes, CallError> {
+        encode_frame(message, self.max_frame)
+            .map(Bytes::from)
+            .map_err(|e| CallError::InvalidRequest {
+                worker: self.info.id,
+                method: method.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Forgets a call the caller gave up on and tells the worker.
+    /// Returns the pending entry, if the call was still waiting.
+    pub(super) fn abandon(&self, id: RequestId) -> Option<Pending> {
+        let removed = self.state().remove(id);
+        if removed.is_some() {
+            if let Ok(frame) = encode_frame(&Message::Cancel(Cancel { id }), self.max_frame) {
+                self.writer.send(Bytes::from(frame));
+            }
+        }
+        removed
+    }
+
+    pub(super) fn send_control(&self, message: &Message) {
+        if let Ok(frame) = encode_frame(message, self.max_frame) {
+            self.writer.send(Bytes::from(frame));
+        }
+    }
+
+    pub(super) fn discard(&self, what: &str, id: RequestId) {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("portpool_transport_discarded_replies_total").increment(1);
+        tracing::debug!(worker = %self.info.id, id, "discarded {what} for an unknown or cancelled request");
+    }
+
+    /// Routes one frame from the worker. Returns a protocol violation, if any.
+    pub(super) fn dispatch(&self, message: Message) -> Result<(), String> {
+        match message {
+            Message::Response(response) => {
+                let removed = self.state().remove(response.id);
+                match removed {
+                    Some(Pending::Call { method, reply }) => {
+                        let outcome = response.outcome.map_err(|error| CallError::Remote {
+                            worker: self.info.id,
+                            method,
+                            error: Box::new(error),
+                        });
+                        // The caller may have just gone; the reply is then moot.
+                        let _ = reply.send(outcome);
+                    }
+                    Some(Pending::Stream { method, items, .. }) => {
+                        if let Err(error) = response.outcome {
+                            let _ = items.send(Err(CallError::Remote {
+                                worker: self.info.id,
+                                method,
+                                error: Box::new(error),
+                            }));
+                        }
+                        // Dropping `items` ends the stream.
+                    }
+                    Some(Pending::Ping(_)) | None => self.discard("response", response.id),
+                }
+            }
+            Message::Chunk(chunk) => {
+                let mut state = self.state();
+                match state.pending.get(&chunk.id) {
+                    Some(Pending::Stream { items, unread, .. }) => {
+                        if unread.fetch_add(1, Ordering::AcqRel) < self.max_stream_buffer {
+                            let _ = items.send(Ok(chunk.data));
+                        } else if let Some(Pending::Stream { items, method, .. }) = state.remove(chunk.id) {
+                            // The consumer fell behind: end the stream and
+                            // cancel the call rather than buffer without bound.
+                            drop(state);
+                            let _ = items.send(Err(CallError::StreamOverflow {
+                                worker: self.info.id,
+                                method,
+                                limit: self.max_stream_buffer,
+                            }));
+                            self.send_control(&Message::Cancel(Cancel { id: chunk.id }));
+                        }
+                    }
+                    _ => {
+                        drop(state);
+                        self.discard("chunk", chunk.id);
+                    }
+                }
+            }
+            Message::Pong(pong) => {
+                // Look and take under one lock: a pong carrying a call's id
+                // must not touch that call's entry.
+                let mut state = self.state();
+                let reply = match state.pending.get(&pong.id) {
+                    Some(Pending::Ping(_)) => match state.remove(pong.id) {
+                        Some(Pending::Ping(reply)) => Some(reply),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                drop(state);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(());
+                    }
+                    None => self.discard("pong", pong.id),
+                }
+            }
+            other => return Err(format!("unexpected {} message from the worker", other.kind())),
+        }
+        Ok(())
+    }
+
+    /// The worker is gone: kill what is left, learn how it ended, and fail
+    /// every pending call exactly once.
+    ///
+    /// The cause reported is, in order: the one given to [`Worker::kill`] if
+    /// the host killed it; [`CrashCause::Exited`] if its stdout closed or its
+    /// stdin broke because the process ended by itself (its exit status
+    /// arrives within [`EXIT_SEEN_WITHIN`]); else the cause observed.
+    pub(super) async fn fail(&self, cause: CrashCause, reason: String) {
+        let killed = self.killed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Known gone from now on, before the (bounded) reaping below.
+        self.broken.store(true, Ordering::Release);
+        let pid = self.info.pid;
+        let group = &self.group;
+        let kill_group = || group.signal(Signal::SIGKILL);
+        let (cause, reason, exit) = if let Some((cause, reason)) = killed {
+            kill_group();
+            (cause, reason, reap(&self.group, self.exit_rx.clone()).await)
+        } else if self.closing.load(Ordering::Acquire) {
+            // A requested shutdown: give it the time `shutdown` is giving it.
+            let exit = match wait_exit(&self.exit_rx, REAP_WAIT).await {
+                Some(exit) => exit,
+                None => reap(&self.group, self.exit_rx.clone()).await,
+            };
+            (cause, reason, exit)
+        } else {
+            let ended = match cause {
+                CrashCause::StdoutClosed | CrashCause::StdinClosed => {
+                    wait_exit(&self.exit_rx, EXIT_SEEN_WITHIN).await
+                }
+                _ => None,
+            };
+            kill_group();
+            match ended {
+                Some(exit) => (CrashCause::Exited, format!("exited ({reason})"), exit),
+                None => (cause, reason, reap(&self.group, self.exit_rx.clone()).await),
+            }
+        };
+        self.stderr.wait_drained(STDERR_WAIT).await;
+        let error = if self.closing.load(Ordering::Acquire) {
+            self.closed_error()
+        } else {
+            tracing::warn!(worker = %self.info.id, pid, %exit, "worker crashed: {reason}");
+            CallError::WorkerCrashed {
+                worker: self.info.id,
+                pid,
+                cause,
+                reason,
+                exit,
+                stderr_tail: self.stderr.tail(),
+            }
+        };
+        let pending = {
+            let mut state = self.state();
+            state.dead = Some(error.clone());
+            state.in_flight = 0;
+            state.outstanding.store(0, Ordering::Relaxed);
+            std::mem::take(&mut state.pending)
+        };
+        for (_, entry) in pending {
+            match entry {
+                Pending::Call { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Pending::Stream { items, .. } => {
+                    let _ = items.send(Err(error.clone()));
+                }
+                Pending::Ping(_) => {}
+            }
+        }
+        self.writer.close();
+        self.dead_tx.send_replace(true);
+    }
+
+    pub(super) fn dead_error(&self) -> CallError {
+        self.state().dead.clone().unwrap_or_else(|| self.closed_error())
+    }
+}
