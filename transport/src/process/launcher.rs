@@ -14,16 +14,12 @@ use tokio_util::codec::FramedRead;
 
 use super::spin::SpinningStdout;
 
+use super::exit::{reap, STDERR_WAIT};
 use super::reaper::{wait_on_thread, watch_group, Group};
 use super::stderr::StderrLog;
 use super::worker::{ProcessWorker, Spawned};
 use super::WorkerCommand;
 use crate::{HelloCause, LaunchError, Launcher, Worker, WorkerExit, WorkerId, WorkerInfo};
-
-/// How long to wait for an exit status or the rest of stderr once a worker
-/// is known to be gone; bounded so a stuck grandchild cannot hang us.
-pub(crate) const REAP_WAIT: Duration = Duration::from_secs(2);
-pub(crate) const STDERR_WAIT: Duration = Duration::from_millis(500);
 
 /// Launches workers as child processes of a [`WorkerCommand`].
 ///
@@ -279,29 +275,6 @@ impl Drop for KillGroupOnDrop {
         if let Some(group) = self.0.take() {
             group.signal(Signal::SIGKILL);
         }
-    }
-}
-
-/// Waits briefly for the worker to exit by itself, then kills its group and
-/// waits for the exit status.
-pub(crate) async fn reap(group: &Group, exit_rx: watch::Receiver<Option<WorkerExit>>) -> WorkerExit {
-    if let Some(exit) = wait_exit(&exit_rx, Duration::from_millis(200)).await {
-        return exit;
-    }
-    group.signal(Signal::SIGKILL);
-    wait_exit(&exit_rx, REAP_WAIT).await.unwrap_or_default()
-}
-
-/// The worker's exit, if it comes within `limit`.
-pub(crate) async fn wait_exit(
-    exit_rx: &watch::Receiver<Option<WorkerExit>>,
-    limit: Duration,
-) -> Option<WorkerExit> {
-    let mut exit_rx = exit_rx.clone();
-    let waited = tokio::time::timeout(limit, exit_rx.wait_for(Option::is_some)).await;
-    match waited {
-        Ok(Ok(exit)) => *exit,
-        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The process implementation of the transport traits.
 
 mod command;
+mod exit;
 mod launcher;
 mod limits;
 mod procfs;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nix::sys::signal::Signal;
@@ -10,12 +11,16 @@ use portpool_protocol::{encode_frame, encode_frame_into, Cancel, Message, Reques
 use tokio::sync::watch;
 
 use super::pending::{Frame, Pending, State};
-use super::reader::EXIT_SEEN_WITHIN;
-use crate::process::launcher::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
+use crate::process::exit::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
 use crate::process::reaper::Group;
 use crate::process::stderr::StderrLog;
 use crate::process::writer::FrameWriter;
 use crate::{CallError, CrashCause, WorkerExit, WorkerInfo};
+
+/// When stdout closes or stdin breaks, how long to wait for an exit status
+/// before deciding the process is still running (and killing it): a process
+/// that died closes both pipes a moment before it is reaped.
+const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
 
 pub(super) struct Inner {
     pub(super) info: WorkerInfo,

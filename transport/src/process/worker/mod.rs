@@ -15,7 +15,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
-use super::launcher::wait_exit;
+use super::exit::wait_exit;
 use super::reaper::Group;
 use super::spin::SpinningStdout;
 use super::stderr::StderrLog;

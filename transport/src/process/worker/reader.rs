@@ -11,11 +11,6 @@ use super::inner::Inner;
 use crate::process::spin::SpinningStdout;
 use crate::CrashCause;
 
-/// When stdout closes or stdin breaks, how long to wait for an exit status
-/// before deciding the process is still running (and killing it): a process
-/// that died closes both pipes a moment before it is reaped.
-pub(super) const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
-
 /// After the process exited, how long its stdout may stay open (frames
 /// still in the pipe are read meanwhile) before we stop waiting for EOF: a
 /// descendant that left the process group can hold the pipe open forever.
