@@ -15,7 +15,7 @@ import io
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal, TypedDict, cast
 
 import msgpack
 
@@ -28,6 +28,17 @@ __all__ = [
     "InvalidParams",
     "Malformed",
     "Message",
+    "CancelMessage",
+    "ChunkMessage",
+    "ErrorInfo",
+    "HelloMessage",
+    "PingMessage",
+    "PongMessage",
+    "RequestMessage",
+    "ResponseErrorMessage",
+    "ResponseOkMessage",
+    "SessionCloseMessage",
+    "ShutdownMessage",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
     "ProtocolError",
@@ -60,8 +71,123 @@ _U32_MAX: Final = 2**32 - 1
 _U16_MAX: Final = 2**16 - 1
 _HEADER: Final = struct.Struct(">I")
 
-Message = dict[str, Any]
-"""A decoded or to-be-encoded message: a dict with ``type`` first, keys in wire order."""
+# --------------------------------------------------------------------------- messages
+# One TypedDict per message kind: plain dicts at run time, keys in wire order (the order
+# the builders write them in, so :func:`pack` yields the canonical bytes).
+
+
+class HelloMessage(TypedDict):
+    """worker -> host, first: who the worker is and what it serves."""
+
+    type: Literal["hello"]
+    protocol_major: int
+    protocol_minor: int
+    runtime: str
+    runtime_version: str
+    pid: int
+    max_concurrency: int
+    methods: list[str]
+    capabilities: list[str]
+
+
+class _RequestRequired(TypedDict):
+    type: Literal["request"]
+    id: int
+    method: str
+    params: Any
+
+
+class RequestMessage(_RequestRequired, total=False):
+    """host -> worker: a call; ``session``, ``deadline_ms`` and ``trace`` only when set."""
+
+    session: str
+    deadline_ms: int
+    trace: str
+
+
+class ResponseOkMessage(TypedDict):
+    """worker -> host: the successful end of request ``id``."""
+
+    type: Literal["response"]
+    id: int
+    result: Any
+
+
+class _ErrorRequired(TypedDict):
+    type: str
+    message: str
+
+
+class ErrorInfo(_ErrorRequired, total=False):
+    """The ``error`` of an error response; ``traceback`` and ``data`` only when set."""
+
+    traceback: str
+    data: Any
+
+
+class ResponseErrorMessage(TypedDict):
+    """worker -> host: the failed end of request ``id``."""
+
+    type: Literal["response"]
+    id: int
+    error: ErrorInfo
+
+
+class ChunkMessage(TypedDict):
+    """worker -> host: one streamed item of request ``id``."""
+
+    type: Literal["chunk"]
+    id: int
+    data: Any
+
+
+class CancelMessage(TypedDict):
+    """host -> worker: cancel request ``id`` (advisory)."""
+
+    type: Literal["cancel"]
+    id: int
+
+
+class PingMessage(TypedDict):
+    """host -> worker: answer with a pong of the same ``id``."""
+
+    type: Literal["ping"]
+    id: int
+
+
+class PongMessage(TypedDict):
+    """worker -> host: the answer to a ping."""
+
+    type: Literal["pong"]
+    id: int
+
+
+class ShutdownMessage(TypedDict):
+    """host -> worker: finish what runs, take nothing new, exit."""
+
+    type: Literal["shutdown"]
+
+
+class SessionCloseMessage(TypedDict):
+    """host -> worker: forget the state of ``session``."""
+
+    type: Literal["session_close"]
+    session: str
+
+
+Message = (
+    HelloMessage
+    | RequestMessage
+    | ResponseOkMessage
+    | ResponseErrorMessage
+    | ChunkMessage
+    | CancelMessage
+    | PingMessage
+    | PongMessage
+    | ShutdownMessage
+    | SessionCloseMessage
+)
+"""Any message: narrow it by its ``type`` (``if msg["type"] == "request": ...``)."""
 
 
 class ProtocolError(Exception):
@@ -85,7 +211,7 @@ class InvalidParams(Malformed):
     the optional keys that were present); ``reason`` says what could not be decoded.
     """
 
-    def __init__(self, message: Message, reason: str) -> None:
+    def __init__(self, message: dict[str, Any], reason: str) -> None:
         self.message = message
         self.id: int = message["id"]
         self.method: str = message["method"]
@@ -221,7 +347,7 @@ def hello_message(
     runtime: str = "python",
     protocol_major: int = PROTOCOL_MAJOR,
     protocol_minor: int = PROTOCOL_MINOR,
-) -> Message:
+) -> HelloMessage:
     """The worker's first message."""
     return {
         "type": "hello",
@@ -244,9 +370,9 @@ def request_message(
     session: str | None = None,
     deadline_ms: int | None = None,
     trace: str | None = None,
-) -> Message:
+) -> RequestMessage:
     """A host -> worker call."""
-    msg: Message = {"type": "request", "id": id, "method": method, "params": params}
+    msg: RequestMessage = {"type": "request", "id": id, "method": method, "params": params}
     if session is not None:
         msg["session"] = session
     if deadline_ms is not None:
@@ -256,7 +382,7 @@ def request_message(
     return msg
 
 
-def response_ok_message(id: int, result: Any) -> Message:
+def response_ok_message(id: int, result: Any) -> ResponseOkMessage:
     """A successful response; ``result`` is always present (may be ``None``)."""
     return {"type": "response", "id": id, "result": result}
 
@@ -268,9 +394,9 @@ def response_error_message(
     *,
     traceback: str | None = None,
     data: Any = None,
-) -> Message:
+) -> ResponseErrorMessage:
     """An error response; ``traceback`` and ``data`` are omitted when ``None``."""
-    error: dict[str, Any] = {"type": type, "message": message}
+    error: ErrorInfo = {"type": type, "message": message}
     if traceback is not None:
         error["traceback"] = traceback
     if data is not None:
@@ -278,29 +404,29 @@ def response_error_message(
     return {"type": "response", "id": id, "error": error}
 
 
-def chunk_message(id: int, data: Any) -> Message:
+def chunk_message(id: int, data: Any) -> ChunkMessage:
     """One streamed item of request ``id``."""
     return {"type": "chunk", "id": id, "data": data}
 
 
-def cancel_message(id: int) -> Message:
+def cancel_message(id: int) -> CancelMessage:
     return {"type": "cancel", "id": id}
 
 
-def ping_message(id: int) -> Message:
+def ping_message(id: int) -> PingMessage:
     return {"type": "ping", "id": id}
 
 
-def pong_message(id: int) -> Message:
+def pong_message(id: int) -> PongMessage:
     """The answer to ``ping`` with the same id."""
     return {"type": "pong", "id": id}
 
 
-def shutdown_message() -> Message:
+def shutdown_message() -> ShutdownMessage:
     return {"type": "shutdown"}
 
 
-def session_close_message(session: str) -> Message:
+def session_close_message(session: str) -> SessionCloseMessage:
     return {"type": "session_close", "session": session}
 
 
@@ -572,7 +698,7 @@ def _validate(raw: Any) -> Message:
     schema = _SCHEMA.get(kind)
     if schema is None:
         raise Malformed(f"unknown message type {kind!r}")
-    msg: Message = {"type": kind}
+    msg: dict[str, Any] = {"type": kind}
     for key, check, optional in schema:
         if _check(raw, key, check, optional=optional):
             msg[key] = raw[key]
@@ -596,7 +722,7 @@ def _validate(raw: Any) -> Message:
             msg["error"] = err
         else:
             raise Malformed("response message has neither 'result' nor 'error'")
-    return msg
+    return cast(Message, msg)
 
 
 def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
