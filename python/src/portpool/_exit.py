@@ -138,9 +138,6 @@ def _kill_member(target: int, pgid: int) -> bool:
         os.close(pidfd)
 
 
-# --------------------------------------------------------------------------- entry points
-
-
 def _run_exitfuncs() -> None:
     run: Callable[[], None] | None = getattr(atexit, "_run_exitfuncs", None)
     if run is not None:

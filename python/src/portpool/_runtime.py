@@ -1,4 +1,99 @@
-"""RUNTIME"""
+"""The worker runtime proper: :class:`Runtime` serves one :class:`App` over a pair of fds.
+
+The modules, by concern (all private; :mod:`portpool._cli` is ``python -m portpool``)::
+
+    _cli       entry points: redirect stdio, load the app, run the loop, exit
+    _stdio     the protocol moved off fds 0 and 1; stderr diagnostics; settings from the env
+    _loader    finding the App that APP names
+    _runtime   this module: the request table and slots, starting and finishing requests
+    _leads     reading the input: the lead, the loop's turn at it, the watcher   (mixin)
+    _dispatch  what each message read does: requests, ping, cancel, session_close (mixin)
+    _frames    encoding responses; error responses that always fit               (mixin)
+    _threads   the handler threads and their jobs
+    _state     the records the threads share: _Request, _Method, stop reasons
+    _output    the protocol output and its flusher thread
+    _exit      exit codes, watchdog timers, the process-group kill, the exit itself
+
+Threads
+-------
+
+::
+
+                 in_fd (frames from the host)
+                   |
+                   v  one read of up to 256 KiB, split into frames, each acted on at once
+      +--------------- the lead: one holder at a time ---------------+
+      | a portpool-handler_N thread       or    the main thread       |
+      |   _lead: read, _process,                  (asyncio loop)      |
+      |   run the sync requests of the            _loop_read: read,   |
+      |   read itself (_run_inline)               start async tasks   |
+      +------------^--------------------------------------^----------+
+                   | takes the lead away after ~1 ms      | takes it back when input
+                   | of one inline handler                | waits and the loop is blocked
+              portpool-watcher (ticks every 2 ms while armed, else sleeps)
+
+      portpool-handler_M   sync handlers of their own (slow ones, the rest of a stolen batch)
+      main thread          the asyncio loop: async handlers as tasks; shutdown (grace, cancel)
+      portpool-writer      only after a short write: waits until the host reads, writes the rest
+      watchdog timers      on end of input, a protocol error, a broken output, atexit: os._exit
+
+    every thread with a frame to send --(_Output: whole frames, one writev, under its lock)--> out_fd
+
+* **the lead** (:class:`~portpool._leads._Leads`): one thread at a time reads the protocol
+  input and acts on each message at once (:class:`~portpool._dispatch._Dispatch`): it
+  answers ``ping``, applies ``cancel`` and ``session_close``, and records each ``request``,
+  which takes one of ``max_concurrency`` slots or waits in arrival order. The sync requests
+  of one read run on the thread that read them, one after the other, with no thread woken
+  (:meth:`~portpool._leads._Leads._run_inline`; their responses go out together at the
+  end). A read that starts only async requests passes the lead to the event loop, which
+  then reads the input itself (``add_reader``, :meth:`~portpool._leads._Leads._loop_read`)
+  until a sync request comes, which it hands back to a handler thread with the lead.
+* **handler threads** (``portpool-handler_N``, :class:`~portpool._threads._Workers`): made
+  on demand, reused, at most ``max_concurrency + 1``; each job is either the lead or one
+  sync request to run to its end (a handler whose last run was long gets a thread of its
+  own at once).
+* **the watcher** (``portpool-watcher``, :meth:`~portpool._leads._Leads._watch`): while a
+  lead holder runs a handler, nobody reads; once one has run for ``_INLINE_TAKEOVER``
+  (1 ms) the watcher gives the lead to another handler thread and the rest of the batch to
+  threads of their own, so pings, cancels and further requests are still read within a few
+  milliseconds. While the loop holds the lead with requests in flight, it checks that the
+  loop still reads: input waiting unread for two ticks means a handler blocks the loop,
+  and a handler thread takes the lead back.
+* **the main thread** runs the asyncio event loop (:meth:`Runtime.run`): async handlers
+  run there as tasks (eagerly on Python 3.12+) and send their own responses; it waits for
+  a stop, then drains (grace period, then cancelling stragglers).
+* **output** (:class:`~portpool._output._Output`) has no writer thread in the common case:
+  whichever thread has a frame to send writes it, with the frames queued meanwhile, so
+  frames never interleave. When the pipe is full, ``portpool-writer`` takes over until the
+  host reads again, so neither the lead holder nor the loop ever blocks on output.
+
+Locks: ``Runtime._lock`` guards the request table, the queue and the running count (never
+held while running handler code or writing); ``_watch_lock`` (with ``_watch_cond``) the
+lead's state (inline runs, the loop's turn, steals); ``_Output.lock`` the output queue and
+each request's ``responded`` flag (one final response per request, never anything after
+it); ``_Workers._lock`` the thread counts.
+
+The path of one request
+-----------------------
+
+A sync ``request`` arriving while the worker is idle (the common case)::
+
+    handler thread holding the lead            (no other thread runs)
+      _lead -> _read_into                      os.readv into the reused 256 KiB buffer
+            -> _process                        FrameReader.feed, protocol.unpack
+            -> _on_request                     a _Request in the table; a free slot: "starting"
+            -> _start_batch                    sync, not slow: run here (async: posted to the loop)
+            -> _run_inline -> _run_sync        the watcher armed meanwhile
+                 -> _call_sync                 the handler; _ok_frame encodes the response
+                 -> _finish                    slot freed, request out of the table, queued
+                                               requests started; _emit -> _Output: one write
+      _lead -> _read_into                      blocks until the next frame
+
+An async request takes the same path up to :meth:`~portpool._leads._Leads._start_batch`,
+which posts it to the loop (:meth:`Runtime._start_async`: a task per request) and, when
+the read started only async requests, hands the loop the lead; the task's
+:meth:`Runtime._run_async` then encodes and sends the response and calls :meth:`Runtime._finish`.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +109,9 @@ from collections.abc import Callable
 from typing import Any
 
 from portpool import protocol
+from portpool._dispatch import _Dispatch
 from portpool._exit import EXIT_APP_ERROR, EXIT_OK, EXIT_PROTOCOL_ERROR, _watchdog
-from portpool._frames import _U32_MAX, _EncodeFailure, _Frames
+from portpool._frames import _U32_MAX, _EncodeFailure
 from portpool._leads import _INLINE_TAKEOVER, _Leads
 from portpool._output import _can_be_nonblocking, _Output
 from portpool._state import (
@@ -24,7 +120,6 @@ from portpool._state import (
     _FLUSH_TIMEOUT,
     _NONE_STARTING,
     _PLAIN_TYPES,
-    _QUEUED,
     _RUNNING,
     _STREAM_BACKPRESSURE_BYTES,
     _WATCHDOG_SLACK,
@@ -34,18 +129,15 @@ from portpool._state import (
 )
 from portpool._stdio import _log
 from portpool._threads import _LEAD, _Workers
-from portpool.app import App, Context
+from portpool.app import App
 
 DEFAULT_SHUTDOWN_GRACE = 5.0
-
-# After stdin EOF / shutdown / a protocol error, the process exits no later than this
-# many seconds past the grace period even if the event loop is blocked by a handler.
 
 # Tasks of async handlers start eagerly (their first step runs at once) where asyncio can.
 _EAGER = sys.version_info >= (3, 12)
 
 
-class Runtime(_Leads, _Frames):
+class Runtime(_Leads, _Dispatch):
     """Serves one :class:`App` over a pair of fds until shutdown, end of input, or a protocol error."""
 
     def __init__(
@@ -191,124 +283,6 @@ class Runtime(_Leads, _Frames):
         _log(f"writing to the host failed ({exc}); exiting")
         _watchdog(_WATCHDOG_SLACK, EXIT_APP_ERROR)
         self._request_stop(_Stop.OUTPUT_CLOSED)
-
-    def _on_message(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool:
-        """Acts on one message; requests that take a slot go to ``starting``.
-
-        Returns False after a protocol violation (reading must stop).
-        """
-        if msg["type"] == "request":
-            return self._on_request(msg, received, starting)
-        if msg["type"] == "ping":
-            self._out.send(protocol.encode(protocol.pong_message(msg["id"])))
-        elif msg["type"] == "cancel":
-            self._on_cancel(msg["id"])
-        elif msg["type"] == "session_close":
-            self._sessions.pop(msg["session"], None)
-        elif msg["type"] == "shutdown":
-            self._request_stop(_Stop.SHUTDOWN)
-        else:
-            _log(
-                f"protocol violation from the host: {msg['type']!r} is a worker -> host message;"
-                " exiting with code 2"
-            )
-            return False
-        return True
-
-    def _refuse(self, id_: int, method: str) -> bool | None:
-        """Answers a request that cannot run (in-flight id, shutting down, unknown method).
-
-        Returns None if the request may run, else what :meth:`_on_message` returns.
-        """
-        with self._lock:
-            if id_ in self._requests:
-                duplicate, stopping = True, False
-            else:
-                duplicate, stopping = False, self._stop_reason is not None
-        if duplicate:
-            _log(f"protocol violation from the host: request id {id_} is already in flight; exiting (code 2)")
-            return False
-        if stopping:
-            self._out.send(
-                self._error_frame_plain(
-                    id_, "ShuttingDown", "the worker is shutting down and takes no new requests"
-                )
-            )
-            return True
-        if self.app.get_handler(method) is None:
-            known = ", ".join(self.app.methods) or "(none)"
-            self._out.send(
-                self._error_frame_plain(
-                    id_, "MethodNotFound", f"unknown method {method!r}; this worker serves: {known}"
-                )
-            )
-            return True
-        return None
-
-    def _on_invalid_params(self, exc: protocol.InvalidParams) -> bool:
-        """A request whose params cannot be decoded: an ``InvalidParams`` error for it alone."""
-        refused = self._refuse(exc.id, exc.method)
-        if refused is not None:
-            return refused
-        self._out.send(self._error_frame_plain(exc.id, "InvalidParams", str(exc)))
-        return True
-
-    def _on_request(self, msg: protocol.RequestMessage, received: float, starting: list[_Request]) -> bool:
-        id_: int = msg["id"]
-        method: str = msg["method"]
-        info = self._methods.get(method)
-        # Reading these without the lock is enough to see the usual case: only this thread adds
-        # requests, and _refuse looks again under the lock.
-        if info is None or id_ in self._requests or self._stop_reason is not None:
-            refused = self._refuse(id_, method)
-            if refused is not None:
-                return refused
-            if info is None:
-                handler_ = self.app.get_handler(method)
-                assert handler_ is not None  # _refuse answered unknown methods
-                info = self._methods[method] = _Method(handler_)
-        handler = info.handler
-        session_id: str | None = msg.get("session")
-        session = None if session_id is None else self._sessions.setdefault(session_id, {})
-        ctx: Context | None = None
-        if handler.takes_ctx:  # a handler that cannot see its Context does not get one made
-            deadline_ms: int | None = msg.get("deadline_ms")
-            ctx = Context(
-                id_,
-                method,
-                session_id=session_id,
-                session=session,
-                deadline=None if deadline_ms is None else received + deadline_ms / 1000.0,
-                trace=msg.get("trace"),
-            )
-        req = _Request(id_, method, info, msg["params"], ctx)
-        # Only this thread adds requests and sets EOF/shutdown stops, so the checks above still hold.
-        with self._lock:
-            self._requests[id_] = req
-            start = self._start_more and not self._queue and self._running < self._max_concurrency
-            if start:
-                req.state = _RUNNING
-                self._running += 1
-            else:
-                self._queue.append(req)
-        if start:
-            starting.append(req)
-        return True
-
-    def _on_cancel(self, id_: int) -> None:
-        with self._lock:
-            req = self._requests.get(id_)
-            if req is None:
-                return  # finished already, or never known: cancel is advisory
-            queued = req.state is _QUEUED
-            if queued:
-                self._queue.remove(req)
-        if queued:
-            self._finish(req, self._cancelled_frame(req, "cancelled before it started"))
-        else:
-            req.cancel()
-            if req.is_async:
-                self._post(self._cancel_task, req)
 
     def _cancel_task(self, req: _Request) -> None:
         """Loop thread: cancels a running async handler (one not started yet sees it is cancelled)."""

@@ -11,8 +11,10 @@ from typing import Any
 
 from portpool.app import Context, Handler, HandlerKind
 
+# Streaming handlers wait while more than this many bytes are queued for output.
 _STREAM_BACKPRESSURE_BYTES = 8 * 1024 * 1024
-
+# After stdin EOF / shutdown / a protocol error, the process exits no later than this
+# many seconds past the grace period even if the event loop is blocked by a handler.
 _WATCHDOG_SLACK = 1.0
 _CANCEL_SETTLE = 1.0  # after the grace period: how long cancelled handlers get to stop
 _FLUSH_TIMEOUT = 2.0  # how long the final flush of queued frames may take
@@ -51,6 +53,8 @@ class _Method:
 
 
 class _Request:
+    """One request from the time it is read until its final response is queued."""
+
     __slots__ = (
         "id",
         "method",

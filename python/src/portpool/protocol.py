@@ -4,7 +4,9 @@ No I/O happens here. A frame is a 4-byte big-endian body length followed by the
 body, one MessagePack map whose ``type`` key comes first. Builders return plain
 dicts whose keys are in wire order (so :func:`pack` yields the canonical bytes);
 optional keys are omitted when absent. :func:`unpack` validates a body and
-returns a normalized dict: known keys only, in wire order.
+returns a normalized dict: known keys only, in wire order. Each kind of message has
+its :class:`TypedDict` (``RequestMessage``, ``PingMessage``...); :data:`Message` is their
+union, narrowed by ``msg["type"]``.
 
 See ``protocol/PROTOCOL.md`` in the repository for the authoritative rules.
 """
@@ -14,180 +16,87 @@ from __future__ import annotations
 import io
 import struct
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal, TypedDict, cast
+from collections.abc import Mapping
+from typing import Any, Final, cast
 
 import msgpack
 
+from portpool._messages import (
+    CAPABILITIES,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    CancelMessage,
+    ChunkMessage,
+    ErrorInfo,
+    HelloMessage,
+    Message,
+    PingMessage,
+    PongMessage,
+    RequestMessage,
+    ResponseErrorMessage,
+    ResponseOkMessage,
+    SessionCloseMessage,
+    ShutdownMessage,
+    cancel_message,
+    chunk_message,
+    hello_message,
+    ping_message,
+    pong_message,
+    request_message,
+    response_error_message,
+    response_ok_message,
+    session_close_message,
+    shutdown_message,
+)
+
 __all__ = [
+    "cancel_message",
+    "CancelMessage",
     "CAPABILITIES",
+    "chunk_message",
+    "ChunkMessage",
+    "decode_frame",
     "DEFAULT_MAX_FRAME",
+    "encode",
+    "ErrorInfo",
+    "frame",
     "FrameReader",
     "FrameTooLarge",
     "HEADER_SIZE",
+    "hello_message",
+    "HelloMessage",
     "InvalidParams",
     "Malformed",
     "Message",
-    "CancelMessage",
-    "ChunkMessage",
-    "ErrorInfo",
-    "HelloMessage",
+    "pack",
+    "ping_message",
     "PingMessage",
+    "pong_message",
     "PongMessage",
-    "RequestMessage",
-    "ResponseErrorMessage",
-    "ResponseOkMessage",
-    "SessionCloseMessage",
-    "ShutdownMessage",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
     "ProtocolError",
-    "TruncatedFrame",
-    "cancel_message",
-    "chunk_message",
-    "decode_frame",
-    "encode",
-    "frame",
-    "hello_message",
-    "pack",
-    "ping_message",
-    "pong_message",
     "request_message",
+    "RequestMessage",
     "response_error_message",
     "response_ok_message",
+    "ResponseErrorMessage",
+    "ResponseOkMessage",
     "session_close_message",
+    "SessionCloseMessage",
     "shutdown_message",
+    "ShutdownMessage",
+    "TruncatedFrame",
     "unpack",
 ]
 
-PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 0
 HEADER_SIZE: Final = 4
 DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
-CAPABILITIES: Final[tuple[str, ...]] = ("stream", "cancel", "session")
 
 _U64_MAX: Final = 2**64 - 1
 _U32_MAX: Final = 2**32 - 1
 _U16_MAX: Final = 2**16 - 1
 _HEADER: Final = struct.Struct(">I")
-
-# --------------------------------------------------------------------------- messages
-# One TypedDict per message kind: plain dicts at run time, keys in wire order (the order
-# the builders write them in, so :func:`pack` yields the canonical bytes).
-
-
-class HelloMessage(TypedDict):
-    """worker -> host, first: who the worker is and what it serves."""
-
-    type: Literal["hello"]
-    protocol_major: int
-    protocol_minor: int
-    runtime: str
-    runtime_version: str
-    pid: int
-    max_concurrency: int
-    methods: list[str]
-    capabilities: list[str]
-
-
-class _RequestRequired(TypedDict):
-    type: Literal["request"]
-    id: int
-    method: str
-    params: Any
-
-
-class RequestMessage(_RequestRequired, total=False):
-    """host -> worker: a call; ``session``, ``deadline_ms`` and ``trace`` only when set."""
-
-    session: str
-    deadline_ms: int
-    trace: str
-
-
-class ResponseOkMessage(TypedDict):
-    """worker -> host: the successful end of request ``id``."""
-
-    type: Literal["response"]
-    id: int
-    result: Any
-
-
-class _ErrorRequired(TypedDict):
-    type: str
-    message: str
-
-
-class ErrorInfo(_ErrorRequired, total=False):
-    """The ``error`` of an error response; ``traceback`` and ``data`` only when set."""
-
-    traceback: str
-    data: Any
-
-
-class ResponseErrorMessage(TypedDict):
-    """worker -> host: the failed end of request ``id``."""
-
-    type: Literal["response"]
-    id: int
-    error: ErrorInfo
-
-
-class ChunkMessage(TypedDict):
-    """worker -> host: one streamed item of request ``id``."""
-
-    type: Literal["chunk"]
-    id: int
-    data: Any
-
-
-class CancelMessage(TypedDict):
-    """host -> worker: cancel request ``id`` (advisory)."""
-
-    type: Literal["cancel"]
-    id: int
-
-
-class PingMessage(TypedDict):
-    """host -> worker: answer with a pong of the same ``id``."""
-
-    type: Literal["ping"]
-    id: int
-
-
-class PongMessage(TypedDict):
-    """worker -> host: the answer to a ping."""
-
-    type: Literal["pong"]
-    id: int
-
-
-class ShutdownMessage(TypedDict):
-    """host -> worker: finish what runs, take nothing new, exit."""
-
-    type: Literal["shutdown"]
-
-
-class SessionCloseMessage(TypedDict):
-    """host -> worker: forget the state of ``session``."""
-
-    type: Literal["session_close"]
-    session: str
-
-
-Message = (
-    HelloMessage
-    | RequestMessage
-    | ResponseOkMessage
-    | ResponseErrorMessage
-    | ChunkMessage
-    | CancelMessage
-    | PingMessage
-    | PongMessage
-    | ShutdownMessage
-    | SessionCloseMessage
-)
-"""Any message: narrow it by its ``type`` (``if msg["type"] == "request": ...``)."""
 
 
 class ProtocolError(Exception):
@@ -332,102 +241,6 @@ class FrameReader:
         if not self.at_boundary:
             buffered = len(self._buf) + (HEADER_SIZE if self._need is not None else 0)
             raise TruncatedFrame(f"stream ended inside a frame ({buffered} bytes of an incomplete frame)")
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def hello_message(
-    *,
-    runtime_version: str,
-    pid: int,
-    max_concurrency: int,
-    methods: Sequence[str],
-    capabilities: Sequence[str] = CAPABILITIES,
-    runtime: str = "python",
-    protocol_major: int = PROTOCOL_MAJOR,
-    protocol_minor: int = PROTOCOL_MINOR,
-) -> HelloMessage:
-    """The worker's first message."""
-    return {
-        "type": "hello",
-        "protocol_major": protocol_major,
-        "protocol_minor": protocol_minor,
-        "runtime": runtime,
-        "runtime_version": runtime_version,
-        "pid": pid,
-        "max_concurrency": max_concurrency,
-        "methods": list(methods),
-        "capabilities": list(capabilities),
-    }
-
-
-def request_message(
-    id: int,
-    method: str,
-    params: Any,
-    *,
-    session: str | None = None,
-    deadline_ms: int | None = None,
-    trace: str | None = None,
-) -> RequestMessage:
-    """A host -> worker call."""
-    msg: RequestMessage = {"type": "request", "id": id, "method": method, "params": params}
-    if session is not None:
-        msg["session"] = session
-    if deadline_ms is not None:
-        msg["deadline_ms"] = deadline_ms
-    if trace is not None:
-        msg["trace"] = trace
-    return msg
-
-
-def response_ok_message(id: int, result: Any) -> ResponseOkMessage:
-    """A successful response; ``result`` is always present (may be ``None``)."""
-    return {"type": "response", "id": id, "result": result}
-
-
-def response_error_message(
-    id: int,
-    type: str,
-    message: str,
-    *,
-    traceback: str | None = None,
-    data: Any = None,
-) -> ResponseErrorMessage:
-    """An error response; ``traceback`` and ``data`` are omitted when ``None``."""
-    error: ErrorInfo = {"type": type, "message": message}
-    if traceback is not None:
-        error["traceback"] = traceback
-    if data is not None:
-        error["data"] = data
-    return {"type": "response", "id": id, "error": error}
-
-
-def chunk_message(id: int, data: Any) -> ChunkMessage:
-    """One streamed item of request ``id``."""
-    return {"type": "chunk", "id": id, "data": data}
-
-
-def cancel_message(id: int) -> CancelMessage:
-    return {"type": "cancel", "id": id}
-
-
-def ping_message(id: int) -> PingMessage:
-    return {"type": "ping", "id": id}
-
-
-def pong_message(id: int) -> PongMessage:
-    """The answer to ``ping`` with the same id."""
-    return {"type": "pong", "id": id}
-
-
-def shutdown_message() -> ShutdownMessage:
-    return {"type": "shutdown"}
-
-
-def session_close_message(session: str) -> SessionCloseMessage:
-    return {"type": "session_close", "session": session}
 
 
 # --------------------------------------------------------------------------- decoding
