@@ -19,6 +19,10 @@ from portpool.app import App
 
 ENV_MAX_FRAME = "PORTPOOL_MAX_FRAME"
 ENV_SHUTDOWN_GRACE = "PORTPOOL_SHUTDOWN_GRACE"
+# Microseconds a handler thread polls the input before a blocking read (set by the host for
+# WorkerCommand::spin; absent: 0, no spinning). At most a second.
+ENV_SPIN_US = "PORTPOOL_SPIN_US"
+_MAX_SPIN_US = 1_000_000
 
 ENV_UVLOOP = "PORTPOOL_UVLOOP"
 
@@ -49,6 +53,7 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
         out_fd,
         max_frame=_env_int(ENV_MAX_FRAME, protocol.DEFAULT_MAX_FRAME),
         shutdown_grace=_env_float(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE),
+        spin=min(_env_int(ENV_SPIN_US, 0), _MAX_SPIN_US) / 1e6,
     )
     # Not asyncio.run(): its teardown waits for leftover tasks and executor threads, which a
     # misbehaving handler could make last forever. The process exits right after this instead.
@@ -76,7 +81,8 @@ a module name, or module:attr / file.py:attr naming the App.
 
 Environment: PORTPOOL_MAX_FRAME (bytes, default 67108864),
 PORTPOOL_SHUTDOWN_GRACE (seconds, default 5), PORTPOOL_UVLOOP=1 (uvloop's
-event loop, if installed).
+event loop, if installed), PORTPOOL_SPIN_US (microseconds to poll the input before
+each blocking read; default 0, off).
 """
 
 

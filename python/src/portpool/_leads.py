@@ -53,8 +53,8 @@ class _Leads:
         def _on_message(self, msg: protocol.Message, received: float, starting: list[_Request]) -> bool: ...
         def _on_invalid_params(self, exc: protocol.InvalidParams) -> bool: ...
 
-    def _init_leads(self, max_frame: int) -> None:
-        """The reading state (part of ``Runtime.__init__``)."""
+    def _init_leads(self, max_frame: int, spin: float) -> None:
+        """The reading state (part of ``Runtime.__init__``); ``spin``: see :meth:`_read_spinning`."""
         self._input = protocol.FrameReader(max_frame)  # used by the thread holding the lead
         # The input is read into this one buffer (see _read_into); lead holder only.
         self._read_buf: memoryview | None = None
@@ -75,6 +75,16 @@ class _Leads:
         self._loop_reads = 0  # reads by the loop so far (the watcher sees whether it still reads)
         self._steals = 0  # how often the watcher passed the lead on while an inline run went on
         self._watcher_asleep = False
+        # Low-latency mode: a poll object of the lead holders' own (the watcher polls _in_poll,
+        # and one poll object cannot be polled from two threads at once).
+        self._spin = spin
+        self._spin_poll: Any = None
+        if spin > 0 and hasattr(select, "poll"):
+            try:
+                self._spin_poll = select.poll()
+                self._spin_poll.register(self.in_fd, select.POLLIN)
+            except (OSError, ValueError):  # not an fd poll accepts: no spinning
+                self._spin_poll = None
 
     def _lead(self, batch: list[_Request] | None = None) -> None:
         """Worker thread holding the lead: reads input and acts on each message at once.
@@ -86,7 +96,7 @@ class _Leads:
         another thread or the loop, or input ended (end of input, error, protocol violation).
         """
         process = self._process
-        read_into = self._read_into
+        read_into = self._read_into if self._spin_poll is None else self._read_spinning
         starting: list[_Request] = []
         if batch and not self._run_inline(batch):
             return
@@ -240,6 +250,24 @@ class _Leads:
         except OSError as exc:
             _log(f"reading the protocol input failed ({exc}); treating it as end of input")
             return b""
+
+    def _read_spinning(self) -> memoryview | bytes:
+        """Handler thread holding the lead, low-latency mode: :meth:`_read_into` after a spin.
+
+        With ``PORTPOOL_SPIN_US`` set (the host's ``WorkerCommand::spin``), the thread first
+        polls the input without blocking, in a loop, for up to that long: a frame arriving
+        meanwhile is read without the thread having slept, so no wake-up latency. It costs
+        the CPU it spins for, on every read that does not find the next frame waiting.
+        """
+        poll = self._spin_poll.poll
+        monotonic = time.monotonic
+        deadline = monotonic() + self._spin
+        try:
+            while not poll(0) and monotonic() < deadline:
+                pass
+        except OSError:  # the read reports it
+            pass
+        return self._read_into()
 
     def _run_inline(self, reqs: list[_Request]) -> bool:
         """Runs the sync requests one read started, in order, on the thread holding the lead.

@@ -48,6 +48,8 @@ Threads
   end). A read that starts only async requests passes the lead to the event loop, which
   then reads the input itself (``add_reader``, :meth:`~portpool._leads._Leads._loop_read`)
   until a sync request comes, which it hands back to a handler thread with the lead.
+  With ``PORTPOOL_SPIN_US`` set, a handler thread holding the lead polls the input for
+  that long before each blocking read (:meth:`~portpool._leads._Leads._read_spinning`).
 * **handler threads** (``portpool-handler_N``, :class:`~portpool._threads._Workers`): made
   on demand, reused, at most ``max_concurrency + 1``; each job is either the lead or one
   sync request to run to its end (a handler whose last run was long gets a thread of its
@@ -148,7 +150,9 @@ class Runtime(_Leads, _Dispatch):
         *,
         max_frame: int = protocol.DEFAULT_MAX_FRAME,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        spin: float = 0.0,
     ) -> None:
+        """``spin``: seconds a handler thread polls the input before a blocking read (0: never)."""
         self.app = app
         self.in_fd = in_fd
         self.out_fd = out_fd
@@ -168,7 +172,7 @@ class Runtime(_Leads, _Dispatch):
         self._out = _Output(out_fd, self._output_failed, nonblocking=_can_be_nonblocking(out_fd, in_fd))
         self._workers = _Workers(app.max_concurrency, self._run_pooled, self._lead)
         self._methods: dict[str, _Method] = {}  # by name, made on first use (lead holder only)
-        self._init_leads(max_frame)
+        self._init_leads(max_frame, spin)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stop_event: asyncio.Event | None = None
