@@ -73,6 +73,8 @@ class _Leads:
         self._loop_lead = False  # the event loop holds the lead (see _loop_read)
         self._loop_in_read = False  # ...and is acting on what it read (the watcher must wait)
         self._loop_reads = 0  # reads by the loop so far (the watcher sees whether it still reads)
+        self._loop_grants = 0  # how often a thread passed the lead to the loop
+        self._loop_reader_grant = 0  # ...as of the loop registering its reader (see _loop_read)
         self._steals = 0  # how often the watcher passed the lead on while an inline run went on
         self._watcher_asleep = False
         # Low-latency mode: a poll object of the lead holders' own (the watcher polls _in_poll,
@@ -113,12 +115,17 @@ class _Leads:
                 only_async = all(req.is_async for req in starting)
                 starting = []
                 if only_async and self._in_poll is not None:
-                    with self._watch_lock:
-                        self._loop_lead = True  # from now on; the watcher may take it back
-                        if self._watcher_asleep:
-                            self._watch_cond.notify()  # to guard the loop while the requests run
-                    self._post(self._loop_take_lead)
+                    self._grant_loop_lead()
                     return
+
+    def _grant_loop_lead(self) -> None:
+        """Lead holder: passes the lead to the event loop (which then reads, see :meth:`_loop_read`)."""
+        with self._watch_lock:
+            self._loop_lead = True  # from now on; the watcher may take it back
+            self._loop_grants += 1
+            if self._watcher_asleep:
+                self._watch_cond.notify()  # to guard the loop while the requests run
+        self._post(self._loop_take_lead)
 
     def _process(self, data: memoryview | bytes, starting: list[_Request]) -> bool:
         """Lead holder: acts on the messages of one read; requests that take a slot go to ``starting``.
@@ -166,6 +173,7 @@ class _Leads:
         with self._watch_lock:
             if not self._loop_lead:
                 return
+            self._loop_reader_grant = self._loop_grants
         assert self._loop is not None
         self._loop.add_reader(self.in_fd, self._loop_read)
 
@@ -183,6 +191,12 @@ class _Leads:
             lead = self._loop_lead
             self._loop_reads += 1
             if lead:
+                if self._loop_reader_grant != self._loop_grants:
+                    # Readiness the loop saw under an earlier grant: since then the watcher took
+                    # the lead back, a thread read that input and granted the lead again. Nothing
+                    # may be waiting now (a read would block the loop); the _loop_take_lead of the
+                    # new grant follows and registers the reader again.
+                    return
                 self._loop_in_read = True  # the watcher leaves the lead alone until it is acted on
         if not lead:  # the watcher took the lead back
             loop.remove_reader(self.in_fd)
