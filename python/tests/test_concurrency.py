@@ -99,7 +99,7 @@ def test_mixed_burst_with_pings_and_cancels_answers_everything_once(
         next_id += 1
     # in a few writes, so batches split frames at arbitrary points
     cuts = sorted(rng.sample(range(1, len(blob)), 5))
-    for start, end in zip([0, *cuts], [*cuts, len(blob)]):
+    for start, end in zip([0, *cuts], [*cuts, len(blob)], strict=True):
         w.send_raw(bytes(blob[start:end]))
 
     responses: dict[int, dict[str, Any]] = {}

@@ -193,7 +193,7 @@ def test_huge_error_data_or_traceback_does_not_kill_the_worker(
 
 
 def test_error_responses_always_fit_the_frame_limit() -> None:
-    from portpool._runtime import _fit_error, _safe_str
+    from portpool._frames import _fit_error, _safe_str
 
     texts = ["", "a" * 10, "é" * 5000, "€" * 70_000, "😀" * 30_000, "a😀" * 20_000, "\udcff" * 3000]
     datas: list[Any] = [None, 1, b"x" * 50, b"x" * 100_000, {"k": "€" * 10_000}, {1, 2}]

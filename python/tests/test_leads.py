@@ -200,3 +200,48 @@ def test_end_of_input_while_the_loop_holds_the_lead_answers_then_exits(worker: W
     worker.close_stdin()
     assert worker.recv(timeout=5.0) == {"type": "response", "id": id_, "result": id_}
     assert worker.wait() == 0
+
+
+def test_the_loop_does_not_block_on_readiness_seen_before_the_lead_came_back() -> None:
+    # Found by transport's a_thousand_concurrent_calls test on a loaded machine: the loop,
+    # holding the lead, saw input ready; before its callback ran, the watcher took the lead
+    # back (the loop was busy), a thread read that input and, all of it async, passed the
+    # lead to the loop again. The loop's callback then read an empty pipe and blocked for
+    # good: no other thread reads while the loop holds the lead. Driven step by step here.
+    import asyncio
+    import os
+    import threading
+
+    from portpool._runtime import Runtime
+    from portpool.app import App
+
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    runtime = Runtime(App(), in_r, out_w)
+    loop = asyncio.new_event_loop()
+    runtime._loop = loop
+    returned = threading.Event()
+    try:
+        runtime._grant_loop_lead()  # a thread passes the lead to the loop...
+        runtime._loop_take_lead()  # ...which registers its reader; then input arrives, seen ready
+        with runtime._watch_lock:
+            runtime._loop_lead = False  # the watcher takes the lead back
+        runtime._grant_loop_lead()  # a thread read that input and passed the lead on again
+
+        def stale_callback() -> None:
+            runtime._loop_read()  # what the loop saw ready earlier: nothing waits now
+            returned.set()
+
+        threading.Thread(target=stale_callback, daemon=True).start()
+        assert returned.wait(10), "the loop blocked reading input that another thread had read"
+
+        runtime._loop_take_lead()  # the new grant's registration: the loop reads again
+        os.write(in_w, protocol.encode(protocol.ping_message(9)))
+        runtime._loop_read()
+        assert protocol.decode_frame(os.read(out_r, 1024)) == {"type": "pong", "id": 9}
+    finally:
+        loop.close()
+        # A callback still blocked in the read would take an end of input for the host's
+        # (and start the exit watchdog): its input stays open then.
+        for fd in (in_r, in_w, out_r, out_w) if returned.is_set() else (out_r, out_w):
+            os.close(fd)

@@ -22,10 +22,10 @@ def test_a_pid_reused_after_the_listing_is_not_killed() -> None:
             f"""
             import os
             os.setpgid(0, 0)  # lead a group, as a worker launched by portpool does
-            from portpool import _runtime
+            from portpool import _exit
             rounds = iter([[({bystander.pid}, 1)]])
-            _runtime._group_members = lambda pgid: next(rounds, [])
-            print(_runtime._kill_own_group())
+            _exit._group_members = lambda pgid: next(rounds, [])
+            print(_exit._kill_own_group())
             """
         )
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
@@ -44,8 +44,8 @@ def test_group_members_are_still_killed() -> None:
         import os, subprocess, sys, time
         os.setpgid(0, 0)
         child = subprocess.Popen(["sleep", "30"])  # in our group
-        from portpool import _runtime
-        killed = _runtime._kill_own_group()
+        from portpool import _exit
+        killed = _exit._kill_own_group()
         child.wait(timeout=5)
         print(killed, child.returncode)
         """

@@ -456,6 +456,16 @@ fn ci(root: &Path) -> Result<(), String> {
             .current_dir(root.join("python"))
             .args(["-m", "mypy", "--strict", "src"]))
     });
+    step("ruff check", &mut || {
+        run(Command::new(&python)
+            .current_dir(root.join("python"))
+            .args(["-m", "ruff", "check", "."]))
+    });
+    step("ruff format", &mut || {
+        run(Command::new(&python)
+            .current_dir(root.join("python"))
+            .args(["-m", "ruff", "format", "--check", "."]))
+    });
 
     println!("\n==> summary");
     let mut failed = 0;

@@ -233,7 +233,7 @@ class App:
         For scripts ending in ``if __name__ == "__main__": app.run()``. Output
         written to fd 1 before this call is not protected from mixing with frames.
         """
-        from portpool._runtime import serve_app
+        from portpool._cli import serve_app
 
         serve_app(self)
 

@@ -4,7 +4,9 @@ No I/O happens here. A frame is a 4-byte big-endian body length followed by the
 body, one MessagePack map whose ``type`` key comes first. Builders return plain
 dicts whose keys are in wire order (so :func:`pack` yields the canonical bytes);
 optional keys are omitted when absent. :func:`unpack` validates a body and
-returns a normalized dict: known keys only, in wire order.
+returns a normalized dict: known keys only, in wire order. Each kind of message has
+its :class:`TypedDict` (``RequestMessage``, ``PingMessage``...); :data:`Message` is their
+union, narrowed by ``msg["type"]``.
 
 See ``protocol/PROTOCOL.md`` in the repository for the authoritative rules.
 """
@@ -14,54 +16,87 @@ from __future__ import annotations
 import io
 import struct
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, cast
 
 import msgpack
 
+from portpool._messages import (
+    CAPABILITIES,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    CancelMessage,
+    ChunkMessage,
+    ErrorInfo,
+    HelloMessage,
+    Message,
+    PingMessage,
+    PongMessage,
+    RequestMessage,
+    ResponseErrorMessage,
+    ResponseOkMessage,
+    SessionCloseMessage,
+    ShutdownMessage,
+    cancel_message,
+    chunk_message,
+    hello_message,
+    ping_message,
+    pong_message,
+    request_message,
+    response_error_message,
+    response_ok_message,
+    session_close_message,
+    shutdown_message,
+)
+
 __all__ = [
+    "cancel_message",
+    "CancelMessage",
     "CAPABILITIES",
+    "chunk_message",
+    "ChunkMessage",
+    "decode_frame",
     "DEFAULT_MAX_FRAME",
+    "encode",
+    "ErrorInfo",
+    "frame",
     "FrameReader",
     "FrameTooLarge",
     "HEADER_SIZE",
+    "hello_message",
+    "HelloMessage",
     "InvalidParams",
     "Malformed",
     "Message",
+    "pack",
+    "ping_message",
+    "PingMessage",
+    "pong_message",
+    "PongMessage",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
     "ProtocolError",
-    "TruncatedFrame",
-    "cancel_message",
-    "chunk_message",
-    "decode_frame",
-    "encode",
-    "frame",
-    "hello_message",
-    "pack",
-    "ping_message",
-    "pong_message",
     "request_message",
+    "RequestMessage",
     "response_error_message",
     "response_ok_message",
+    "ResponseErrorMessage",
+    "ResponseOkMessage",
     "session_close_message",
+    "SessionCloseMessage",
     "shutdown_message",
+    "ShutdownMessage",
+    "TruncatedFrame",
     "unpack",
 ]
 
-PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 0
 HEADER_SIZE: Final = 4
 DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
-CAPABILITIES: Final[tuple[str, ...]] = ("stream", "cancel", "session")
 
 _U64_MAX: Final = 2**64 - 1
 _U32_MAX: Final = 2**32 - 1
 _U16_MAX: Final = 2**16 - 1
 _HEADER: Final = struct.Struct(">I")
-
-Message = dict[str, Any]
-"""A decoded or to-be-encoded message: a dict with ``type`` first, keys in wire order."""
 
 
 class ProtocolError(Exception):
@@ -85,7 +120,7 @@ class InvalidParams(Malformed):
     the optional keys that were present); ``reason`` says what could not be decoded.
     """
 
-    def __init__(self, message: Message, reason: str) -> None:
+    def __init__(self, message: dict[str, Any], reason: str) -> None:
         self.message = message
         self.id: int = message["id"]
         self.method: str = message["method"]
@@ -206,102 +241,6 @@ class FrameReader:
         if not self.at_boundary:
             buffered = len(self._buf) + (HEADER_SIZE if self._need is not None else 0)
             raise TruncatedFrame(f"stream ended inside a frame ({buffered} bytes of an incomplete frame)")
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def hello_message(
-    *,
-    runtime_version: str,
-    pid: int,
-    max_concurrency: int,
-    methods: Sequence[str],
-    capabilities: Sequence[str] = CAPABILITIES,
-    runtime: str = "python",
-    protocol_major: int = PROTOCOL_MAJOR,
-    protocol_minor: int = PROTOCOL_MINOR,
-) -> Message:
-    """The worker's first message."""
-    return {
-        "type": "hello",
-        "protocol_major": protocol_major,
-        "protocol_minor": protocol_minor,
-        "runtime": runtime,
-        "runtime_version": runtime_version,
-        "pid": pid,
-        "max_concurrency": max_concurrency,
-        "methods": list(methods),
-        "capabilities": list(capabilities),
-    }
-
-
-def request_message(
-    id: int,
-    method: str,
-    params: Any,
-    *,
-    session: str | None = None,
-    deadline_ms: int | None = None,
-    trace: str | None = None,
-) -> Message:
-    """A host -> worker call."""
-    msg: Message = {"type": "request", "id": id, "method": method, "params": params}
-    if session is not None:
-        msg["session"] = session
-    if deadline_ms is not None:
-        msg["deadline_ms"] = deadline_ms
-    if trace is not None:
-        msg["trace"] = trace
-    return msg
-
-
-def response_ok_message(id: int, result: Any) -> Message:
-    """A successful response; ``result`` is always present (may be ``None``)."""
-    return {"type": "response", "id": id, "result": result}
-
-
-def response_error_message(
-    id: int,
-    type: str,
-    message: str,
-    *,
-    traceback: str | None = None,
-    data: Any = None,
-) -> Message:
-    """An error response; ``traceback`` and ``data`` are omitted when ``None``."""
-    error: dict[str, Any] = {"type": type, "message": message}
-    if traceback is not None:
-        error["traceback"] = traceback
-    if data is not None:
-        error["data"] = data
-    return {"type": "response", "id": id, "error": error}
-
-
-def chunk_message(id: int, data: Any) -> Message:
-    """One streamed item of request ``id``."""
-    return {"type": "chunk", "id": id, "data": data}
-
-
-def cancel_message(id: int) -> Message:
-    return {"type": "cancel", "id": id}
-
-
-def ping_message(id: int) -> Message:
-    return {"type": "ping", "id": id}
-
-
-def pong_message(id: int) -> Message:
-    """The answer to ``ping`` with the same id."""
-    return {"type": "pong", "id": id}
-
-
-def shutdown_message() -> Message:
-    return {"type": "shutdown"}
-
-
-def session_close_message(session: str) -> Message:
-    return {"type": "session_close", "session": session}
 
 
 # --------------------------------------------------------------------------- decoding
@@ -572,7 +511,7 @@ def _validate(raw: Any) -> Message:
     schema = _SCHEMA.get(kind)
     if schema is None:
         raise Malformed(f"unknown message type {kind!r}")
-    msg: Message = {"type": kind}
+    msg: dict[str, Any] = {"type": kind}
     for key, check, optional in schema:
         if _check(raw, key, check, optional=optional):
             msg[key] = raw[key]
@@ -596,7 +535,7 @@ def _validate(raw: Any) -> Message:
             msg["error"] = err
         else:
             raise Malformed("response message has neither 'result' nor 'error'")
-    return msg
+    return cast(Message, msg)
 
 
 def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
