@@ -104,7 +104,7 @@ pub use portpool_pool::{
 pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
 pub use portpool_transport::{
     find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, ProcessLauncher,
-    Worker, WorkerCommand, WorkerExit, WorkerId,
+    Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
 };
 
 pub use portpool_session as session;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portpool_transport::{CallRequest, Value, WorkerId};
+use portpool_transport::{CallRequest, Value, WorkerAddress, WorkerId};
 use tokio::time::Instant;
 
 use crate::call::{self, PoolStream};
@@ -119,6 +119,25 @@ impl AffinityPort {
     /// Whether `worker` is in the pool and alive (ready, leased or draining).
     pub fn is_serving(&self, worker: WorkerId) -> bool {
         self.pool.driver().read(|s| s.serving(worker))
+    }
+
+    /// The stable address of `worker`, while it is in the pool.
+    pub fn address(&self, worker: WorkerId) -> Option<WorkerAddress> {
+        let handle = self.pool.driver().read(|s| s.worker(worker))?;
+        Some(handle.info().address.clone())
+    }
+
+    /// The serving worker (ready, leased or draining) at `address`, if this
+    /// pool has one: how a binding written by another front end to a shared
+    /// store is mapped to this pool's worker. When several are connected to
+    /// the same remote worker, the one with the lowest id.
+    pub fn worker_at(&self, address: &WorkerAddress) -> Option<WorkerId> {
+        self.pool.driver().read(|s| {
+            s.serving_workers()
+                .filter(|(_, handle)| handle.info().address == *address)
+                .map(|(id, _)| id)
+                .min()
+        })
     }
 
     /// Workers ready for new work (not starting, draining or gone).

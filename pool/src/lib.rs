@@ -157,6 +157,6 @@ pub use config::{Backoff, BreakerConfig, CrashLoop, Heartbeat, PoolConfig, Recyc
 pub use error::PoolError;
 pub use lease::Lease;
 pub use pool::Pool;
-pub use portpool_transport::{CallError, CallRequest, Value, WorkerId};
+pub use portpool_transport::{CallError, CallRequest, Value, WorkerAddress, WorkerId};
 pub use sched::Checkout;
 pub use status::{BreakerState, PoolStatus, WorkerState, WorkerStatus};

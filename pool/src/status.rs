@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portpool_transport::{LaunchError, WorkerId};
+use portpool_transport::{LaunchError, WorkerAddress, WorkerId};
 
 /// The state of the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +73,14 @@ pub struct WorkerStatus {
     pub slot: u64,
     /// The worker's id.
     pub id: Option<WorkerId>,
-    /// The worker's process id.
+    /// The worker's process id (a remote worker's as it reported it).
     pub pid: Option<u32>,
+    /// `HOST:PORT` of a worker reached over the network (`None` for a
+    /// local process or an empty slot).
+    pub endpoint: Option<String>,
+    /// The worker's stable address (see
+    /// [`WorkerAddress`]).
+    pub address: Option<WorkerAddress>,
     /// What it is doing.
     pub state: WorkerState,
     /// Calls it is running (as the worker counts them).

@@ -64,3 +64,28 @@ async fn worker_status_shows_the_stderr_tail_and_discarded_replies() {
     assert_eq!(st.workers[0].discarded_replies, 0);
     pool.shutdown(secs(1)).await;
 }
+
+/// Issue 15: each worker's stable address shows in its status, and the
+/// affinity port maps an address back to this pool's worker (how a binding
+/// in a shared session store finds its worker).
+#[tokio::test(start_paused = true)]
+async fn each_worker_has_an_address_that_maps_back_to_it() {
+    let l = launcher();
+    let pool = fake_pool_builder(&l).workers(2).build().await.unwrap();
+    let port = pool.affinity();
+    let st = pool.status();
+    let mut seen = Vec::new();
+    for w in &st.workers {
+        let id = w.id.unwrap();
+        let address = w.address.clone().expect("a running worker has an address");
+        assert!(address.is_local(), "{address}");
+        assert_eq!(w.endpoint, None, "a local worker has no endpoint");
+        assert_eq!(port.address(id), Some(address.clone()));
+        assert_eq!(port.worker_at(&address), Some(id));
+        seen.push(address);
+    }
+    assert_ne!(seen[0], seen[1], "two workers, two addresses");
+    let stranger = portpool_pool::WorkerAddress::remote("127.0.0.1:1", "nobody");
+    assert_eq!(port.worker_at(&stranger), None);
+    pool.shutdown(secs(1)).await;
+}

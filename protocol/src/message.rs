@@ -157,6 +157,11 @@ pub struct Hello {
     /// Optional features, e.g. `"stream"`, `"cancel"`, `"session"`.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// A random id of this worker process's life, sent by workers reached
+    /// over the network (see `docs/remote.md`): a reconnection that sees the
+    /// same instance reaches the same state. Absent over stdio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 fn one() -> u32 {

@@ -51,6 +51,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     max_concurrency,
                     methods,
                     capabilities: vec!["stream".into()],
+                    instance: None,
                 })
             ),
         (
@@ -303,6 +304,7 @@ fn hello(major: u16, minor: u16) -> Hello {
         max_concurrency: 4,
         methods: vec![],
         capabilities: vec![],
+        instance: None,
     }
 }
 

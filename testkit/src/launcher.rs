@@ -320,13 +320,9 @@ impl FakeLauncher {
             max_concurrency,
             methods,
             capabilities: vec!["stream".into(), "cancel".into(), "session".into()],
+            instance: None,
         };
-        let info = WorkerInfo {
-            id,
-            pid: script.pid,
-            hello,
-            max_concurrency: max_concurrency as usize,
-        };
+        let info = WorkerInfo::local(id, script.pid, hello, max_concurrency as usize);
         let worker = FakeWorker::start(info, script, handlers, self.inner.events.clone());
         {
             let mut st = lock(&self.inner.state);

@@ -56,7 +56,7 @@ mod process;
 mod worker;
 
 pub use error::{CallError, CrashCause, HelloCause, LaunchError};
-pub use id::{WorkerExit, WorkerId};
+pub use id::{WorkerAddress, WorkerExit, WorkerId};
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
     find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT,

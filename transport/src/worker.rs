@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use portpool_protocol::{Hello, Value};
 
-use crate::{CallError, CrashCause, LaunchError, WorkerExit, WorkerId};
+use crate::{CallError, CrashCause, LaunchError, WorkerAddress, WorkerExit, WorkerId};
 
 /// One call: a method, its params, and optional session, deadline and trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +66,25 @@ pub struct WorkerInfo {
     /// How many calls it runs at once: its hello's `max_concurrency`,
     /// capped by the launcher's configuration.
     pub max_concurrency: usize,
+    /// Its stable name across front ends (see [`WorkerAddress`]).
+    pub address: WorkerAddress,
+    /// `HOST:PORT` of a worker reached over the network; `None` for a
+    /// local process.
+    pub endpoint: Option<String>,
+}
+
+impl WorkerInfo {
+    /// The info of local worker `id` (address `local:…`, no endpoint).
+    pub fn local(id: WorkerId, pid: Option<u32>, hello: Hello, max_concurrency: usize) -> Self {
+        WorkerInfo {
+            id,
+            pid,
+            hello,
+            max_concurrency,
+            address: WorkerAddress::local(id),
+            endpoint: None,
+        }
+    }
 }
 
 /// Items of a streaming call: each chunk's data, then the end of the stream.

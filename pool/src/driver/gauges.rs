@@ -51,7 +51,10 @@ impl Driver {
             .into_iter()
             .map(|(mut w, worker): (WorkerStatus, Option<Arc<_>>)| {
                 if let Some(worker) = worker {
-                    w.pid = worker.info().pid;
+                    let info = worker.info();
+                    w.pid = info.pid;
+                    w.endpoint = info.endpoint.clone();
+                    w.address = Some(info.address.clone());
                     w.in_flight = worker.in_flight();
                     w.rss_bytes = worker.rss_bytes();
                     w.discarded_replies = worker.discarded_replies();

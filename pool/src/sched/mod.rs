@@ -171,6 +171,14 @@ impl<W: Liveness> Scheduler<W> {
         self.entries.iter().any(|e| e.id == worker && e.serving())
     }
 
+    /// Every serving worker (ready, leased or draining) with its handle.
+    pub(crate) fn serving_workers(&self) -> impl Iterator<Item = (WorkerId, &W)> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.serving())
+            .map(|e| (e.id, &e.worker))
+    }
+
     /// The worker's handle, if it is in the pool.
     pub(crate) fn worker(&self, worker: WorkerId) -> Option<W> {
         self.entry(worker).map(|e| e.worker.clone())

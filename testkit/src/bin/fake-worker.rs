@@ -89,6 +89,7 @@ fn run(args: &FakeWorkerArgs) -> i32 {
         max_concurrency: args.max_concurrency,
         methods: METHODS.iter().map(|m| m.to_string()).collect(),
         capabilities: vec!["stream".into(), "cancel".into()],
+        instance: None,
     });
     send(&out, &hello);
     serve(args, out)

@@ -213,12 +213,7 @@ impl ProcessLauncher {
             .max(1);
         let max_concurrency = cmd.max_concurrency.map_or(announced, |cap| cap.min(announced));
         tracing::debug!(worker = %id, pid, max_concurrency, "worker ready");
-        let info = WorkerInfo {
-            id,
-            pid,
-            hello,
-            max_concurrency,
-        };
+        let info = WorkerInfo::local(id, pid, hello, max_concurrency);
         unclaimed.disarm();
         Ok(ProcessWorker::start(Spawned {
             info,
