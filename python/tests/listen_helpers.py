@@ -55,7 +55,12 @@ class ListenerProcess:
         if env and "PORTPOOL_SECRET" in env:
             full_env["PORTPOOL_SECRET"] = env["PORTPOOL_SECRET"]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, cwd=HERE
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=HERE,
         )
         self._stderr = bytearray()
         self._lock = threading.Lock()
@@ -158,7 +163,7 @@ class Client:
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(262144)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (ConnectionResetError, ssl.SSLError, OSError):
                 data = b""
@@ -185,12 +190,16 @@ class Client:
         assert challenge["type"] == "auth_challenge" and challenge["version"] == 1, challenge
         assert isinstance(challenge["nonce"], bytes) and len(challenge["nonce"]) == 32
         nonce = secrets.token_bytes(32)
-        mac = hmac.new(secret, b"portpool-auth-v1 client" + challenge["nonce"] + nonce, hashlib.sha256).digest()
+        mac = hmac.new(
+            secret, b"portpool-auth-v1 client" + challenge["nonce"] + nonce, hashlib.sha256
+        ).digest()
         self.send({"type": "auth_response", "nonce": nonce, "mac": mac})
         reply = self.recv()
         if reply["type"] != "auth_ok":
             raise PermissionError(reply)
-        expected = hmac.new(secret, b"portpool-auth-v1 server" + nonce + challenge["nonce"], hashlib.sha256).digest()
+        expected = hmac.new(
+            secret, b"portpool-auth-v1 server" + nonce + challenge["nonce"], hashlib.sha256
+        ).digest()
         assert hmac.compare_digest(reply["mac"], expected), "the listener's mac is wrong"
         self.hello = self.recv()
         assert self.hello["type"] == "hello", self.hello
@@ -219,3 +228,44 @@ class Client:
             self.sock.close()
         except OSError:
             pass
+
+
+# -- TLS test certificates (made with the openssl command-line tool, per test session)
+
+
+def _openssl(*args: str, cwd: pathlib.Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_tls_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=portpool test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ):
+        (directory / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n" + ext)
+        _openssl(
+            "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory
+        )
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+            cwd=directory,
+        )  # fmt: skip
+    return {p.name: p for p in directory.iterdir()}
+
+
+def client_context(files: dict[str, pathlib.Path], *, with_cert: bool = False) -> ssl.SSLContext:
+    """A host's TLS context trusting the test CA (and presenting the client certificate if asked)."""
+    ctx = ssl.create_default_context(cafile=str(files["ca.pem"]))
+    if with_cert:
+        ctx.load_cert_chain(str(files["client.pem"]), str(files["client.key"]))
+    return ctx
