@@ -235,3 +235,28 @@ def test_slow_reader_does_not_block_other_hosts(
     assert reader.result("echo", "after the drop") == "after the drop"
     sleeper.close()
     reader.close()
+
+
+def test_host_shutdown_cancels_its_calls_after_the_grace(
+    tmp_path: pathlib.Path, own_listener: list[ListenerProcess]
+) -> None:
+    lp = ListenerProcess(tmp_path, "--shutdown-grace", "0.3", app=REMOTE_APP)
+    own_listener.append(lp)
+    client, observer = lp.connect(), lp.connect()
+    call = client.request("wait_cancel", {"key": "grace", "seconds": 30})
+    client.send({"type": "shutdown"})
+    messages = client.read_until_closed(timeout=10)
+    assert [(m["type"], m.get("id")) for m in messages] == [("response", call), ("goodbye", None)], messages
+    assert messages[1]["reason"] == "shutdown requested by the host"
+    assert observer.result("outcome", "grace") == "cancelled"
+    observer.close()
+
+
+def test_a_worker_that_cannot_start_stops_the_listener(tmp_path: pathlib.Path) -> None:
+    lp = ListenerProcess(tmp_path, app=tmp_path / "missing.py", wait_ready=False)
+    try:
+        assert lp.wait(20) == 1
+        assert "could not start" in lp.stderr and "exited with status" in lp.stderr
+        assert "listening on" not in lp.stderr
+    finally:
+        lp.kill()

@@ -150,6 +150,12 @@ def test_mutual_tls_requires_a_client_certificate(
         else:
             assert refused.read_until_closed(timeout=5) == []
         lp.wait_stderr("TLS handshake failed|closed during the handshake")
+        # A TLS connection that never says anything is closed at the handshake time-out (2 s).
+        silent = Client(lp.address)
+        started = time.monotonic()
+        assert silent.read_until_closed(timeout=10) == []
+        assert time.monotonic() - started < 8
+        lp.wait_stderr("TLS handshake not done within 2s")
         assert with_cert.result("echo", "still") == "still"
     finally:
         lp.kill()
