@@ -64,6 +64,7 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._done: asyncio.Future[int] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._exit_code = 0  # what a drain ends with
 
     # ------------------------------------------------------------------ used by connections
 
@@ -172,16 +173,25 @@ class Listener:
         try:
             await self._start_child()
         except ChildGone as exc:
-            _log(f"the worker runtime could not start: {exc}")
             self._server.close()
+            if self.draining:
+                return 0  # stopped before it was ready
+            _log(f"the worker runtime could not start: {exc}")
             return 1
-        addresses = [sock.getsockname() for sock in self._server.sockets]
-        for addr in addresses:
-            text = _listen_config.format_address(str(addr[0]), int(addr[1]))
+        addresses = [
+            _listen_config.format_address(str(addr[0]), int(addr[1]))
+            for addr in (sock.getsockname() for sock in self._server.sockets)
+        ]
+        if opts.port_file and addresses:
+            try:
+                self._write_port_file(addresses[0])
+            except OSError as exc:
+                _log(f"cannot write --port-file {opts.port_file!r}: {exc}; stopping")
+                self._exit_code = _listen_config.EXIT_USAGE
+                self._on_signal(None)
+        for text in addresses:  # after the port file: whoever reads this line may read the file
             sys.stderr.write(f"portpool: listening on {text}\n")
         sys.stderr.flush()
-        if opts.port_file and addresses:
-            self._write_port_file(_listen_config.format_address(str(addresses[0][0]), int(addresses[0][1])))
         supervisor = loop.create_task(self._supervise())
         code = await self._done
         supervisor.cancel()
@@ -233,10 +243,17 @@ class Listener:
                 backoff = min(backoff * 2, _RESTART_BACKOFF[1])
         return False
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def _on_signal(self, sig: signal.Signals | None) -> None:
+        """The first SIGTERM/SIGINT drains; a second one ends the listener at once (exit 1)."""
         if self.draining:
+            if sig is not None and self._done is not None and not self._done.done():
+                _log(f"{sig.name} again: exiting now")
+                if self.child is not None:
+                    self.child.kill_group()
+                self._done.set_result(1)
             return
-        _log(f"{sig.name}: draining")
+        if sig is not None:
+            _log(f"{sig.name}: draining")
         self.draining = True
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
@@ -263,7 +280,7 @@ class Listener:
             await asyncio.sleep(_SETTLE_POLL)
         _log("drained; exiting")
         if self._done is not None and not self._done.done():
-            self._done.set_result(0)
+            self._done.set_result(self._exit_code)
 
 
 def main(argv: list[str]) -> NoReturn:

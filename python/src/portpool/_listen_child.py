@@ -97,7 +97,7 @@ class Child:
             if protocol.unpack(bodies[0])["type"] != "hello":
                 raise protocol.Malformed(f"its first message is a {hello.get('type')!r}, not a hello")
         except protocol.ProtocolError as exc:
-            self._kill_group()
+            self.kill_group()
             raise ChildGone(await self._death_reason(f"after breaking the protocol ({exc})")) from None
         hello["instance"] = self.instance
         self.hello_frame = protocol.encode(hello)
@@ -120,7 +120,7 @@ class Child:
                     self._on_frame(body)
         except protocol.ProtocolError as exc:
             self._broke = f"after breaking the protocol ({exc})"
-            self._kill_group()
+            self.kill_group()
         finally:
             self.alive = False
         return await self._death_reason(self._broke or "")
@@ -154,10 +154,10 @@ class Child:
             await asyncio.wait_for(proc.wait(), grace)
         except asyncio.TimeoutError:
             _log(f"the worker runtime (pid {proc.pid}) did not exit within {grace:g}s; killing it")
-        self._kill_group()
+        self.kill_group()
         await proc.wait()
 
-    def _kill_group(self) -> None:
+    def kill_group(self) -> None:
         """SIGKILL to the child's process group: the child and whatever it started."""
         if self._proc is None:
             return
@@ -174,7 +174,7 @@ class Child:
             await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT)
         except asyncio.TimeoutError:
             _log(f"the worker runtime (pid {proc.pid}) closed its output but did not exit; killing it")
-        self._kill_group()  # leftovers of a dead worker serve no one
+        self.kill_group()  # leftovers of a dead worker serve no one
         returncode = await proc.wait()
         if self._stderr_task is not None:
             try:

@@ -115,6 +115,9 @@ def _tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
 
 def parse(argv: list[str]) -> Options:
     """Checks the command line and the environment; exits 2 with a message on any problem."""
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(USAGE)
+        raise SystemExit(0)
     p = _Parser(prog="python -m portpool", add_help=False, usage=argparse.SUPPRESS)
     p.add_argument("app")
     p.add_argument("--listen", required=True)

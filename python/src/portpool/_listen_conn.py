@@ -14,7 +14,6 @@ one (:mod:`portpool._listen_ids`); ``params`` travel byte for byte.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import struct
 from typing import TYPE_CHECKING, Final
 
@@ -79,7 +78,7 @@ class HostConnection(asyncio.Protocol):
         assert ctx is not None
         try:
             tls = await self._loop.start_tls(raw, self, ctx, server_side=True, ssl_handshake_timeout=timeout)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
+        except Exception as exc:  # ssl.SSLError, ConnectionError, TimeoutError...: all end the connection
             self._tls_task = None
             if self.state != _CLOSED:
                 self._drop(f"TLS handshake failed: {exc or type(exc).__name__}")
