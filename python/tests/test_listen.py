@@ -13,9 +13,12 @@ import signal
 import time
 from collections.abc import Iterator
 
+import msgpack
 import pytest
 from conftest import APPS
 from listen_helpers import Client, ListenerProcess, client_context
+
+from portpool import protocol
 
 REMOTE_APP = APPS / "remote.py"
 
@@ -260,3 +263,12 @@ def test_a_worker_that_cannot_start_stops_the_listener(tmp_path: pathlib.Path) -
         assert "listening on" not in lp.stderr
     finally:
         lp.kill()
+
+
+def test_requests_in_any_key_order_are_relayed(listener: ListenerProcess) -> None:
+    client = listener.connect()
+    client.send_raw(
+        protocol.frame(msgpack.packb({"params": [1, 2], "id": 300, "method": "echo", "type": "request"}))
+    )
+    assert client.recv() == {"type": "response", "id": 300, "result": [1, 2]}
+    client.close()

@@ -54,9 +54,7 @@ def load_secret(path: str | None, environ: Mapping[str, str] = os.environ) -> by
                 secret = f.read()
         except OSError as exc:
             raise SecretError(f"cannot read the secret file {path!r}: {exc}") from None
-        if secret.endswith(b"\r\n"):
-            secret = secret[:-2]
-        elif secret.endswith(b"\n"):
+        if secret.endswith(b"\n"):  # exactly one "\n", as docs/remote.md says (the Rust host does the same)
             secret = secret[:-1]
         source = f"the secret file {path!r}"
     elif ENV_SECRET in environ:
