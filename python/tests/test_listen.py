@@ -272,3 +272,14 @@ def test_requests_in_any_key_order_are_relayed(listener: ListenerProcess) -> Non
     )
     assert client.recv() == {"type": "response", "id": 300, "result": [1, 2]}
     client.close()
+
+
+def test_a_flood_of_large_requests_is_relayed_whole(listener: ListenerProcess) -> None:
+    flooder, other = listener.connect(), listener.connect()
+    payload = bytes(range(256)) * 1200  # 300 KiB: the child's input backs up, reading pauses, resumes
+    ids = [flooder.request("echo", [i, payload]) for i in range(30)]
+    assert other.result("echo", "meanwhile") == "meanwhile"
+    replies = {m["id"]: m["result"] for m in (flooder.recv(timeout=20) for _ in ids)}
+    assert replies == {id_: [i, payload] for i, id_ in enumerate(ids)}
+    flooder.close()
+    other.close()
