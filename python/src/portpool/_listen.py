@@ -73,7 +73,7 @@ class Listener:
         child = self.child
         return child.hello_frame if child is not None and child.alive and not self.draining else None
 
-    def route(self, conn: HostConnection, host_id: int, *, ping: bool = False) -> int:
+    def route(self, conn: HostConnection, host_id: int) -> int:
         """A new listener-wide id for ``conn``'s request (or ping) ``host_id``."""
         gid = next(self._ids)
         self._routes[gid] = (conn, host_id)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _HEADER: Final = struct.Struct(">I")
 _LINGER: Final = 5.0  # a closed connection whose last frames the host does not read is then aborted
+_EARLY_MAX: Final = 1 << 20  # bytes a host may send between its auth_response and the hello
 _SHUTTING_DOWN: Final = "the worker is shutting down and takes no new requests"
 
 # States
@@ -171,6 +172,8 @@ class HostConnection(asyncio.Protocol):
             self._buf += data
             if self.state == _AUTH:
                 self._auth_data()
+            elif len(self._buf) > _EARLY_MAX:  # reading is paused: only a read already under way
+                self._drop("closed: too much sent before the hello")
 
     def _relay_in(self, data: bytes) -> None:
         try:
@@ -212,7 +215,7 @@ class HostConnection(asyncio.Protocol):
                 listener.to_child(protocol.encode(protocol.cancel_message(in_flight)), self)
         elif kind == "ping":
             assert isinstance(host_id, int)
-            gid = listener.route(self, host_id, ping=True)
+            gid = listener.route(self, host_id)
             listener.to_child(protocol.encode(protocol.ping_message(gid)), self)
         elif kind == "session_close":
             listener.to_child(protocol.frame(body), self)
