@@ -202,6 +202,8 @@ class Client:
         ).digest()
         assert hmac.compare_digest(reply["mac"], expected), "the listener's mac is wrong"
         self.hello = self.recv()
+        if self.hello["type"] == "auth_failed":  # no worker ready in time
+            raise PermissionError(self.hello)
         assert self.hello["type"] == "hello", self.hello
         return self.hello
 

@@ -282,3 +282,32 @@ def test_a_flood_of_large_requests_is_relayed_whole(listener: ListenerProcess) -
     assert replies == {id_: [i, payload] for i, id_ in enumerate(ids)}
     flooder.close()
     other.close()
+
+
+def test_a_child_that_cannot_restart_is_retried(
+    tmp_path: pathlib.Path, own_listener: list[ListenerProcess]
+) -> None:
+    marker = tmp_path / "refuse-to-start"
+    app = tmp_path / "fragile.py"
+    app.write_text(
+        "import os, pathlib, portpool\n"
+        "if pathlib.Path(os.environ['PORTPOOL_TEST_MARKER']).exists():\n"
+        "    raise RuntimeError('refusing to start: the marker is there')\n"
+        "app = portpool.App()\n"
+        "app.handler(lambda params: params, name='echo')\n"
+    )
+    lp = ListenerProcess(
+        tmp_path, "--handshake-timeout", "0.5", app=app, env={"PORTPOOL_TEST_MARKER": str(marker)}
+    )
+    own_listener.append(lp)
+    old_pid = lp.connect().hello["pid"]
+    marker.touch()
+    os.kill(old_pid, signal.SIGKILL)
+    lp.wait_stderr("could not start again")
+    with pytest.raises(PermissionError) as refused:  # authenticated, but no worker to hand over
+        lp.connect()
+    assert refused.value.args[0] == {"type": "auth_failed", "reason": "worker not ready"}
+    marker.unlink()
+    lp.wait_stderr(rf"worker runtime started \(pid (?!{old_pid}\b)", timeout=20)
+    client = lp.connect()
+    assert client.hello["pid"] != old_pid and client.result("echo", "back") == "back"

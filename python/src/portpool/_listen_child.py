@@ -72,17 +72,20 @@ class Child:
         """Starts the child and reads its hello; raises :class:`ChildGone` if it never says it."""
         env = dict(os.environ)
         env.pop(ENV_SECRET, None)  # the app needs no key to the listener's door
-        self._proc = proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "portpool",
-            self.app,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            env=env,
-        )
+        try:
+            self._proc = proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "portpool",
+                self.app,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:
+            raise ChildGone(f"cannot start {sys.executable} -m portpool {self.app}: {exc}") from None
         self.pid = proc.pid
         self._stderr_task = asyncio.get_running_loop().create_task(self._pump_stderr())
         assert proc.stdout is not None
@@ -93,9 +96,11 @@ class Child:
                 if not data:
                     raise ChildGone(await self._death_reason("before its hello"))
                 bodies = self._reader.feed(data)
+            kind = protocol.unpack(bodies[0])["type"]
+            if kind != "hello":
+                raise protocol.Malformed(f"its first message is a {kind!r}, not a hello")
+            # Decoded again in full: the hello goes on with every key it has, plus the instance.
             hello: dict[str, Any] = msgpack.unpackb(bodies[0], raw=False)
-            if protocol.unpack(bodies[0])["type"] != "hello":
-                raise protocol.Malformed(f"its first message is a {hello.get('type')!r}, not a hello")
         except protocol.ProtocolError as exc:
             self.kill_group()
             raise ChildGone(await self._death_reason(f"after breaking the protocol ({exc})")) from None
