@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from portpool import protocol
-from portpool._listen_ids import id_span, with_id
+from portpool._listen_ids import _pack_uint, id_span, with_id
 
 
 @pytest.mark.parametrize("old_id", [0, 1, 127, 128, 255, 256, 2**16, 2**32, 2**64 - 1])
@@ -21,6 +21,11 @@ def test_canonical_bodies_keep_every_other_byte(old_id: int, new_id: int) -> Non
     assert int.from_bytes(frame[:4], "big") == len(new_body)
     assert protocol.unpack(new_body) == {**message, "id": new_id}
     assert new_body == body[:start] + msgpack.packb(new_id) + body[end:]  # the rest byte for byte
+
+
+@pytest.mark.parametrize("n", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_ids_are_packed_as_msgpack_packs_them(n: int) -> None:
+    assert _pack_uint(n) == msgpack.packb(n)
 
 
 def test_any_key_order_and_undecodable_params() -> None:

@@ -62,6 +62,7 @@ class HostConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ handshake
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Accepted: the handshake clock starts now (TLS included), then TLS or the challenge."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = _peer(transport)
@@ -94,6 +95,7 @@ class HostConnection(asyncio.Protocol):
         self._challenge()
 
     def _challenge(self) -> None:
+        """Step 1: a fresh nonce per connection, so that no earlier response can be replayed."""
         assert self.transport is not None
         self.state = _AUTH
         self._nonce = _auth.new_nonce()
@@ -147,6 +149,7 @@ class HostConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _expired(self) -> None:
+        """The handshake time-out: whatever step the host is at, it is closed (and logged)."""
         self._timer = None
         if self.state == _TLS:
             self._drop(f"TLS handshake not done within {self.listener.handshake_timeout:g}s")
@@ -166,6 +169,7 @@ class HostConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ relaying
 
     def data_received(self, data: bytes) -> None:
+        """Bytes from the host: relayed once open, else the handshake's (bounded) buffer."""
         if self.state == _OPEN:
             self._relay_in(data)
         elif self.state in (_AUTH, _WAIT_CHILD):
@@ -176,6 +180,7 @@ class HostConnection(asyncio.Protocol):
                 self._drop("closed: too much sent before the hello")
 
     def _relay_in(self, data: bytes) -> None:
+        """Splits frames (the runtime's size limit applies) and relays each while still open."""
         try:
             bodies = self._reader.feed(data)
         except protocol.FrameTooLarge as exc:
@@ -285,6 +290,7 @@ class HostConnection(asyncio.Protocol):
                 transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The host went away (or our close completed): its calls are cancelled, nothing kept."""
         if self._timer is not None and self.state == _CLOSED:
             self._timer.cancel()  # the linger timer: the close completed
             self._timer = None

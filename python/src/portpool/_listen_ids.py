@@ -89,8 +89,21 @@ def _id_span_slow(body: bytes) -> tuple[str, int, int, int]:
     raise protocol.Malformed("message has no string 'type' and unsigned 'id'")
 
 
+def _pack_uint(n: int) -> bytes:
+    """The shortest MessagePack encoding of ``0 <= n < 2**64`` (what ``msgpack.packb`` writes)."""
+    if n <= 0x7F:
+        return bytes((n,))
+    if n <= 0xFF:
+        return b"\xcc" + n.to_bytes(1, "big")
+    if n <= 0xFFFF:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n <= 0xFFFFFFFF:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
+
+
 def with_id(body: bytes, start: int, end: int, new_id: int) -> bytes:
     """The complete frame (header included) of ``body`` with bytes ``start:end`` replaced by ``new_id``."""
-    packed: bytes = msgpack.packb(new_id)
+    packed = _pack_uint(new_id)
     length = len(body) - (end - start) + len(packed)
     return b"".join((_HEADER.pack(length), body[:start], packed, body[end:]))
