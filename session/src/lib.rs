@@ -77,4 +77,4 @@ pub use config::{Affinity, OnLost, SessionConfig};
 pub use error::SessionError;
 pub use id::{SessionId, MAX_SESSION_ID_LEN};
 pub use pool::{Session, SessionPool};
-pub use store::{Binding, LruPosition, MemoryStore, SessionStore};
+pub use store::{Binding, LruPosition, MemoryStore, SessionStore, StoreError, StoreResult, UnixMillis};
