@@ -71,10 +71,14 @@ mod config;
 mod error;
 mod id;
 mod pool;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 pub use config::{Affinity, OnLost, SessionConfig};
 pub use error::SessionError;
 pub use id::{SessionId, MAX_SESSION_ID_LEN};
 pub use pool::{Session, SessionPool};
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisStore, RedisStoreConfig};
 pub use store::{Binding, LruPosition, MemoryStore, SessionStore, StoreError, StoreResult, UnixMillis};
