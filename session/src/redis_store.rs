@@ -386,7 +386,12 @@ impl RedisStore {
             invocation.arg(*arg);
         }
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.config.op_timeout, invocation.invoke_async::<Value>(&mut conn)).await {
+        match tokio::time::timeout(
+            self.config.op_timeout,
+            invocation.invoke_async::<Value>(&mut conn),
+        )
+        .await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::new(op, format!("redis: {e}"))),
             Err(_) => Err(StoreError::timeout(op, self.config.op_timeout)),
@@ -424,7 +429,10 @@ fn items(op: &'static str, value: Value) -> StoreResult<Vec<Value>> {
 /// `[w, o, b, u]` → a binding.
 fn binding(op: &'static str, fields: &[Value]) -> StoreResult<Binding> {
     let [w, o, b, u] = fields else {
-        return Err(StoreError::new(op, format!("a binding of {} fields", fields.len())));
+        return Err(StoreError::new(
+            op,
+            format!("a binding of {} fields", fields.len()),
+        ));
     };
     let millis = |v: &Value| -> StoreResult<UnixMillis> {
         let t = text(op, v)?;
@@ -493,8 +501,12 @@ impl SessionStore for RedisStore {
 
     async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
         let at = at.0.to_string();
-        self.run("touch", &self.scripts.touch, &[session.as_str(), &at, by, &self.ttl_ms()])
-            .await?;
+        self.run(
+            "touch",
+            &self.scripts.touch,
+            &[session.as_str(), &at, by, &self.ttl_ms()],
+        )
+        .await?;
         Ok(())
     }
 
@@ -506,7 +518,11 @@ impl SessionStore for RedisStore {
     ) -> StoreResult<Option<Binding>> {
         let u = last_used.map(|u| u.0.to_string()).unwrap_or_default();
         let value = self
-            .run("remove_if", &self.scripts.remove_if, &[session.as_str(), worker.as_str(), &u])
+            .run(
+                "remove_if",
+                &self.scripts.remove_if,
+                &[session.as_str(), worker.as_str(), &u],
+            )
             .await?;
         maybe_binding("remove_if", value)
     }
@@ -533,7 +549,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn len_owned_by(&self, owner: &str) -> StoreResult<usize> {
-        let value = self.run("len_owned_by", &self.scripts.len_owned, &[owner]).await?;
+        let value = self
+            .run("len_owned_by", &self.scripts.len_owned, &[owner])
+            .await?;
         Ok(int("len_owned_by", &value)? as usize)
     }
 

@@ -19,7 +19,9 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 pub enum RedisServerError {
     /// `redis-server` is neither on `PATH` nor named by
     /// [`REDIS_SERVER_ENV`].
-    #[error("redis-server not found on PATH (nor in ${REDIS_SERVER_ENV}); run `cargo xtask setup` to install it")]
+    #[error(
+        "redis-server not found on PATH (nor in ${REDIS_SERVER_ENV}); run `cargo xtask setup` to install it"
+    )]
     NotFound,
     /// It was found but did not start or answer `PING` in time.
     #[error("redis-server on port {port} did not start: {reason}")]
@@ -169,7 +171,16 @@ impl RedisServer {
         std::fs::create_dir_all(&self.dir).map_err(|e| fail(format!("{}: {e}", self.dir.display())))?;
         let log = self.dir.join("redis.log");
         let mut child = Command::new(&self.binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -192,7 +203,10 @@ impl RedisServer {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(fail(format!("no PONG within {READY_WITHIN:?}; log: {}", tail(&log))));
+                return Err(fail(format!(
+                    "no PONG within {READY_WITHIN:?}; log: {}",
+                    tail(&log)
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
