@@ -241,7 +241,9 @@ index(id, o, w, u, ttl)
 return {w, o, b, u}
 "#;
 
-/// ARGV: P, id, at, by, ttl → 1 if last_used moved.
+/// ARGV: P, id, at, by ('' for a call's end), ttl → 1 if last_used moved.
+/// A start (`by` given) always moves last_used: to `at`, or to the old
+/// one plus 1 ms; and makes `by` the owner.
 const TOUCH: &str = r#"
 clean()
 local id, at, by, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -249,13 +251,20 @@ local k = skey(id)
 local r = redis.call('HMGET', k, 'w', 'o', 'u')
 if not r[1] then return 0 end
 redis.call('PEXPIRE', k, ttl)
-if tonumber(at) <= tonumber(r[3]) then
+local old = tonumber(r[3])
+local new = tonumber(at)
+local owner = r[2]
+if by ~= '' then
+  owner = by
+  if new <= old then new = old + 1 end
+elseif new <= old then
   redis.call('ZADD', P .. ':exp', now_ms() + tonumber(ttl), id)
   return 0
 end
+new = string.format('%d', new)
 unindex(id, r[2], r[1], r[3])
-redis.call('HSET', k, 'u', at, 'o', by)
-index(id, by, r[1], at, ttl)
+redis.call('HSET', k, 'u', new, 'o', owner)
+index(id, owner, r[1], new, ttl)
 return 1
 "#;
 
@@ -499,8 +508,9 @@ impl SessionStore for RedisStore {
         maybe_binding(OP, value)?.ok_or_else(|| StoreError::new(OP, "no binding in force after the bind"))
     }
 
-    async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
         let at = at.0.to_string();
+        let by = start.unwrap_or("");
         self.run(
             "touch",
             &self.scripts.touch,

@@ -149,10 +149,16 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn get(&self, session: &SessionId) -> StoreResult<Option<Binding>>;
     /// Binds the session unless it is bound already; returns the binding in force.
     async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding>;
-    /// Records a use of the session by front end `by`: `last_used` only
-    /// moves forward, and when it does the session's owner becomes `by`.
-    /// An unbound session is left unbound.
-    async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()>;
+    /// Records a use of the session; an unbound session is left unbound.
+    ///
+    /// - `start: Some(front_end)`: a call of the session starts on
+    ///   `front_end`, which becomes its owner; `last_used` becomes `at`, or
+    ///   the old `last_used` plus 1 ms if that is not earlier (it always
+    ///   changes, so a compare-and-delete that read the old value fails:
+    ///   a session in use is never expired or evicted by another front end).
+    /// - `start: None`: a call ended; `last_used` becomes `at` if that is
+    ///   later, and the owner stays.
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()>;
     /// Compare-and-delete: removes the binding only if it is still to
     /// `worker` and, when `last_used` is given, still has that `last_used`
     /// (no use since it was read); returns it.
@@ -343,18 +349,22 @@ impl SessionStore for MemoryStore {
         Ok(binding)
     }
 
-    async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
         let mut st = self.state();
         let Some(old) = st.map.get(session).cloned() else {
             return Ok(());
         };
-        if at <= old.last_used {
-            return Ok(());
-        }
-        let new = Binding {
-            owner: by.to_owned(),
-            last_used: at,
-            ..old.clone()
+        let new = match start {
+            Some(by) => Binding {
+                owner: by.to_owned(),
+                last_used: at.max(UnixMillis(old.last_used.0.saturating_add(1))),
+                ..old.clone()
+            },
+            None if at > old.last_used => Binding {
+                last_used: at,
+                ..old.clone()
+            },
+            None => return Ok(()),
         };
         st.unindex(session, &old);
         st.index(session, &new);
@@ -519,11 +529,11 @@ mod tests {
             .unwrap();
         store.bind_if_absent(&id(n), bind(0, "a", later)).await.unwrap();
         store
-            .touch(&id(n), later.plus(std::time::Duration::from_secs(1)), "a")
+            .touch(&id(n), later.plus(std::time::Duration::from_secs(1)), Some("a"))
             .await
             .unwrap();
         store
-            .touch(&id(1), later.plus(std::time::Duration::from_secs(2)), "b")
+            .touch(&id(1), later.plus(std::time::Duration::from_secs(2)), Some("b"))
             .await
             .unwrap();
         comparisons() - before
@@ -554,12 +564,30 @@ mod tests {
             // A bind of a bound session keeps the existing binding.
             let again = store.bind_if_absent(&id(3), bind(9, "a", t0)).await.unwrap();
             assert_eq!(again.worker, addr(3));
-            // Touching moves a session to the most recently used end, and
-            // to the owner that touched it; an older time changes nothing.
+            // A call's start moves a session to the most recently used end,
+            // and to the owner that touched it; a call's end with an older
+            // time changes nothing.
             assert_eq!(store.len_owned_by("b").await.unwrap(), 1);
-            store.touch(&id(0), UnixMillis(t0.0 + 5_000), "b").await.unwrap();
-            store.touch(&id(0), t0, "a").await.unwrap();
-            assert_eq!(store.get(&id(0)).await.unwrap().unwrap().owner, "b");
+            store
+                .touch(&id(0), UnixMillis(t0.0 + 5_000), Some("b"))
+                .await
+                .unwrap();
+            store.touch(&id(0), t0, None).await.unwrap();
+            let zero = store.get(&id(0)).await.unwrap().unwrap();
+            assert_eq!(
+                (zero.owner.as_str(), zero.last_used),
+                ("b", UnixMillis(t0.0 + 5_000))
+            );
+            // A start always moves last_used (here: by 1 ms), so a
+            // compare-and-delete that read the old one fails.
+            store.touch(&id(0), t0, Some("b")).await.unwrap();
+            let zero = store.get(&id(0)).await.unwrap().unwrap();
+            assert_eq!(zero.last_used, UnixMillis(t0.0 + 5_001));
+            assert!(store
+                .remove_if(&id(0), &zero.worker, Some(UnixMillis(t0.0 + 5_000)))
+                .await
+                .unwrap()
+                .is_none());
             assert_eq!(store.len_owned_by("b").await.unwrap(), 2);
             assert_eq!(store.len_owned_by("a").await.unwrap(), 8);
             let owned_by_b: Vec<SessionId> = store
@@ -571,7 +599,7 @@ mod tests {
                 .collect();
             assert_eq!(owned_by_b, vec![id(9), id(0)]);
             // A touch of an unbound session binds nothing.
-            store.touch(&id(77), t0, "a").await.unwrap();
+            store.touch(&id(77), t0, Some("a")).await.unwrap();
             assert!(store.get(&id(77)).await.unwrap().is_none());
             let order: Vec<SessionId> = store
                 .least_recently_used(None, None, 100)
@@ -648,7 +676,12 @@ mod tests {
             let t0 = UnixMillis(1_000_000);
             let indexed = store_of(50, t0).await;
             let by_default = DefaultOnly(store_of(50, t0).await);
-            for (i, at, by) in [(7, 900, "b"), (3, 100, "a"), (7, 950, "a"), (20, 10, "b")] {
+            for (i, at, by) in [
+                (7, 900, Some("b")),
+                (3, 100, Some("a")),
+                (7, 950, None),
+                (20, 10, Some("b")),
+            ] {
                 let at = UnixMillis(t0.0 + at);
                 indexed.touch(&id(i), at, by).await.unwrap();
                 by_default.touch(&id(i), at, by).await.unwrap();
@@ -688,8 +721,8 @@ mod tests {
         async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
             self.0.bind_if_absent(session, binding).await
         }
-        async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
-            self.0.touch(session, at, by).await
+        async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+            self.0.touch(session, at, start).await
         }
         async fn remove_if(
             &self,

@@ -90,14 +90,26 @@ async fn redis_store_touch_moves_last_used_forward_and_the_owner_with_it() {
         st.bind_if_absent(&s, Binding::new(addr(1), "fe-a", t0))
             .await
             .unwrap();
-        st.touch(&s, UnixMillis(t0.0 + 500), "fe-b").await.unwrap();
+        st.touch(&s, UnixMillis(t0.0 + 500), Some("fe-b")).await.unwrap();
         let b = st.get(&s).await.unwrap().unwrap();
         assert_eq!((b.last_used, b.owner.as_str()), (UnixMillis(t0.0 + 500), "fe-b"));
         assert_eq!(b.bound_at, t0);
-        // An older time changes nothing, not even the owner.
-        st.touch(&s, UnixMillis(t0.0 + 100), "fe-a").await.unwrap();
+        // A call's end with an older time changes nothing.
+        st.touch(&s, UnixMillis(t0.0 + 100), None).await.unwrap();
         let b = st.get(&s).await.unwrap().unwrap();
         assert_eq!((b.last_used, b.owner.as_str()), (UnixMillis(t0.0 + 500), "fe-b"));
+        // A call's start always moves last_used (its clock may be behind),
+        // so a compare-and-delete that read the old value fails.
+        st.touch(&s, UnixMillis(t0.0 + 100), Some("fe-c")).await.unwrap();
+        let c = st.get(&s).await.unwrap().unwrap();
+        assert_eq!((c.last_used, c.owner.as_str()), (UnixMillis(t0.0 + 501), "fe-c"));
+        assert_eq!(
+            st.remove_if(&s, &c.worker, Some(b.last_used)).await.unwrap(),
+            None
+        );
+        st.touch(&s, UnixMillis(t0.0 + 600), Some("fe-b")).await.unwrap();
+        let b = st.get(&s).await.unwrap().unwrap();
+        assert_eq!((b.last_used, b.owner.as_str()), (UnixMillis(t0.0 + 600), "fe-b"));
         assert_eq!(st.len_owned_by("fe-b").await.unwrap(), 1);
         assert_eq!(st.len_owned_by("fe-a").await.unwrap(), 0);
         let page = st.least_recently_used(Some("fe-b"), None, 10).await.unwrap();
@@ -108,7 +120,7 @@ async fn redis_store_touch_moves_last_used_forward_and_the_owner_with_it() {
             .unwrap()
             .is_empty());
         // Touching an unbound session binds nothing.
-        st.touch(&id("nobody"), t0, "fe-a").await.unwrap();
+        st.touch(&id("nobody"), t0, Some("fe-a")).await.unwrap();
         assert_eq!(st.get(&id("nobody")).await.unwrap(), None);
         assert_eq!(st.len().await.unwrap(), 1);
     })
@@ -177,11 +189,15 @@ async fn redis_store_bindings_expire_with_their_ttl_and_leave_the_indexes() {
         // expires.
         let mut n = 1;
         while st.get(&old).await.unwrap().is_some() {
-            st.touch(&kept, UnixMillis(now.0 + n), "fe-b").await.unwrap();
+            st.touch(&kept, UnixMillis(now.0 + n), Some("fe-b"))
+                .await
+                .unwrap();
             n += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        st.touch(&kept, UnixMillis(now.0 + n), "fe-b").await.unwrap();
+        st.touch(&kept, UnixMillis(now.0 + n), Some("fe-b"))
+            .await
+            .unwrap();
         assert!(st.get(&kept).await.unwrap().is_some(), "touched: alive");
         // The indexes forgot the expired one.
         assert_eq!(st.len().await.unwrap(), 1);

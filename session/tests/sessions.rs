@@ -559,8 +559,8 @@ impl SessionStore for SlowStore {
     async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
         self.inner.bind_if_absent(session, binding).await
     }
-    async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
-        self.inner.touch(session, at, by).await
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+        self.inner.touch(session, at, start).await
     }
     async fn remove_if(
         &self,
@@ -806,8 +806,8 @@ impl SessionStore for CountingStore {
     async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
         self.inner.bind_if_absent(session, binding).await
     }
-    async fn touch(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<()> {
-        self.inner.touch(session, at, by).await
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+        self.inner.touch(session, at, start).await
     }
     async fn remove_if(
         &self,

@@ -287,10 +287,12 @@ impl SessionPool {
         loop {
             // A closed pool is not a lost worker: say what really happened.
             inner.port.ensure_open()?;
-            let (worker, address) = self.bound_worker(session).await?;
             // The call starts: the session is in use (store-wide), and this
-            // front end owns it from now on.
-            self.touch(session).await?;
+            // front end owns it from now on. Before the binding is read: an
+            // expiry or eviction elsewhere either saw this use (and keeps
+            // the session), or removed it first (and the call binds anew).
+            self.touch(session, true).await?;
+            let (worker, address) = self.bound_worker(session).await?;
             let result = match inner.port.slot(worker, wait).await {
                 Ok(slot) => slot.call(request).await,
                 Err(PoolError::WorkerBusy { .. }) if affinity == Affinity::Hint => {
@@ -308,7 +310,7 @@ impl SessionPool {
             };
             // The call ran: its outcome stands even if the store cannot
             // record the use now (the next call reports the store).
-            if let Err(e) = self.touch(session).await {
+            if let Err(e) = self.touch(session, false).await {
                 tracing::debug!(%session, error = %e, "last use not recorded");
             }
             return match result {
@@ -459,14 +461,16 @@ impl SessionPool {
             .and_then(|b| self.inner.port.worker_at(&b.worker)))
     }
 
-    /// Records a use of `session` by this front end now.
-    async fn touch(&self, session: &SessionId) -> Result<(), SessionError> {
+    /// Records the start (taking ownership) or the end of a call of
+    /// `session` by this front end now.
+    async fn touch(&self, session: &SessionId, start: bool) -> Result<(), SessionError> {
         let inner = &self.inner;
+        let owner = start.then_some(inner.front_end.as_str());
         inner
             .store_op(
                 Some(session),
                 "touch",
-                inner.store.touch(session, inner.now(), &inner.front_end),
+                inner.store.touch(session, inner.now(), owner),
             )
             .await
     }
