@@ -50,7 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (front, name) in [(&a, "a"), (&b, "b"), (&a, "a"), (&b, "b")] {
         let n: u64 = front.call(&chat, "count", &()).await?;
         let binding = front.binding(&chat).await?.ok_or("the session is bound")?;
-        println!("replica-{name}: count = {n} on {} (owner {})", binding.worker, binding.owner);
+        println!(
+            "replica-{name}: count = {n} on {} (owner {})",
+            binding.worker, binding.owner
+        );
     }
     let n: u64 = a.call(&chat, "count", &()).await?;
     assert_eq!(n, 5, "one counter, whichever replica served the call");
