@@ -164,6 +164,7 @@ struct Scripts {
     get: Script,
     bind: Script,
     touch: Script,
+    start_use: Script,
     remove_if: Script,
     lru: Script,
     per_worker: Script,
@@ -245,6 +246,12 @@ return {w, o, b, u}
 /// A start (`by` given) always moves last_used: to `at`, or to the old
 /// one plus 1 ms; and makes `by` the owner.
 const TOUCH: &str = r#"
+return touch()
+"#;
+
+/// The body of TOUCH, shared with START_USE (in the prelude).
+const TOUCH_FN: &str = r#"
+local function touch()
 clean()
 local id, at, by, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local k = skey(id)
@@ -266,6 +273,15 @@ unindex(id, r[2], r[1], r[3])
 redis.call('HSET', k, 'u', new, 'o', owner)
 index(id, owner, r[1], new, ttl)
 return 1
+end
+"#;
+
+/// ARGV: P, id, at, by, ttl → the binding after the touch, or nil.
+const START_USE: &str = r#"
+local moved = touch()
+local r = redis.call('HMGET', skey(ARGV[2]), 'w', 'o', 'b', 'u')
+if not r[1] then return false end
+return r
 "#;
 
 /// ARGV: P, id, w ('' any), u ('' any) → the removed binding or nil.
@@ -335,7 +351,7 @@ return out
 "#;
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
+    Script::new(&format!("{PRELUDE}{TOUCH_FN}{body}"))
 }
 
 impl RedisStore {
@@ -368,6 +384,7 @@ impl RedisStore {
                 get: script(GET),
                 bind: script(BIND),
                 touch: script(TOUCH),
+                start_use: script(START_USE),
                 remove_if: script(REMOVE_IF),
                 lru: script(LRU),
                 per_worker: script(PER_WORKER),
@@ -518,6 +535,18 @@ impl SessionStore for RedisStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn start_use(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<Option<Binding>> {
+        let at = at.0.to_string();
+        let value = self
+            .run(
+                "start_use",
+                &self.scripts.start_use,
+                &[session.as_str(), &at, by, &self.ttl_ms()],
+            )
+            .await?;
+        maybe_binding("start_use", value)
     }
 
     async fn remove_if(

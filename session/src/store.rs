@@ -170,6 +170,15 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> StoreResult<Option<Binding>>;
     /// Removes the binding; returns it.
     async fn remove(&self, session: &SessionId) -> StoreResult<Option<Binding>>;
+
+    /// A call of the session starts on front end `by`: [`touch`](Self::touch)
+    /// with `start: Some(by)`, then [`get`](Self::get) (what a call does
+    /// first). The default makes the two calls; a remote store may do both
+    /// in one round trip.
+    async fn start_use(&self, session: &SessionId, at: UnixMillis, by: &str) -> StoreResult<Option<Binding>> {
+        self.touch(session, at, Some(by)).await?;
+        self.get(session).await
+    }
     /// Every binding, in no particular order.
     async fn list(&self) -> StoreResult<Vec<(SessionId, Binding)>>;
     /// How many sessions are bound (by every front end).

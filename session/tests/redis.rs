@@ -119,8 +119,20 @@ async fn redis_store_touch_moves_last_used_forward_and_the_owner_with_it() {
             .await
             .unwrap()
             .is_empty());
+        // A call's start: touch and read in one round trip.
+        let started = st
+            .start_use(&s, UnixMillis(t0.0 + 50), "fe-a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (started.last_used, started.owner.as_str()),
+            (UnixMillis(t0.0 + 601), "fe-a")
+        );
+        assert_eq!(st.get(&s).await.unwrap(), Some(started));
         // Touching an unbound session binds nothing.
         st.touch(&id("nobody"), t0, Some("fe-a")).await.unwrap();
+        assert_eq!(st.start_use(&id("nobody"), t0, "fe-a").await.unwrap(), None);
         assert_eq!(st.get(&id("nobody")).await.unwrap(), None);
         assert_eq!(st.len().await.unwrap(), 1);
     })

@@ -32,6 +32,15 @@ impl SessionPool {
         let found = inner
             .store_op(Some(session), "get", inner.store.get(session))
             .await?;
+        self.bound_worker_from(session, found).await
+    }
+
+    /// [`bound_worker`](Self::bound_worker) from the binding just read.
+    pub(super) async fn bound_worker_from(
+        &self,
+        session: &SessionId,
+        found: Option<Binding>,
+    ) -> Result<(WorkerId, WorkerAddress), SessionError> {
         if let Some(binding) = found {
             if let Some(worker) = self.resolve(session, binding).await? {
                 return Ok(worker);

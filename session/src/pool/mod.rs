@@ -291,8 +291,14 @@ impl SessionPool {
             // front end owns it from now on. Before the binding is read: an
             // expiry or eviction elsewhere either saw this use (and keeps
             // the session), or removed it first (and the call binds anew).
-            self.touch(session, true).await?;
-            let (worker, address) = self.bound_worker(session).await?;
+            let found = inner
+                .store_op(
+                    Some(session),
+                    "start_use",
+                    inner.store.start_use(session, inner.now(), &inner.front_end),
+                )
+                .await?;
+            let (worker, address) = self.bound_worker_from(session, found).await?;
             let result = match inner.port.slot(worker, wait).await {
                 Ok(slot) => slot.call(request).await,
                 Err(PoolError::WorkerBusy { .. }) if affinity == Affinity::Hint => {
@@ -310,7 +316,7 @@ impl SessionPool {
             };
             // The call ran: its outcome stands even if the store cannot
             // record the use now (the next call reports the store).
-            if let Err(e) = self.touch(session, false).await {
+            if let Err(e) = self.touch_end(session).await {
                 tracing::debug!(%session, error = %e, "last use not recorded");
             }
             return match result {
@@ -461,16 +467,14 @@ impl SessionPool {
             .and_then(|b| self.inner.port.worker_at(&b.worker)))
     }
 
-    /// Records the start (taking ownership) or the end of a call of
-    /// `session` by this front end now.
-    async fn touch(&self, session: &SessionId, start: bool) -> Result<(), SessionError> {
+    /// Records the end of a call of `session` now.
+    async fn touch_end(&self, session: &SessionId) -> Result<(), SessionError> {
         let inner = &self.inner;
-        let owner = start.then_some(inner.front_end.as_str());
         inner
             .store_op(
                 Some(session),
                 "touch",
-                inner.store.touch(session, inner.now(), owner),
+                inner.store.touch(session, inner.now(), None),
             )
             .await
     }
