@@ -195,7 +195,12 @@ impl SessionPool {
         Self::with_store(pool, config, Arc::new(MemoryStore::new()))
     }
 
-    /// Like [`SessionPool::new`] with a custom [`SessionStore`].
+    /// Like [`SessionPool::new`] with a custom [`SessionStore`]: a shared
+    /// one (`RedisStore`, feature `redis`) lets several front ends continue
+    /// each other's sessions; give each a distinct
+    /// [`SessionConfig::front_end`] name (see "Several front ends sharing a
+    /// store" above). A private store ([`SessionStore::is_shared`] false)
+    /// belongs to one session pool at a time.
     pub fn with_store(
         pool: Pool,
         config: SessionConfig,
