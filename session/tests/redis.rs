@@ -187,7 +187,7 @@ async fn redis_store_bindings_expire_with_their_ttl_and_leave_the_indexes() {
         return;
     };
     bounded(async {
-        let config = RedisStoreConfig::new("ttl").binding_ttl(Duration::from_secs(1));
+        let config = RedisStoreConfig::new("ttl").binding_ttl(Duration::from_secs(2));
         let st = RedisStore::connect(&redis.url(), config).await.unwrap();
         let (old, kept) = (id("old"), id("kept"));
         let now = UnixMillis::now();
@@ -475,7 +475,7 @@ async fn idle_expiry_counts_uses_on_every_front_end() {
     };
     bounded(async {
         let fleet = FakeFleet::new();
-        let ttl = Duration::from_secs(2);
+        let ttl = Duration::from_secs(3);
         let config = SessionConfig::default().idle_ttl(Some(ttl));
         let a = front_end(&fleet, &redis, "expiry", "fe-a", 2, config.clone()).await;
         let b = front_end(&fleet, &redis, "expiry", "fe-b", 2, config).await;
@@ -485,10 +485,10 @@ async fn idle_expiry_counts_uses_on_every_front_end() {
         // is store-wide) and does not expire it.
         let mut expected = 1;
         let started = std::time::Instant::now();
-        while started.elapsed() < ttl * 3 {
+        while started.elapsed() < ttl * 2 {
             expected += 1;
             assert_eq!(count(&b, &s).await.unwrap(), expected, "state kept");
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Left idle: expired (by either front end), the worker told.
         while a.sessions.binding(&s).await.unwrap().is_some() {
