@@ -43,7 +43,8 @@ pub struct SessionConfig {
     /// With a store shared by several front ends it counts only the
     /// sessions this front end owns (bound, or last started a call of),
     /// and eviction picks only among those: no front end evicts another's
-    /// session on its own count.
+    /// session on its own count. Sessions taken over from another front
+    /// end count from then on; the next bind evicts down to the limit.
     pub max_sessions: usize,
     /// This front end's name in a shared store's bindings (the `owner`
     /// of the sessions it binds or uses). Default `None`: a random name

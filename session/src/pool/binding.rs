@@ -12,6 +12,9 @@ use crate::{Binding, LruPosition, OnLost, SessionError, SessionId};
 
 /// Sessions fetched at a time when looking for one to evict.
 const EVICT_PAGE: usize = 8;
+/// The most sessions one bind evicts (when this front end owns more than
+/// `max_sessions`, after taking sessions over from other front ends).
+const MAX_EVICTIONS_PER_BIND: usize = 4;
 /// Sessions fetched at first when looking for idle ones to expire; each
 /// further page is twice as large (up to [`EXPIRE_PAGE_MAX`]), so a store
 /// using the default, list-based `least_recently_used` is listed O(log n)
@@ -129,8 +132,19 @@ impl SessionPool {
         let owned = inner
             .store_op(some, "len_owned_by", inner.store.len_owned_by(&inner.front_end))
             .await?;
-        if owned >= inner.config.max_sessions {
-            self.evict_one().await?;
+        // Sessions taken over from other front ends (by calling them) count
+        // from then on, so this front end may own more than max_sessions:
+        // evict down to the limit, a few at a time (each bind makes up for
+        // more than it adds, and stays O(log n)).
+        // The first eviction makes room for this session (no idle session
+        // to evict: `TooManySessions`); the others are best effort.
+        let excess = (owned + 1).saturating_sub(inner.config.max_sessions);
+        for n in 0..excess.min(MAX_EVICTIONS_PER_BIND) {
+            match self.evict_one().await {
+                Ok(()) => {}
+                Err(SessionError::TooManySessions { .. }) if n > 0 => break,
+                Err(e) => return Err(e),
+            }
         }
         let mut ready = inner.port.ready_workers();
         if ready.is_empty() {
