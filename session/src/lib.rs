@@ -65,7 +65,8 @@
 //!   with no call running here. It is a compare-and-delete on the
 //!   `last_used` it read: a session used meanwhile on any front end stays.
 //!   A session another front end is using is that front end's: it is never
-//!   evicted here.
+//!   evicted here. (Sessions taken over by calling them count from then on;
+//!   the next bind evicts down to `max_sessions`.)
 //! - **Idleness is store-wide.** `last_used` is updated by every front
 //!   end. A front end expires a session it owns once it has been idle for
 //!   `idle_ttl` (and no call of it runs here), and a session another front
