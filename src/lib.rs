@@ -17,7 +17,9 @@
 //!   [`CallRequest`], [`Value`], [`WorkerCommand`], ...);
 //! - [`python`], the shortcut for a pool of Python workers;
 //! - with the `tower` feature, [`PoolService`], a `tower::Service` over a
-//!   pool, to compose with tower middleware.
+//!   pool, to compose with tower middleware;
+//! - with the `redis` feature, `RedisStore`: session bindings shared by
+//!   several front ends (processes) through Redis.
 //!
 //! # Quick start
 //!
@@ -109,8 +111,11 @@ pub use portpool_transport::{
 
 pub use portpool_session as session;
 pub use portpool_session::{
-    Affinity, OnLost, Session, SessionConfig, SessionError, SessionId, SessionPool, SessionStore,
+    Affinity, Binding, MemoryStore, OnLost, Session, SessionConfig, SessionError, SessionId, SessionPool,
+    SessionStore, StoreError, UnixMillis,
 };
+#[cfg(feature = "redis")]
+pub use portpool_session::{RedisStore, RedisStoreConfig};
 
 #[cfg(feature = "tower")]
 mod service;

@@ -39,7 +39,23 @@ pub struct SessionConfig {
     pub idle_ttl: Option<Duration>,
     /// At most this many bound sessions; binding one more evicts the least
     /// recently used idle session. Default 10,000.
+    ///
+    /// With a store shared by several front ends it counts only the
+    /// sessions this front end owns (bound, or last started a call of),
+    /// and eviction picks only among those: no front end evicts another's
+    /// session on its own count. Sessions taken over from another front
+    /// end count from then on; the next bind evicts down to the limit.
     pub max_sessions: usize,
+    /// This front end's name in a shared store's bindings (the `owner`
+    /// of the sessions it binds or uses). Default `None`: a random name
+    /// per session pool. Give each replica a stable, distinct name (its
+    /// pod name, say) so that it owns its sessions again after a restart.
+    pub front_end: Option<String>,
+    /// The longest any one store operation may take before the call
+    /// fails with [`SessionError::Store`](crate::SessionError::Store).
+    /// Default 5 s (stores such as `RedisStore` have shorter time-outs of
+    /// their own; this bounds any store).
+    pub store_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +65,8 @@ impl Default for SessionConfig {
             on_lost: OnLost::Report,
             idle_ttl: Some(Duration::from_secs(30 * 60)),
             max_sessions: 10_000,
+            front_end: None,
+            store_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -78,6 +96,18 @@ impl SessionConfig {
         self
     }
 
+    /// Names this front end in a shared store's bindings.
+    pub fn front_end(mut self, name: impl Into<String>) -> Self {
+        self.front_end = Some(name.into());
+        self
+    }
+
+    /// Sets the time-out of each store operation.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::SessionError> {
         if self.max_sessions == 0 {
             return Err(crate::SessionError::Config {
@@ -90,6 +120,23 @@ impl SessionConfig {
                 field: "idle_ttl",
                 reason: "must be positive (use None to disable)".into(),
             });
+        }
+        if self.store_timeout.is_zero() {
+            return Err(crate::SessionError::Config {
+                field: "store_timeout",
+                reason: "must be positive".into(),
+            });
+        }
+        if let Some(name) = &self.front_end {
+            if name.is_empty()
+                || name.len() > 128
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(crate::SessionError::Config {
+                    field: "front_end",
+                    reason: "must be 1-128 characters without spaces or control characters".into(),
+                });
+            }
         }
         Ok(())
     }

@@ -39,6 +39,11 @@ impl SessionId {
         }
     }
 
+    /// Below every valid id (the empty string): a lower bound for ranges.
+    pub(crate) fn min() -> Self {
+        SessionId(String::new())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

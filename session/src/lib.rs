@@ -22,11 +22,63 @@
 //!   [`SessionError::SessionLost`] and the one after starts fresh, or the
 //!   session rebinds silently. While a worker holds bound sessions the pool
 //!   defers recycling it, up to its drain time-out;
-//! - a [`SessionStore`] trait with the in-memory [`MemoryStore`] default,
-//!   indexed so that binding and evicting cost O(log n) in the number of
-//!   sessions;
+//! - a fallible [`SessionStore`] trait (a store that is down is a
+//!   [`SessionError::Store`] within [`SessionConfig::store_timeout`], never
+//!   a hang or a new binding in its place) with the in-memory
+//!   [`MemoryStore`] default, indexed so that binding and evicting cost
+//!   O(log n) in the number of sessions;
+//! - with the `redis` feature, `RedisStore`: bindings in Redis, shared by
+//!   several front ends (see below);
 //! - validated [`SessionId`]s (1-128 of `A-Z a-z 0-9 - _ . :`) and random
 //!   128-bit ones from [`SessionId::new`].
+//!
+//! # Bindings, addresses and time
+//!
+//! A [`Binding`] names its worker by [`WorkerAddress`](portpool_pool::WorkerAddress)
+//! (`tcp://HOST:PORT#INSTANCE` for a remote worker, `local:NONCE/ID` for a
+//! child process of this front end), not by the process-local
+//! [`WorkerId`](portpool_pool::WorkerId): each call maps the address to this
+//! pool's worker through
+//! [`AffinityPort::worker_at`](portpool_pool::AffinityPort::worker_at). An
+//! address this pool has no worker at is handled like a lost worker
+//! ([`OnLost`]); a call is never routed to a worker that does not hold the
+//! session's state.
+//!
+//! Times in bindings are wall-clock milliseconds ([`UnixMillis`]), so that
+//! front ends can compare them. A session pool reads the wall clock once,
+//! when it is created, and advances it by tokio's monotonic clock: tests
+//! under paused tokio time move it like everything else, and a step of the
+//! system clock does not make sessions look idle.
+//!
+//! # Several front ends sharing a store
+//!
+//! Several processes (replicas of a service behind a load balancer) may
+//! share one store (`RedisStore`) and the same remote workers; a session
+//! opened on one continues on any other. The rule that keeps expiry and
+//! eviction correct:
+//!
+//! - **Ownership.** Each binding records its owner: the front end that
+//!   bound it ([`SessionConfig::front_end`]), then the last one to start a
+//!   call of it (every call records a use when it starts and when it ends).
+//! - **Eviction is local.** `max_sessions` counts only the sessions this
+//!   front end owns, and eviction picks the least recently used of those
+//!   with no call running here. It is a compare-and-delete on the
+//!   `last_used` it read: a session used meanwhile on any front end stays.
+//!   A session another front end is using is that front end's: it is never
+//!   evicted here. (Sessions taken over by calling them count from then on;
+//!   the next bind evicts down to `max_sessions`.)
+//! - **Idleness is store-wide.** `last_used` is updated by every front
+//!   end. A front end expires a session it owns once it has been idle for
+//!   `idle_ttl` (and no call of it runs here), and a session another front
+//!   end owns only once idle for twice `idle_ttl` (so an owner's long call
+//!   is safe, and the sessions of a front end that went away are still
+//!   reclaimed). Expiry is a compare-and-delete on `last_used`, and tells
+//!   the worker to drop the state.
+//! - **Dropping a session pool** over a shared store
+//!   ([`SessionStore::is_shared`]) closes none of its sessions: the others
+//!   may go on with them. Over a private store ([`MemoryStore`]) it closes
+//!   them all, as before.
+//! - Keep the front ends' clocks in sync (NTP) to well within `idle_ttl`.
 //!
 //! The crate depends on the pool crate's public API only: what affinity
 //! needs from the pool (calls for one worker, pins, `session_close`, the
@@ -61,7 +113,7 @@
 //!     assert_eq!(n, expected);
 //! }
 //! chat.close().await?; // the worker drops the state
-//! assert!(sessions.is_empty().await);
+//! assert!(sessions.is_empty().await?);
 //! # Ok(())
 //! # }
 //! ```
@@ -71,10 +123,14 @@ mod config;
 mod error;
 mod id;
 mod pool;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 pub use config::{Affinity, OnLost, SessionConfig};
 pub use error::SessionError;
 pub use id::{SessionId, MAX_SESSION_ID_LEN};
 pub use pool::{Session, SessionPool};
-pub use store::{Binding, LruPosition, MemoryStore, SessionStore};
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use store::{Binding, LruPosition, MemoryStore, SessionStore, StoreError, StoreResult, UnixMillis};

@@ -59,7 +59,7 @@ async fn fifty_sessions_spread_evenly_over_four_workers() {
         let n: u64 = sessions.call(&SessionId::new(), "count", &()).await.unwrap();
         assert_eq!(n, 1);
     }
-    let per_worker = sessions.sessions_per_worker().await;
+    let per_worker = sessions.sessions_per_worker().await.unwrap();
     let mut counts: Vec<usize> = per_worker.values().copied().collect();
     counts.sort();
     assert_eq!(counts, vec![12, 12, 13, 13], "{per_worker:?}");
@@ -77,7 +77,7 @@ async fn killing_the_bound_worker_gives_session_lost_then_a_fresh_counter() {
         );
     }
     let pid: u32 = sessions.call(&id, "pid", &()).await.unwrap();
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -93,7 +93,7 @@ async fn killing_the_bound_worker_gives_session_lost_then_a_fresh_counter() {
     }
     let err = sessions.call::<_, u64>(&id, "count", &()).await.unwrap_err();
     match &err {
-        SessionError::SessionLost { worker, .. } => assert_eq!(*worker, bound),
+        SessionError::SessionLost { worker, .. } => assert_eq!(*worker, Some(bound)),
         other => panic!("expected SessionLost, got {other}"),
     }
     assert_eq!(

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use portpool_pool::{Pool, PoolError};
+use portpool_pool::{Pool, PoolError, WorkerAddress};
 use portpool_session::*;
 use portpool_testkit::{fake_pool, fake_pool_builder, spawn_with, CallContext, FakeLauncher};
 use portpool_transport::{CallRequest, Value, WorkerId};
@@ -65,11 +65,11 @@ async fn a_session_binds_on_first_use_and_keeps_its_worker_and_state() {
     let l = launcher();
     let sessions = SessionPool::new(pool(&l, 3).await, SessionConfig::default()).unwrap();
     let id = SessionId::new();
-    assert!(sessions.binding(&id).await.is_none());
+    assert!(sessions.binding(&id).await.unwrap().is_none());
     for expected in 1..=5 {
         assert_eq!(count(&sessions, &id).await.unwrap(), expected);
     }
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     let calls = l.worker(bound).unwrap().calls();
     assert_eq!(calls.len(), 5);
     assert!(
@@ -85,7 +85,7 @@ async fn new_sessions_go_to_the_worker_with_fewest_sessions() {
     for _ in 0..12 {
         count(&sessions, &SessionId::new()).await.unwrap();
     }
-    let per_worker = sessions.sessions_per_worker().await;
+    let per_worker = sessions.sessions_per_worker().await.unwrap();
     assert_eq!(per_worker.len(), 3);
     assert!(per_worker.values().all(|n| *n == 4), "{per_worker:?}");
 }
@@ -106,7 +106,7 @@ async fn concurrent_first_calls_of_one_session_bind_exactly_once() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(workers.len(), 1, "all on one worker: {workers:?}");
-    assert_eq!(sessions.len().await, 1);
+    assert_eq!(sessions.len().await.unwrap(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,7 +162,7 @@ async fn hint_affinity_falls_back_to_another_worker() {
         "back on its worker once free"
     );
     assert_eq!(
-        sessions.binding(&id).await.unwrap().worker,
+        sessions.worker_of(&id).await.unwrap().unwrap(),
         WorkerId(bound),
         "binding unchanged"
     );
@@ -175,11 +175,11 @@ async fn close_tells_the_worker_to_drop_the_state() {
     let session = sessions.open();
     assert_eq!(session.call::<_, u64>("count", &()).await.unwrap(), 1);
     assert_eq!(session.call::<_, u64>("count", &()).await.unwrap(), 2);
-    let bound = sessions.binding(session.id()).await.unwrap().worker;
+    let bound = sessions.worker_of(session.id()).await.unwrap().unwrap();
     let id = session.id().clone();
     session.close().await.unwrap();
     assert_eq!(l.worker(bound).unwrap().session_closes(), vec![id.to_string()]);
-    assert!(sessions.is_empty().await);
+    assert!(sessions.is_empty().await.unwrap());
     assert_eq!(count(&sessions, &id).await.unwrap(), 1, "a fresh session");
     sessions.close(&SessionId::new()).await.unwrap(); // unknown: nothing to do
 }
@@ -193,11 +193,11 @@ async fn idle_sessions_expire_after_the_ttl_busy_ones_do_not() {
     count(&sessions, &idle).await.unwrap();
     let long = spawn_sleep(&sessions, &busy, 30_000);
     tokio::time::sleep(Duration::from_secs(9)).await;
-    assert_eq!(sessions.len().await, 2);
+    assert_eq!(sessions.len().await.unwrap(), 2);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(sessions.binding(&idle).await.is_none(), "expired");
+    assert!(sessions.binding(&idle).await.unwrap().is_none(), "expired");
     assert!(
-        sessions.binding(&busy).await.is_some(),
+        sessions.binding(&busy).await.unwrap().is_some(),
         "a session with a call running stays"
     );
     assert_eq!(
@@ -206,7 +206,7 @@ async fn idle_sessions_expire_after_the_ttl_busy_ones_do_not() {
     );
     long.await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert!(sessions.is_empty().await, "expired once idle");
+    assert!(sessions.is_empty().await.unwrap(), "expired once idle");
 }
 
 #[tokio::test(start_paused = true)]
@@ -221,8 +221,11 @@ async fn max_sessions_evicts_the_least_recently_used_idle_session() {
     tokio::time::sleep(ms(10)).await;
     count(&sessions, &a).await.unwrap(); // a is now the most recent
     count(&sessions, &c).await.unwrap();
-    assert!(sessions.binding(&b).await.is_none(), "b was least recently used");
-    assert!(sessions.binding(&a).await.is_some());
+    assert!(
+        sessions.binding(&b).await.unwrap().is_none(),
+        "b was least recently used"
+    );
+    assert!(sessions.binding(&a).await.unwrap().is_some());
     assert_eq!(
         l.worker(WorkerId(0)).unwrap().session_closes(),
         vec![b.to_string()]
@@ -249,7 +252,7 @@ async fn losing_the_bound_worker_reports_session_lost_once_then_starts_fresh() {
     let id = SessionId::new();
     assert_eq!(count(&sessions, &id).await.unwrap(), 1);
     assert_eq!(count(&sessions, &id).await.unwrap(), 2);
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     l.worker(bound).unwrap().crash();
     tokio::time::sleep(ms(1)).await;
 
@@ -257,12 +260,12 @@ async fn losing_the_bound_worker_reports_session_lost_once_then_starts_fresh() {
     match &err {
         SessionError::SessionLost { session, worker, .. } => {
             assert_eq!(session, id.as_str());
-            assert_eq!(*worker, bound);
+            assert_eq!(*worker, Some(bound));
         }
         other => panic!("expected SessionLost, got {other}"),
     }
     assert_eq!(count(&sessions, &id).await.unwrap(), 1, "fresh state");
-    assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
+    assert_ne!(sessions.worker_of(&id).await.unwrap().unwrap(), bound);
 }
 
 #[tokio::test(start_paused = true)]
@@ -271,7 +274,7 @@ async fn a_crash_during_a_session_call_is_session_lost_for_that_call_only() {
     let sessions = SessionPool::new(pool(&l, 2).await, SessionConfig::default()).unwrap();
     let id = SessionId::new();
     count(&sessions, &id).await.unwrap();
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     let running = spawn_sleep(&sessions, &id, 1_000);
     tokio::time::sleep(ms(10)).await;
     l.worker(bound).unwrap().crash();
@@ -292,7 +295,7 @@ async fn rebind_mode_moves_the_session_silently() {
     let sessions = SessionPool::new(pool(&l, 2).await, config).unwrap();
     let id = SessionId::new();
     count(&sessions, &id).await.unwrap();
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     l.worker(bound).unwrap().crash();
     tokio::time::sleep(ms(1)).await;
     assert_eq!(
@@ -300,7 +303,7 @@ async fn rebind_mode_moves_the_session_silently() {
         1,
         "rebound, fresh state, no error"
     );
-    assert_ne!(sessions.binding(&id).await.unwrap().worker, bound);
+    assert_ne!(sessions.worker_of(&id).await.unwrap().unwrap(), bound);
 }
 
 /// A call queued for its session's worker when that worker goes gets
@@ -315,7 +318,7 @@ async fn a_call_queued_for_a_worker_that_goes_is_retried_on_rebind_and_lost_on_r
         let sessions = SessionPool::new(p.clone(), SessionConfig::default().on_lost(on_lost)).unwrap();
         let id = SessionId::new();
         assert_eq!(count(&sessions, &id).await.unwrap(), 1);
-        let bound = sessions.binding(&id).await.unwrap().worker;
+        let bound = sessions.worker_of(&id).await.unwrap().unwrap();
         let busy = occupy(&p, bound, 5_000);
         tokio::time::sleep(ms(1)).await;
         let queued = spawn_with(&sessions.session(id.clone()), |s| async move {
@@ -333,7 +336,7 @@ async fn a_call_queued_for_a_worker_that_goes_is_retried_on_rebind_and_lost_on_r
         match on_lost {
             OnLost::Rebind => {
                 assert_eq!(result.unwrap(), 1, "ran again, on a fresh state");
-                let now = sessions.binding(&id).await.unwrap().worker;
+                let now = sessions.worker_of(&id).await.unwrap().unwrap();
                 assert_ne!(now, bound);
                 let calls = l.worker(now).unwrap().calls();
                 assert_eq!(calls.len(), 1, "{calls:?}");
@@ -341,10 +344,10 @@ async fn a_call_queued_for_a_worker_that_goes_is_retried_on_rebind_and_lost_on_r
             }
             _ => {
                 assert!(
-                    matches!(&result, Err(SessionError::SessionLost { worker, .. }) if *worker == bound),
+                    matches!(&result, Err(SessionError::SessionLost { worker, .. }) if *worker == Some(bound)),
                     "{result:?}"
                 );
-                assert!(sessions.binding(&id).await.is_none());
+                assert!(sessions.binding(&id).await.unwrap().is_none());
             }
         }
         p.shutdown(ms(100)).await;
@@ -433,7 +436,7 @@ async fn hint_fallback_leaves_no_session_state_on_other_workers() {
     let sessions = SessionPool::new(p.clone(), SessionConfig::default().affinity(Affinity::Hint)).unwrap();
     let id = SessionId::new();
     assert_eq!(count(&sessions, &id).await.unwrap(), 1);
-    let bound = sessions.binding(&id).await.unwrap().worker;
+    let bound = sessions.worker_of(&id).await.unwrap().unwrap();
     let other = WorkerId(1 - bound.0);
     let busy = occupy(&p, bound, 1_000);
     tokio::time::sleep(ms(1)).await;
@@ -480,7 +483,7 @@ async fn after_session_lost_a_small_pool_rebinds_once_its_worker_is_back() {
         "waited for the restart ({:?})",
         t0.elapsed()
     );
-    assert_eq!(sessions.binding(&id).await.unwrap().worker, WorkerId(1));
+    assert_eq!(sessions.worker_of(&id).await.unwrap().unwrap(), WorkerId(1));
 }
 
 #[test]
@@ -524,7 +527,7 @@ async fn a_call_arriving_during_expiry_waits_and_starts_fresh_on_a_bound_worker(
     let closes = l.worker(WorkerId(0)).unwrap().session_closes();
     assert_eq!(closes, vec![id.to_string()]);
     assert_eq!(
-        sessions.binding(&id).await.unwrap().worker,
+        sessions.worker_of(&id).await.unwrap().unwrap(),
         WorkerId(0),
         "bound again"
     );
@@ -550,30 +553,35 @@ impl SlowStore {
 
 #[async_trait::async_trait]
 impl SessionStore for SlowStore {
-    async fn get(&self, session: &SessionId) -> Option<Binding> {
+    async fn get(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
         self.inner.get(session).await
     }
-    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> Binding {
+    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
         self.inner.bind_if_absent(session, binding).await
     }
-    async fn touch(&self, session: &SessionId, at: Instant) {
-        self.inner.touch(session, at).await
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+        self.inner.touch(session, at, start).await
     }
-    async fn remove_if_bound_to(&self, session: &SessionId, worker: WorkerId) -> Option<Binding> {
+    async fn remove_if(
+        &self,
+        session: &SessionId,
+        worker: &WorkerAddress,
+        last_used: Option<UnixMillis>,
+    ) -> StoreResult<Option<Binding>> {
         if self.slow.swap(false, std::sync::atomic::Ordering::SeqCst) {
             self.in_remove.store(true, std::sync::atomic::Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
             self.in_remove.store(false, std::sync::atomic::Ordering::SeqCst);
         }
-        self.inner.remove_if_bound_to(session, worker).await
+        self.inner.remove_if(session, worker, last_used).await
     }
-    async fn remove(&self, session: &SessionId) -> Option<Binding> {
+    async fn remove(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
         self.inner.remove(session).await
     }
-    async fn list(&self) -> Vec<(SessionId, Binding)> {
+    async fn list(&self) -> StoreResult<Vec<(SessionId, Binding)>> {
         self.inner.list().await
     }
-    async fn len(&self) -> usize {
+    async fn len(&self) -> StoreResult<usize> {
         self.inner.len().await
     }
 }
@@ -594,7 +602,7 @@ async fn close_waits_for_the_sessions_running_calls() {
         l.worker(WorkerId(0)).unwrap().session_closes(),
         vec![id.to_string()]
     );
-    assert!(sessions.is_empty().await);
+    assert!(sessions.is_empty().await.unwrap());
 }
 
 // ---------------------------------------------------------------------------
@@ -697,7 +705,7 @@ async fn close_of_a_session_with_a_call_that_never_ends_is_bounded_by_the_drain_
         l.worker(WorkerId(0)).unwrap().session_closes(),
         vec![id.to_string()]
     );
-    assert!(sessions.is_empty().await);
+    assert!(sessions.is_empty().await.unwrap());
     stuck.abort();
 }
 
@@ -792,42 +800,51 @@ impl CountingStore {
 
 #[async_trait::async_trait]
 impl SessionStore for CountingStore {
-    async fn get(&self, session: &SessionId) -> Option<Binding> {
+    async fn get(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
         self.inner.get(session).await
     }
-    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> Binding {
+    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
         self.inner.bind_if_absent(session, binding).await
     }
-    async fn touch(&self, session: &SessionId, at: Instant) {
-        self.inner.touch(session, at).await
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+        self.inner.touch(session, at, start).await
     }
-    async fn remove_if_bound_to(&self, session: &SessionId, worker: WorkerId) -> Option<Binding> {
-        self.inner.remove_if_bound_to(session, worker).await
+    async fn remove_if(
+        &self,
+        session: &SessionId,
+        worker: &WorkerAddress,
+        last_used: Option<UnixMillis>,
+    ) -> StoreResult<Option<Binding>> {
+        self.inner.remove_if(session, worker, last_used).await
     }
-    async fn remove(&self, session: &SessionId) -> Option<Binding> {
+    async fn remove(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
         self.inner.remove(session).await
     }
-    async fn list(&self) -> Vec<(SessionId, Binding)> {
-        let all = self.inner.list().await;
+    async fn list(&self) -> StoreResult<Vec<(SessionId, Binding)>> {
+        let all = self.inner.list().await?;
         self.saw(all.len());
-        all
+        Ok(all)
     }
-    async fn len(&self) -> usize {
+    async fn len(&self) -> StoreResult<usize> {
         self.inner.len().await
     }
-    async fn sessions_per_worker(&self) -> std::collections::HashMap<WorkerId, usize> {
-        let counts = self.inner.sessions_per_worker().await;
+    async fn len_owned_by(&self, owner: &str) -> StoreResult<usize> {
+        self.inner.len_owned_by(owner).await
+    }
+    async fn sessions_per_worker(&self) -> StoreResult<std::collections::HashMap<WorkerAddress, usize>> {
+        let counts = self.inner.sessions_per_worker().await?;
         self.saw(counts.len());
-        counts
+        Ok(counts)
     }
     async fn least_recently_used(
         &self,
+        owner: Option<&str>,
         after: Option<LruPosition>,
         limit: usize,
-    ) -> Vec<(SessionId, Binding)> {
-        let page = self.inner.least_recently_used(after, limit).await;
+    ) -> StoreResult<Vec<(SessionId, Binding)>> {
+        let page = self.inner.least_recently_used(owner, after, limit).await?;
         self.saw(page.len());
-        page
+        Ok(page)
     }
 }
 
@@ -850,8 +867,8 @@ async fn binding_and_evicting_do_not_visit_every_session() {
         per_bind <= 16.0,
         "a bind visited {per_bind} bindings on average with 1,000 bound"
     );
-    assert_eq!(sessions.len().await, 1_000);
-    let per_worker = sessions.sessions_per_worker().await;
+    assert_eq!(sessions.len().await.unwrap(), 1_000);
+    let per_worker = sessions.sessions_per_worker().await.unwrap();
     assert!(per_worker.values().all(|n| *n == 250), "{per_worker:?}");
 }
 
@@ -865,7 +882,7 @@ async fn bind_binds_without_a_call_and_the_first_call_runs_there() {
         workers.push(sessions.bind(id).await.unwrap());
     }
     assert!(l.all_calls().is_empty(), "binding sends no call");
-    let per_worker = sessions.sessions_per_worker().await;
+    let per_worker = sessions.sessions_per_worker().await.unwrap();
     assert!(per_worker.values().all(|n| *n == 2), "{per_worker:?}");
     for (id, worker) in ids.iter().zip(&workers) {
         assert_eq!(sessions.bind(id).await.unwrap(), *worker, "bound once");
@@ -924,8 +941,8 @@ async fn expiry_pages_through_many_idle_sessions_and_keeps_the_recent_ones() {
     let recent = SessionId::new();
     count(&sessions, &recent).await.unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(sessions.len().await, 1, "the 300 idle sessions expired");
-    assert!(sessions.binding(&recent).await.is_some());
+    assert_eq!(sessions.len().await.unwrap(), 1, "the 300 idle sessions expired");
+    assert!(sessions.binding(&recent).await.unwrap().is_some());
     let closes: usize = l.workers().iter().map(|w| w.session_closes().len()).sum();
     assert_eq!(closes, 300);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portpool_transport::{
-    Hello, HelloCause, LaunchError, Launcher, Value, Worker, WorkerExit, WorkerId, WorkerInfo,
+    Hello, HelloCause, LaunchError, Launcher, Value, Worker, WorkerAddress, WorkerExit, WorkerId, WorkerInfo,
 };
 use tokio::sync::watch;
 use tokio::time::sleep;
@@ -17,7 +17,7 @@ use tokio::time::sleep;
 use crate::handler::{CallContext, Handler, HandlerResult, Handlers};
 use crate::record::{FakeEvent, ReceivedCall};
 use crate::script::{LaunchPlan, WorkerScript};
-use crate::worker::{FakeWorker, FakeWorkerHandle};
+use crate::worker::{FakeWorker, FakeWorkerHandle, SessionStates};
 use crate::{lock, EventRecorder, Recorded};
 
 type ScriptFn = dyn Fn(u64) -> WorkerScript + Send + Sync;
@@ -29,6 +29,7 @@ struct Config {
     init_timeout: Option<Duration>,
     script: Option<Arc<ScriptFn>>,
     scripts_by_id: HashMap<WorkerId, WorkerScript>,
+    fleet: Option<FakeFleet>,
 }
 
 #[derive(Default)]
@@ -123,6 +124,7 @@ impl FakeLauncher {
                     init_timeout: Some(portpool_transport::DEFAULT_INIT_TIMEOUT),
                     script: None,
                     scripts_by_id: HashMap::new(),
+                    fleet: None,
                 }),
                 state: Mutex::new(State::default()),
                 events: EventRecorder::new(),
@@ -228,6 +230,16 @@ impl FakeLauncher {
         })
     }
 
+    /// Makes the workers this launcher launches members of `fleet`: worker
+    /// `id` is the fleet's worker `id`, with the fleet's address for it
+    /// and its per-session state, as seen by every launcher of the fleet.
+    /// So two pools (two front ends) over two launchers of one fleet reach
+    /// "the same remote workers".
+    pub fn fleet(self, fleet: &FakeFleet) -> Self {
+        let fleet = fleet.clone();
+        self.configure(|c| c.fleet = Some(fleet))
+    }
+
     // ----- launching -----
 
     /// Launches a worker and returns it as its concrete type (the
@@ -242,7 +254,7 @@ impl FakeLauncher {
             .events
             .record(FakeEvent::LaunchStarted { worker: id, n });
         self.bump();
-        let (script, handlers, max_concurrency, launch_delay, init_timeout) = {
+        let (script, handlers, max_concurrency, launch_delay, init_timeout, fleet) = {
             let config = lock(&self.inner.config);
             let script = match config.scripts_by_id.get(&id) {
                 Some(script) => script.clone(),
@@ -254,6 +266,7 @@ impl FakeLauncher {
                 config.max_concurrency,
                 config.launch_delay,
                 config.init_timeout,
+                config.fleet.clone(),
             )
         };
         let delay = script.launch_delay.unwrap_or(launch_delay);
@@ -322,8 +335,15 @@ impl FakeLauncher {
             capabilities: vec!["stream".into(), "cancel".into(), "session".into()],
             instance: None,
         };
-        let info = WorkerInfo::local(id, script.pid, hello, max_concurrency as usize);
-        let worker = FakeWorker::start(info, script, handlers, self.inner.events.clone());
+        let mut info = WorkerInfo::local(id, script.pid, hello, max_concurrency as usize);
+        let sessions = match &fleet {
+            Some(fleet) => {
+                info.address = fleet.address(id);
+                fleet.sessions(id)
+            }
+            None => SessionStates::default(),
+        };
+        let worker = FakeWorker::start(info, script, handlers, self.inner.events.clone(), sessions);
         {
             let mut st = lock(&self.inner.state);
             st.workers.push(worker.handle());
@@ -427,5 +447,88 @@ impl FakeLauncher {
 impl Launcher for FakeLauncher {
     async fn launch(&self, id: WorkerId) -> Result<Box<dyn Worker>, LaunchError> {
         Ok(Box::new(self.launch_fake(id).await?))
+    }
+}
+
+/// A set of "remote workers" that several [`FakeLauncher`]s serve, as
+/// several front ends connected to the same worker processes would:
+/// worker `id` of every launcher joined with [`FakeLauncher::fleet`] has
+/// the same [`WorkerAddress`] (`tcp://fleet-NAME:ID#1`, never a local
+/// one) and the same per-session state. For tests of sessions shared by
+/// several front ends.
+///
+/// ```
+/// use portpool_testkit::{CallContext, FakeFleet, FakeLauncher};
+/// use portpool_transport::{CallRequest, Launcher, Value, WorkerId};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let fleet = FakeFleet::new();
+/// let front_end = |fleet: &FakeFleet| {
+///     FakeLauncher::new().fleet(fleet).handler_ctx("count", |ctx: CallContext, _| {
+///         let n = ctx.session_state().and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+///         ctx.set_session_state(Value::from(n));
+///         Ok(Value::from(n))
+///     })
+/// };
+/// let (a, b) = (front_end(&fleet), front_end(&fleet));
+/// let on_a = a.launch(WorkerId(3)).await.unwrap();
+/// let on_b = b.launch(WorkerId(3)).await.unwrap();
+/// assert_eq!(on_a.info().address, on_b.info().address);
+/// let call = || CallRequest::new("count", Value::Nil).with_session("s1");
+/// assert_eq!(on_a.call(call()).await.unwrap(), Value::from(1));
+/// assert_eq!(on_b.call(call()).await.unwrap(), Value::from(2), "the same state");
+/// assert_eq!(fleet.session_state(WorkerId(3), "s1"), Some(Value::from(2)));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct FakeFleet {
+    inner: Arc<FleetInner>,
+}
+
+struct FleetInner {
+    name: String,
+    sessions: Mutex<HashMap<WorkerId, SessionStates>>,
+}
+
+impl fmt::Debug for FakeFleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeFleet")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FakeFleet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeFleet {
+    /// A fleet with a name of its own (so two fleets never share an address).
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        FakeFleet {
+            inner: Arc::new(FleetInner {
+                name: format!("{}-{n}", std::process::id()),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The address of the fleet's worker `id`.
+    pub fn address(&self, id: WorkerId) -> WorkerAddress {
+        WorkerAddress::remote(&format!("fleet-{}:{}", self.inner.name, id.0), "1")
+    }
+
+    /// The state the fleet's worker `id` keeps for `session`.
+    pub fn session_state(&self, id: WorkerId, session: &str) -> Option<Value> {
+        lock(&self.sessions(id)).get(session).cloned()
+    }
+
+    fn sessions(&self, id: WorkerId) -> SessionStates {
+        lock(&self.inner.sessions).entry(id).or_default().clone()
     }
 }

@@ -29,6 +29,12 @@
 //! - With the `pool` feature: `fake_pool`, a ready pool of fakes in one
 //!   line, `fake_pool_builder` to set more on it first, and `spawn_call`, a
 //!   pool call in a task of its own.
+//! - [`FakeFleet`]: "the same remote workers" served by several fake
+//!   launchers (same addresses, shared per-session state), for tests of
+//!   several front ends sharing sessions.
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port,
+//!   killed on drop (skipped with a notice where it is not installed,
+//!   except under CI).
 //! - [`process_gone`] / [`wait_process_gone`]: orphan checks through `/proc`
 //!   for tests about real processes.
 //!
@@ -111,6 +117,7 @@ mod pool;
 mod procs;
 mod python_env;
 mod record;
+mod redis_server;
 mod script;
 mod spawn;
 mod worker;
@@ -121,7 +128,7 @@ pub use fake_bin::{
     FAKE_WORKER_NO_BUILD_ENV, FAKE_WORKER_TARGET_DIR,
 };
 pub use handler::{remote_error, CallContext, HandlerResult};
-pub use launcher::{FakeLauncher, LaunchRecord};
+pub use launcher::{FakeFleet, FakeLauncher, LaunchRecord};
 pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
 pub use pool::{fake_pool, fake_pool_builder, spawn_call};
@@ -131,6 +138,7 @@ pub use procs::{
 };
 pub use python_env::runtime_python;
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};
+pub use redis_server::{redis_server_path, RedisServer, RedisServerError, REDIS_SERVER_ENV};
 pub use script::{Fault, WorkerScript};
 pub use spawn::spawn_with;
 pub use worker::{FakeWorker, FakeWorkerHandle};

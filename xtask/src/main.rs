@@ -1,6 +1,8 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! - `setup`: create `.venv` and install the Python runtime (`python/`) into it.
+//! - `setup`: create `.venv` and install the Python runtime (`python/`) into
+//!   it; install `redis-server` (Debian package) when it is not on `PATH`,
+//!   for the session crate's `RedisStore` tests.
 //! - `ci`: every check CI runs, with a summary; non-zero exit on any failure.
 //! - `demo`: `setup`, then `portpool demo` (release build): a mixed workload
 //!   over `examples/demo_app.py` with a worker killed mid-run, and a report.
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod dspy;
+mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -33,7 +36,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup(&root).and_then(|_| dspy::setup(&root)).map(|_| ()),
+        Some("setup") => setup(&root)
+            .and_then(|_| dspy::setup(&root))
+            .and_then(|_| redis::setup()),
         Some("ci") => ci(&root),
         Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
         Some("chaos") => chaos(&root, &args[1..]),
@@ -413,6 +418,9 @@ fn ci(root: &Path) -> Result<(), String> {
     });
     let python = python.unwrap_or_else(|| venv_python(root));
     step("dspy setup", &mut || dspy::ci_setup(root));
+    // The session crate's RedisStore tests start their own redis-server;
+    // under CI they fail (rather than skip) when it is missing.
+    step("redis setup", &mut redis::setup);
 
     step("guarantees", &mut || check_guarantees(root));
     step("cargo fmt", &mut || {

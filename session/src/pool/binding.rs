@@ -4,8 +4,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use portpool_pool::WorkerId;
-use tokio::time::Instant;
+use portpool_pool::{WorkerAddress, WorkerId};
 
 use super::activity::ClosingGuard;
 use super::{Inner, SessionPool};
@@ -13,6 +12,9 @@ use crate::{Binding, LruPosition, OnLost, SessionError, SessionId};
 
 /// Sessions fetched at a time when looking for one to evict.
 const EVICT_PAGE: usize = 8;
+/// The most sessions one bind evicts (when this front end owns more than
+/// `max_sessions`, after taking sessions over from other front ends).
+const MAX_EVICTIONS_PER_BIND: usize = 4;
 /// Sessions fetched at first when looking for idle ones to expire; each
 /// further page is twice as large (up to [`EXPIRE_PAGE_MAX`]), so a store
 /// using the default, list-based `least_recently_used` is listed O(log n)
@@ -22,18 +24,56 @@ const EXPIRE_PAGE: usize = 64;
 const EXPIRE_PAGE_MAX: usize = 8_192;
 
 impl SessionPool {
-    /// The session's worker, binding it first if needed; reports a lost
-    /// worker once (or rebinds, by configuration).
-    pub(super) async fn bound_worker(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+    /// The session's worker (and its address), binding it first if needed;
+    /// reports a lost worker once (or rebinds, by configuration). A
+    /// binding to an address this pool has no worker at is a lost worker.
+    pub(super) async fn bound_worker(
+        &self,
+        session: &SessionId,
+    ) -> Result<(WorkerId, WorkerAddress), SessionError> {
         let inner = &self.inner;
-        if let Some(binding) = inner.store.get(session).await {
-            if inner.port.is_serving(binding.worker) {
-                return Ok(binding.worker);
+        let found = inner
+            .store_op(Some(session), "get", inner.store.get(session))
+            .await?;
+        self.bound_worker_from(session, found).await
+    }
+
+    /// [`bound_worker`](Self::bound_worker) from the binding just read.
+    pub(super) async fn bound_worker_from(
+        &self,
+        session: &SessionId,
+        found: Option<Binding>,
+    ) -> Result<(WorkerId, WorkerAddress), SessionError> {
+        if let Some(binding) = found {
+            if let Some(worker) = self.resolve(session, binding).await? {
+                return Ok(worker);
             }
-            self.lost(session, binding.worker, "is no longer in the pool".into())
-                .await?;
         }
         self.bind_new(session).await
+    }
+
+    /// Maps a binding to this pool's worker; `None` (after handling it as
+    /// lost) when this pool has none at its address.
+    async fn resolve(
+        &self,
+        session: &SessionId,
+        binding: Binding,
+    ) -> Result<Option<(WorkerId, WorkerAddress)>, SessionError> {
+        match self.inner.port.worker_at(&binding.worker) {
+            Some(worker) => Ok(Some((worker, binding.worker))),
+            None => {
+                let ours = own_local_worker(&binding.worker);
+                let reason = match (ours, binding.worker.is_local()) {
+                    (Some(_), _) => "is no longer in the pool",
+                    (None, true) => "is a local worker of another front end",
+                    (None, false) => {
+                        "is not reachable from this front end (not connected, or its process restarted)"
+                    }
+                };
+                self.lost(session, &binding.worker, ours, reason.into()).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// The bound worker is gone. Exactly one caller gets `SessionLost` (in
@@ -41,20 +81,29 @@ impl SessionPool {
     pub(super) async fn lost(
         &self,
         session: &SessionId,
-        worker: WorkerId,
+        address: &WorkerAddress,
+        worker: Option<WorkerId>,
         reason: String,
     ) -> Result<(), SessionError> {
-        let removed = self.inner.store.remove_if_bound_to(session, worker).await;
+        let inner = &self.inner;
+        let removed = inner
+            .store_op(
+                Some(session),
+                "remove_if",
+                inner.store.remove_if(session, address, None),
+            )
+            .await?;
         if removed.is_none() {
             return Ok(());
         }
-        self.inner.unpin(worker);
-        metrics::counter!("portpool_sessions_lost_total", "pool" => self.inner.name()).increment(1);
-        tracing::info!(%session, %worker, "session lost: worker {reason}");
-        match self.inner.config.on_lost {
+        inner.unpin(session);
+        metrics::counter!("portpool_sessions_lost_total", "pool" => inner.name()).increment(1);
+        tracing::info!(%session, %address, "session lost: worker {reason}");
+        match inner.config.on_lost {
             OnLost::Report => Err(SessionError::SessionLost {
                 session: session.to_string(),
                 worker,
+                address: address.clone(),
                 reason,
             }),
             OnLost::Rebind => Ok(()),
@@ -62,18 +111,40 @@ impl SessionPool {
     }
 
     /// Binds a session that has no binding: to the ready worker with the
-    /// fewest sessions, evicting the least recently used idle session when
-    /// `max_sessions` are bound. O(log n) in the number of sessions (with
-    /// [`MemoryStore`](crate::MemoryStore)): no step lists the bindings.
-    pub(super) async fn bind_new(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
+    /// fewest sessions (store-wide), evicting the least recently used idle
+    /// session this front end owns when it owns `max_sessions`. O(log n) in
+    /// the number of sessions (with [`MemoryStore`](crate::MemoryStore)):
+    /// no step lists the bindings.
+    pub(super) async fn bind_new(
+        &self,
+        session: &SessionId,
+    ) -> Result<(WorkerId, WorkerAddress), SessionError> {
         let inner = &self.inner;
         let _serial = inner.bind_lock.lock().await;
-        if let Some(binding) = inner.store.get(session).await {
-            // Bound by a concurrent first call while we waited.
-            return Ok(binding.worker);
+        let some = Some(session);
+        if let Some(binding) = inner.store_op(some, "get", inner.store.get(session)).await? {
+            // Bound by a concurrent first call (here or on another front
+            // end) while we waited.
+            if let Some(worker) = self.resolve(session, binding).await? {
+                return Ok(worker);
+            }
         }
-        if inner.store.len().await >= inner.config.max_sessions {
-            self.evict_one().await?;
+        let owned = inner
+            .store_op(some, "len_owned_by", inner.store.len_owned_by(&inner.front_end))
+            .await?;
+        // Sessions taken over from other front ends (by calling them) count
+        // from then on, so this front end may own more than max_sessions:
+        // evict down to the limit, a few at a time (each bind makes up for
+        // more than it adds, and stays O(log n)).
+        // The first eviction makes room for this session (no idle session
+        // to evict: `TooManySessions`); the others are best effort.
+        let excess = (owned + 1).saturating_sub(inner.config.max_sessions);
+        for n in 0..excess.min(MAX_EVICTIONS_PER_BIND) {
+            match self.evict_one().await {
+                Ok(()) => {}
+                Err(SessionError::TooManySessions { .. }) if n > 0 => break,
+                Err(e) => return Err(e),
+            }
         }
         let mut ready = inner.port.ready_workers();
         if ready.is_empty() {
@@ -87,77 +158,102 @@ impl SessionPool {
             inner.port.ensure_open()?;
             ready = inner.port.ready_workers();
         }
-        let counts = inner.store.sessions_per_worker().await;
-        let worker = ready
+        let counts = inner
+            .store_op(some, "sessions_per_worker", inner.store.sessions_per_worker())
+            .await?;
+        let (worker, address) = ready
             .iter()
-            .copied()
-            .min_by_key(|w| (counts.get(w).copied().unwrap_or(0), *w))
+            .filter_map(|w| inner.port.address(*w).map(|a| (*w, a)))
+            .min_by_key(|(w, a)| (counts.get(a).copied().unwrap_or(0), *w))
             .ok_or_else(|| SessionError::NoWorker {
                 session: session.to_string(),
             })?;
+        let proposed = Binding::new(address.clone(), inner.front_end.clone(), inner.now());
         let binding = inner
-            .store
-            .bind_if_absent(session, Binding::new(worker, Instant::now()))
-            .await;
-        if binding.worker == worker {
-            inner.pin(worker);
+            .store_op(
+                some,
+                "bind_if_absent",
+                inner.store.bind_if_absent(session, proposed),
+            )
+            .await?;
+        if binding.worker == address {
+            inner.pin(session, worker);
+        } else if let Some(found) = self.resolve(session, binding).await? {
+            return Ok(found); // another front end won the bind
         }
-        metrics::gauge!("portpool_sessions", "pool" => inner.name()).set(inner.store.len().await as f64);
-        Ok(binding.worker)
+        inner.update_gauge().await;
+        Ok((worker, address))
     }
 
     /// Makes room for one more session: closes the least recently used
-    /// session that has no call running.
+    /// session this front end owns that has no call running.
     ///
-    /// Pages through the store's least-recently-used order, so the cost is
-    /// O(log n) plus the sessions with a call running that are older than
-    /// the victim, never a scan of every session.
+    /// Pages through the store's least-recently-used order of this front
+    /// end's sessions, so the cost is O(log n) plus the sessions with a
+    /// call running that are older than the victim, never a scan of every
+    /// session. The removal is a compare-and-delete on the `last_used` read:
+    /// a session used meanwhile (on any front end) stays.
     pub(super) async fn evict_one(&self) -> Result<(), SessionError> {
+        let inner = &self.inner;
         let mut after: Option<LruPosition> = None;
         let (victim, binding, _closing) = 'search: loop {
-            let page = self
-                .inner
-                .store
-                .least_recently_used(after.take(), EVICT_PAGE)
-                .await;
+            let page = inner
+                .store_op(
+                    None,
+                    "least_recently_used",
+                    inner
+                        .store
+                        .least_recently_used(Some(&inner.front_end), after.take(), EVICT_PAGE),
+                )
+                .await?;
             let last_page = page.len() < EVICT_PAGE;
             for (id, b) in page {
-                if let Some(guard) = ClosingGuard::begin(&self.inner, &id) {
+                if let Some(guard) = ClosingGuard::begin(inner, &id) {
                     break 'search (id, b, guard);
                 }
                 after = Some((b.last_used, id));
             }
             if last_page || after.is_none() {
                 return Err(SessionError::TooManySessions {
-                    max: self.inner.config.max_sessions,
+                    max: inner.config.max_sessions,
                 });
             }
         };
-        if self
-            .inner
-            .store
-            .remove_if_bound_to(&victim, binding.worker)
-            .await
-            .is_some()
-        {
-            metrics::counter!("portpool_sessions_evicted_total", "pool" => self.inner.name()).increment(1);
-            self.release(&victim, binding.worker, "evicted").await;
+        let removed = inner
+            .store_op(
+                Some(&victim),
+                "remove_if",
+                inner
+                    .store
+                    .remove_if(&victim, &binding.worker, Some(binding.last_used)),
+            )
+            .await?;
+        if removed.is_some() {
+            metrics::counter!("portpool_sessions_evicted_total", "pool" => inner.name()).increment(1);
+            self.release(&victim, &binding.worker, "evicted").await;
         }
         Ok(())
     }
 
     /// The binding is gone: tell the worker and let the pool recycle it.
-    pub(super) async fn release(&self, session: &SessionId, worker: WorkerId, why: &str) {
-        tracing::debug!(%session, %worker, "session {why}");
-        self.inner.unpin(worker);
-        metrics::gauge!("portpool_sessions", "pool" => self.inner.name())
-            .set(self.inner.store.len().await as f64);
-        if self.inner.port.is_serving(worker) {
-            if let Err(e) = self.inner.port.close_session(worker, session.as_str()).await {
+    pub(super) async fn release(&self, session: &SessionId, address: &WorkerAddress, why: &str) {
+        tracing::debug!(%session, %address, "session {why}");
+        let inner = &self.inner;
+        inner.unpin(session);
+        inner.update_gauge().await;
+        if let Some(worker) = inner.port.worker_at(address) {
+            if let Err(e) = inner.port.close_session(worker, session.as_str()).await {
                 tracing::debug!(%session, %worker, error = %e, "session_close not delivered");
             }
         }
     }
+}
+
+/// The id of `address` if it names a local worker of this process (one of
+/// ours, gone now or not).
+fn own_local_worker(address: &WorkerAddress) -> Option<WorkerId> {
+    let id = address.as_str().rsplit_once('/')?.1.parse::<u64>().ok()?;
+    (WorkerAddress::local(WorkerId(id)) == *address).then_some(WorkerId(id))
 }
 
 /// Expires idle sessions every `ttl / 4` (at least 100 ms), until the
@@ -175,22 +271,43 @@ pub(super) async fn sweep(inner: Weak<Inner>, ttl: Duration) {
 }
 
 impl SessionPool {
-    /// Closes the sessions idle for `ttl`, oldest first, paging through the
-    /// store's least-recently-used order up to the first session in use.
+    /// Closes the sessions idle (store-wide) for `ttl` that this front end
+    /// owns, and those idle for twice `ttl` that another front end owns,
+    /// oldest first, paging through the store's least-recently-used order
+    /// up to the first session used within `ttl`. A store error ends the
+    /// sweep (the next one tries again).
     async fn expire_idle(&self, ttl: Duration) {
-        let now = Instant::now();
+        let inner = &self.inner;
+        let now = inner.now();
         let mut after: Option<LruPosition> = None;
         let mut size = EXPIRE_PAGE;
         loop {
-            let page = self.inner.store.least_recently_used(after.take(), size).await;
+            let Ok(page) = inner
+                .store_op(
+                    None,
+                    "least_recently_used",
+                    inner.store.least_recently_used(None, after.take(), size),
+                )
+                .await
+            else {
+                return;
+            };
             let last_page = page.len() < size;
             size = (size * 2).min(EXPIRE_PAGE_MAX);
             for (session, binding) in page {
-                if now.duration_since(binding.last_used) < ttl {
+                let idle = now.since(binding.last_used);
+                if idle < ttl {
                     return; // every later one was used more recently
                 }
                 after = Some((binding.last_used, session.clone()));
-                self.expire(&session, binding, now, ttl).await;
+                let limit = if binding.owner == inner.front_end {
+                    ttl
+                } else {
+                    ttl * 2
+                };
+                if idle >= limit && self.expire(&session, binding).await.is_err() {
+                    return;
+                }
             }
             if last_page {
                 return;
@@ -198,27 +315,28 @@ impl SessionPool {
         }
     }
 
-    /// Expires one session found idle, unless a call of it runs or it was
-    /// used since it was found.
-    async fn expire(&self, session: &SessionId, binding: Binding, now: Instant, ttl: Duration) {
+    /// Expires one session found idle, unless a call of it runs here or it
+    /// was used (on any front end) since it was found: a compare-and-delete
+    /// on its `last_used`.
+    async fn expire(&self, session: &SessionId, binding: Binding) -> Result<(), SessionError> {
         // Not while a call of it runs; calls that start meanwhile wait.
         let Some(_closing) = ClosingGuard::begin(&self.inner, session) else {
-            return;
+            return Ok(());
         };
-        // Used since the listing? Then it is not idle.
-        match self.inner.store.get(session).await {
-            Some(current) if now.duration_since(current.last_used) >= ttl => {}
-            _ => return,
-        }
-        if self
+        let removed = self
             .inner
-            .store
-            .remove_if_bound_to(session, binding.worker)
-            .await
-            .is_some()
-        {
+            .store_op(
+                Some(session),
+                "remove_if",
+                self.inner
+                    .store
+                    .remove_if(session, &binding.worker, Some(binding.last_used)),
+            )
+            .await?;
+        if removed.is_some() {
             metrics::counter!("portpool_sessions_expired_total", "pool" => self.inner.name()).increment(1);
-            self.release(session, binding.worker, "expired").await;
+            self.release(session, &binding.worker, "expired").await;
         }
+        Ok(())
     }
 }

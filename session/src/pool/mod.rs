@@ -14,6 +14,7 @@ mod binding;
 mod cleanup;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use portpool_pool::{
@@ -26,7 +27,11 @@ use tokio::time::Instant;
 use self::activity::{Activity, ClosingGuard};
 use self::binding::sweep;
 use self::cleanup::CloseOnDrop;
-use crate::{Affinity, Binding, MemoryStore, OnLost, SessionConfig, SessionError, SessionId, SessionStore};
+use crate::store::StoreResult;
+use crate::{
+    Affinity, Binding, MemoryStore, OnLost, SessionConfig, SessionError, SessionId, SessionStore, StoreError,
+    UnixMillis,
+};
 
 /// Session affinity over a [`Pool`]: each session binds to one worker on
 /// first use, and its calls go there, so state the handler keeps in
@@ -35,10 +40,40 @@ use crate::{Affinity, Binding, MemoryStore, OnLost, SessionConfig, SessionError,
 /// A cheap, cloneable handle. Each session it binds pins its worker (the
 /// pool defers recycling it, up to the drain time-out) until the session is
 /// closed, expired, evicted or lost. Dropping the last handle releases
-/// every pin at once, and (inside a tokio runtime, in a background task)
-/// closes every session of its store: each worker is told to drop the
-/// state, and the binding is removed. So a store passed to
-/// [`SessionPool::with_store`] belongs to one session pool at a time.
+/// every pin at once. Over a private store (such as [`MemoryStore`]) it
+/// also (inside a tokio runtime, in a background task) closes every
+/// session of the store: each worker is told to drop the state, and the
+/// binding is removed; so a private store belongs to one session pool at a
+/// time. Over a shared store ([`SessionStore::is_shared`], such as
+/// `RedisStore`) it closes nothing: other front ends may go on with those
+/// sessions, and idle expiry removes them once no front end uses them.
+///
+/// Bindings name workers by [`WorkerAddress`](portpool_pool::WorkerAddress);
+/// each call maps the address to this pool's worker with
+/// [`AffinityPort::worker_at`]. An address this pool has no worker for (a
+/// local worker of another front end, a remote worker this front end is
+/// not connected to, a remote worker process that restarted) is a lost
+/// worker, handled by [`OnLost`]: a session is never routed to a worker
+/// that does not hold its state.
+///
+/// # Several front ends sharing a store
+///
+/// Every session has an owner: the front end that bound it, then the last
+/// one to start a call of it (`touch` moves the ownership). Then:
+/// - `max_sessions` counts, and eviction picks among, only the sessions
+///   this front end owns, least recently used first; the eviction is a
+///   compare-and-delete on the `last_used` it read, so a session used
+///   meanwhile (on any front end) is not evicted. A session another front
+///   end is using is owned by that front end: it is never evicted here.
+/// - `last_used` is store-wide. A front end expires a session it owns once
+///   idle for `idle_ttl` (and no call of it runs here); a session owned by
+///   another front end only once idle for twice `idle_ttl` (its owner may
+///   have a long call running; this reclaims the sessions of front ends
+///   that went away). Both are compare-and-delete on `last_used`.
+/// - Dropping a session pool over a shared store closes none of its
+///   sessions (see above).
+/// - Times are wall-clock milliseconds ([`UnixMillis`]): keep the front
+///   ends' clocks in sync to well within `idle_ttl`.
 #[derive(Clone)]
 pub struct SessionPool {
     inner: Arc<Inner>,
@@ -63,9 +98,14 @@ struct Inner {
     active: Mutex<HashMap<SessionId, Activity>>,
     /// Signalled when a session's last running call ends or a close ends.
     activity_changed: tokio::sync::Notify,
-    /// The pins this session pool holds, per worker (one per session it
-    /// bound); released when the session goes, or all at once on drop.
-    pins: Mutex<HashMap<WorkerId, usize>>,
+    /// The pins this session pool holds: the worker of each session it
+    /// bound; released when the session goes, or all at once on drop.
+    pins: Mutex<HashMap<SessionId, WorkerId>>,
+    /// This front end's name in the bindings (their `owner`).
+    front_end: String,
+    /// The wall clock when the session pool was created, and the tokio
+    /// time then: `now` is the first advanced by the second's elapsed.
+    clock: (UnixMillis, Instant),
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -83,8 +123,44 @@ impl Inner {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pins(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, usize>> {
+    fn pins(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, WorkerId>> {
         self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The time bindings record: the wall clock read at creation, advanced
+    /// by tokio's monotonic clock (so paused-time tests move it).
+    fn now(&self) -> UnixMillis {
+        self.clock.0.plus(self.clock.1.elapsed())
+    }
+
+    /// Runs one store operation, bounded by `store_timeout`; a failure is
+    /// [`SessionError::Store`] naming `session`.
+    async fn store_op<T>(
+        &self,
+        session: Option<&SessionId>,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, SessionError> {
+        let limit = self.config.store_timeout;
+        let error = match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => StoreError::timeout(op, limit),
+        };
+        metrics::counter!("portpool_session_store_errors_total", "pool" => self.name(), "op" => op)
+            .increment(1);
+        tracing::warn!(session = ?session.map(SessionId::as_str), %error, "session store failed");
+        Err(SessionError::Store {
+            session: session.map(|s| s.to_string()),
+            error,
+        })
+    }
+
+    /// Updates the sessions gauge (best effort: a store error is ignored).
+    async fn update_gauge(&self) {
+        if let Ok(Ok(n)) = tokio::time::timeout(self.config.store_timeout, self.store.len()).await {
+            metrics::gauge!("portpool_sessions", "pool" => self.name()).set(n as f64);
+        }
     }
 
     /// The pool's name (the `pool` label of the session metrics).
@@ -92,25 +168,22 @@ impl Inner {
         self.pool.config().name.clone()
     }
 
-    /// Pins `worker` for a session this session pool bound.
-    fn pin(&self, worker: WorkerId) {
+    /// Pins `worker` for `session`, which this session pool bound to it.
+    fn pin(&self, session: &SessionId, worker: WorkerId) {
         if self.port.pin(worker) {
-            *self.pins().entry(worker).or_insert(0) += 1;
+            let old = self.pins().insert(session.clone(), worker);
+            if let Some(old) = old {
+                self.port.unpin(old);
+            }
         }
     }
 
-    /// Releases one pin of `worker`, if this session pool holds one.
-    fn unpin(&self, worker: WorkerId) {
-        let mut pins = self.pins();
-        let Some(n) = pins.get_mut(&worker) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            pins.remove(&worker);
+    /// Releases the pin of `session`, if this session pool holds one.
+    fn unpin(&self, session: &SessionId) {
+        let pinned = self.pins().remove(session);
+        if let Some(worker) = pinned {
+            self.port.unpin(worker);
         }
-        drop(pins);
-        self.port.unpin(worker);
     }
 }
 
@@ -122,7 +195,12 @@ impl SessionPool {
         Self::with_store(pool, config, Arc::new(MemoryStore::new()))
     }
 
-    /// Like [`SessionPool::new`] with a custom [`SessionStore`].
+    /// Like [`SessionPool::new`] with a custom [`SessionStore`]: a shared
+    /// one (`RedisStore`, feature `redis`) lets several front ends continue
+    /// each other's sessions; give each a distinct
+    /// [`SessionConfig::front_end`] name (see "Several front ends sharing a
+    /// store" above). A private store ([`SessionStore::is_shared`] false)
+    /// belongs to one session pool at a time.
     pub fn with_store(
         pool: Pool,
         config: SessionConfig,
@@ -137,7 +215,13 @@ impl SessionPool {
                     .into(),
             });
         }
+        let front_end = config
+            .front_end
+            .clone()
+            .unwrap_or_else(|| format!("fe-{:016x}", rand::random::<u64>()));
         let inner = Arc::new(Inner {
+            front_end,
+            clock: (UnixMillis::now(), Instant::now()),
             port: pool.affinity(),
             pool,
             store,
@@ -208,15 +292,25 @@ impl SessionPool {
         loop {
             // A closed pool is not a lost worker: say what really happened.
             inner.port.ensure_open()?;
-            let worker = self.bound_worker(session).await?;
+            // The call starts: the session is in use (store-wide), and this
+            // front end owns it from now on. Before the binding is read: an
+            // expiry or eviction elsewhere either saw this use (and keeps
+            // the session), or removed it first (and the call binds anew).
+            let found = inner
+                .store_op(
+                    Some(session),
+                    "start_use",
+                    inner.store.start_use(session, inner.now(), &inner.front_end),
+                )
+                .await?;
+            let (worker, address) = self.bound_worker_from(session, found).await?;
             let result = match inner.port.slot(worker, wait).await {
                 Ok(slot) => slot.call(request).await,
                 Err(PoolError::WorkerBusy { .. }) if affinity == Affinity::Hint => {
                     self.call_elsewhere(session, request).await
                 }
                 Err(gone @ PoolError::WorkerGone { .. }) => {
-                    inner.store.touch(session, Instant::now()).await;
-                    self.lost(session, worker, "is no longer in the pool".into())
+                    self.lost(session, &address, Some(worker), "is no longer in the pool".into())
                         .await?;
                     if std::mem::take(&mut retry) {
                         continue;
@@ -225,7 +319,11 @@ impl SessionPool {
                 }
                 Err(other) => Err(other),
             };
-            inner.store.touch(session, Instant::now()).await;
+            // The call ran: its outcome stands even if the store cannot
+            // record the use now (the next call reports the store).
+            if let Err(e) = self.touch_end(session).await {
+                tracing::debug!(%session, error = %e, "last use not recorded");
+            }
             return match result {
                 Ok(value) => Ok(value),
                 Err(PoolError::WorkerBusy { worker, .. }) => Err(SessionError::WorkerBusy {
@@ -234,7 +332,7 @@ impl SessionPool {
                 }),
                 Err(PoolError::Call(error @ CallError::WorkerCrashed { .. })) if error.worker() == worker => {
                     let reason = format!("crashed during the call: {error}");
-                    match self.lost(session, worker, reason).await {
+                    match self.lost(session, &address, Some(worker), reason).await {
                         Err(lost) => Err(lost),
                         Ok(()) => Err(SessionError::Pool(PoolError::Call(error))),
                     }
@@ -291,8 +389,12 @@ impl SessionPool {
     pub async fn close(&self, session: &SessionId) -> Result<(), SessionError> {
         let drain = self.inner.pool.config().drain_timeout;
         let _closing = ClosingGuard::wait_begin(&self.inner, session, drain).await;
-        if let Some(binding) = self.inner.store.remove(session).await {
-            self.release(session, binding.worker, "closed").await;
+        let removed = self
+            .inner
+            .store_op(Some(session), "remove", self.inner.store.remove(session))
+            .await?;
+        if let Some(binding) = removed {
+            self.release(session, &binding.worker, "closed").await;
         }
         Ok(())
     }
@@ -306,29 +408,80 @@ impl SessionPool {
     pub async fn bind(&self, session: &SessionId) -> Result<WorkerId, SessionError> {
         self.inner.port.ensure_open()?;
         let _active = self.activate(session).await;
-        self.bound_worker(session).await
+        Ok(self.bound_worker(session).await?.0)
     }
 
-    /// How many sessions are bound.
-    pub async fn len(&self) -> usize {
-        self.inner.store.len().await
+    /// This front end's name in the store's bindings (see
+    /// [`SessionConfig::front_end`]).
+    pub fn front_end(&self) -> &str {
+        &self.inner.front_end
     }
 
-    /// Whether no session is bound.
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
+    /// How many sessions are bound in the store (by every front end
+    /// sharing it).
+    pub async fn len(&self) -> Result<usize, SessionError> {
+        self.inner.store_op(None, "len", self.inner.store.len()).await
     }
 
-    /// Bound sessions per worker.
-    pub async fn sessions_per_worker(&self) -> HashMap<WorkerId, usize> {
-        let mut counts = self.inner.store.sessions_per_worker().await;
-        counts.retain(|_, n| *n > 0);
-        counts
+    /// How many sessions this front end owns: what `max_sessions` limits.
+    pub async fn owned_len(&self) -> Result<usize, SessionError> {
+        let owner = self.inner.front_end.as_str();
+        self.inner
+            .store_op(None, "len_owned_by", self.inner.store.len_owned_by(owner))
+            .await
     }
 
-    /// The worker `session` is bound to, if any.
-    pub async fn binding(&self, session: &SessionId) -> Option<Binding> {
-        self.inner.store.get(session).await
+    /// Whether no session is bound in the store.
+    pub async fn is_empty(&self) -> Result<bool, SessionError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Bound sessions per worker of this pool (sessions bound to workers
+    /// this pool has no connection to are left out).
+    pub async fn sessions_per_worker(&self) -> Result<HashMap<WorkerId, usize>, SessionError> {
+        let by_address = self
+            .inner
+            .store_op(
+                None,
+                "sessions_per_worker",
+                self.inner.store.sessions_per_worker(),
+            )
+            .await?;
+        let mut counts = HashMap::new();
+        for (address, n) in by_address {
+            if let (Some(worker), true) = (self.inner.port.worker_at(&address), n > 0) {
+                *counts.entry(worker).or_insert(0) += n;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The session's binding in the store, if it has one.
+    pub async fn binding(&self, session: &SessionId) -> Result<Option<Binding>, SessionError> {
+        self.inner
+            .store_op(Some(session), "get", self.inner.store.get(session))
+            .await
+    }
+
+    /// This pool's worker the session is bound to: `None` if the session
+    /// is not bound, or is bound to an address this pool has no worker at.
+    pub async fn worker_of(&self, session: &SessionId) -> Result<Option<WorkerId>, SessionError> {
+        Ok(self
+            .binding(session)
+            .await?
+            .and_then(|b| self.inner.port.worker_at(&b.worker)))
+    }
+
+    /// Records the end of a call of `session` now.
+    async fn touch_end(&self, session: &SessionId) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        inner
+            .store_op(
+                Some(session),
+                "touch",
+                inner.store.touch(session, inner.now(), None),
+            )
+            .await
     }
 }
 

@@ -25,6 +25,9 @@ use crate::record::FakeEvent;
 use crate::script::{Action, WorkerScript};
 use crate::{lock, EventRecorder};
 
+/// A worker's per-session state, by session id.
+pub(crate) type SessionStates = Arc<Mutex<std::collections::HashMap<String, Value>>>;
+
 /// An in-process [`Worker`] that runs Rust closures as its methods and
 /// follows a [`WorkerScript`]. Made by [`FakeLauncher`](crate::FakeLauncher).
 ///
@@ -47,12 +50,15 @@ impl fmt::Debug for FakeWorker {
 }
 
 impl FakeWorker {
-    /// Makes a ready worker and starts its `crash_at` timer, if any.
+    /// Makes a ready worker and starts its `crash_at` timer, if any. Its
+    /// per-session state is `sessions` (shared with the "same" worker of
+    /// another launcher, see [`FakeFleet`](crate::FakeFleet)).
     pub(crate) fn start(
         info: WorkerInfo,
         script: WorkerScript,
         handlers: Handlers,
         events: EventRecorder<FakeEvent>,
+        sessions: SessionStates,
     ) -> Self {
         let state = State {
             ignore_pings: script.ignore_pings,
@@ -66,7 +72,7 @@ impl FakeWorker {
             state: Mutex::new(state),
             changed: watch::Sender::new(0),
             events,
-            sessions: Arc::default(),
+            sessions,
         });
         if let Some(after) = shared.script.crash_at {
             let shared = Arc::clone(&shared);

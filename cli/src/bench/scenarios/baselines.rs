@@ -150,11 +150,9 @@ impl Bench {
             }
             batches.sort_by(f64::total_cmp);
             let us = batches[batches.len() / 2];
-            if sessions.len().await != size {
-                return Err(format!(
-                    "{} sessions bound, expected {size}",
-                    sessions.len().await
-                ));
+            let bound = sessions.len().await.map_err(|e| e.to_string())?;
+            if bound != size {
+                return Err(format!("{bound} sessions bound, expected {size}"));
             }
             println!(
                 "    {size:>7} sessions: {} per bind with eviction (median of 10 batches), {} per bind while filling",
