@@ -50,9 +50,12 @@
 //! # }
 //! ```
 
+mod conn;
 mod error;
 mod id;
 mod process;
+#[cfg(feature = "remote")]
+mod remote;
 mod worker;
 
 pub use error::{CallError, CrashCause, HelloCause, LaunchError};
@@ -61,6 +64,11 @@ pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
     find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT,
     DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,
+};
+#[cfg(feature = "remote")]
+pub use remote::{
+    RemoteWorker, TcpConfigError, TcpLauncher, TcpLauncherBuilder, TlsConfig, DEFAULT_ENDPOINT_BACKOFF,
+    DEFAULT_RESOLVE_EVERY,
 };
 pub use worker::{CallRequest, CallStream, Launcher, Worker, WorkerInfo};
 #[cfg(feature = "mock")]

@@ -1,6 +1,8 @@
-//! Writing frames to a worker's stdin: directly from the caller when the
-//! pipe is free (no task hop on the hot path), through a writer task when it
-//! is not. Frames never interleave and keep their order either way.
+//! Writing frames to a worker (its stdin, or a connection): directly from
+//! the caller when the pipe or socket is free (no task hop on the hot path),
+//! through a writer task when it is not (or when the stream cannot be
+//! written directly: TLS). Frames never interleave and keep their order
+//! either way.
 //!
 //! Under load a frame may be *corked*: when the worker is busy with other
 //! calls, a small request would only wait in the pipe, so it goes to the
@@ -9,14 +11,13 @@
 //! instead of one each.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
 pub(crate) struct FrameWriter {
@@ -25,6 +26,8 @@ pub(crate) struct FrameWriter {
     /// Set once a write failed (the worker closed its stdin, or died): what
     /// went wrong, for the reader to fail the worker with at once.
     failure: watch::Sender<Option<String>>,
+    /// What is written to, for messages: "its stdin", "the connection".
+    what: &'static str,
 }
 
 struct State {
@@ -42,11 +45,13 @@ struct State {
 }
 
 impl FrameWriter {
-    /// A writer for `stdin`, which [`FrameWriter::run`] then owns.
-    pub(crate) fn new(stdin: &ChildStdin) -> Self {
-        // Direct writes only on a non-blocking pipe: they must never block
-        // the calling thread.
-        let direct = stdin.as_fd().try_clone_to_owned().ok().filter(|fd| {
+    /// A writer for a stream that [`FrameWriter::run`] then owns; `direct`
+    /// is its file descriptor when frames may be written to it directly
+    /// (a pipe or a plain socket; not TLS), `what` names it in errors.
+    pub(crate) fn new(direct: Option<BorrowedFd<'_>>, what: &'static str) -> Self {
+        // Direct writes only on a non-blocking descriptor: they must never
+        // block the calling thread.
+        let direct = direct.and_then(|fd| fd.try_clone_to_owned().ok()).filter(|fd| {
             fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
                 .map(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
                 .unwrap_or(false)
@@ -61,6 +66,7 @@ impl FrameWriter {
             }),
             wake: Notify::new(),
             failure: watch::channel(None).0,
+            what,
         }
     }
 
@@ -188,7 +194,7 @@ impl FrameWriter {
         st.queue.clear();
         drop(st);
         self.failure
-            .send_replace(Some(format!("writing to its stdin failed: {error}")));
+            .send_replace(Some(format!("writing to {} failed: {error}", self.what)));
     }
 }
 
@@ -222,7 +228,7 @@ fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
 impl FrameWriter {
     /// The writer task: drains the queue whenever a sender could not write
     /// directly, flushing once per batch.
-    pub(crate) async fn run(&self, stdin: ChildStdin) {
+    pub(crate) async fn run<W: AsyncWrite + Unpin>(&self, stdin: W) {
         let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
         loop {
             match self.next() {
