@@ -228,3 +228,15 @@ def write_app(tmp_path: pathlib.Path) -> Callable[[str, str], pathlib.Path]:
 
 def frame_header(length: int) -> bytes:
     return struct.pack(">I", length)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """TLS test certificates for the --listen tests (skipped where there is no openssl tool)."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command-line tool is needed to make test certificates")
+    from listen_helpers import make_tls_files
+
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

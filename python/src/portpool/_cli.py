@@ -83,17 +83,27 @@ Environment: PORTPOOL_MAX_FRAME (bytes, default 67108864),
 PORTPOOL_SHUTDOWN_GRACE (seconds, default 5), PORTPOOL_UVLOOP=1 (uvloop's
 event loop, if installed), PORTPOOL_SPIN_US (microseconds to poll the input before
 each blocking read; default 0, off).
+
+python -m portpool APP --listen HOST:PORT [...] serves APP to remote hosts over
+TCP (+TLS), authenticated with a shared secret: see `python -m portpool APP
+--listen HOST:PORT --help` and docs/remote.md.
 """
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """``python -m portpool APP``."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a == "--listen" or a.startswith("--listen=") for a in args):
+        # A listener (docs/remote.md): it serves no frames on its own stdio and runs no app
+        # code itself (its child runtime does), so none of the below applies to it.
+        from portpool._listen import main as listen_main
+
+        listen_main(args)
     # SIGTERM must end the worker promptly, whatever disposition the parent left us.
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # First of all, before any app code runs: move the protocol off fds 0 and 1.
     fds = redirect_stdio()
-    args = sys.argv[1:] if argv is None else argv
     if len(args) == 1 and args[0] in ("-h", "--help"):
         sys.stderr.write(USAGE)
         _exit(EXIT_OK)

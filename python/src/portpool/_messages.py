@@ -117,6 +117,16 @@ class SessionCloseMessage(TypedDict):
     session: str
 
 
+class GoodbyeMessage(TypedDict):
+    """listener -> host (``--listen`` only): the worker is going away (draining, or its runtime died).
+
+    The stdio runtime never sends it. See ``docs/remote.md``.
+    """
+
+    type: Literal["goodbye"]
+    reason: str
+
+
 Message = (
     HelloMessage
     | RequestMessage
@@ -128,8 +138,44 @@ Message = (
     | PongMessage
     | ShutdownMessage
     | SessionCloseMessage
+    | GoodbyeMessage
 )
 """Any message: narrow it by its ``type`` (``if msg["type"] == "request": ...``)."""
+
+# --------------------------------------------------------------------------- handshake
+# The ``--listen`` handshake (docs/remote.md): framed like messages, valid only before the
+# hello, and not part of :data:`Message` (``unpack`` rejects them).
+
+
+class AuthChallengeMessage(TypedDict):
+    """listener -> host, first: the listener's random nonce."""
+
+    type: Literal["auth_challenge"]
+    version: int
+    nonce: bytes
+
+
+class AuthResponseMessage(TypedDict):
+    """host -> listener: the host's nonce and its proof that it knows the secret."""
+
+    type: Literal["auth_response"]
+    nonce: bytes
+    mac: bytes
+
+
+class AuthOkMessage(TypedDict):
+    """listener -> host: the host is in; ``mac`` proves the listener knows the secret too."""
+
+    type: Literal["auth_ok"]
+    mac: bytes
+
+
+class AuthFailedMessage(TypedDict):
+    """listener -> host, last: the handshake failed; the listener closes the connection."""
+
+    type: Literal["auth_failed"]
+    reason: str
+
 
 # --------------------------------------------------------------------------- builders
 
@@ -225,3 +271,8 @@ def shutdown_message() -> ShutdownMessage:
 
 def session_close_message(session: str) -> SessionCloseMessage:
     return {"type": "session_close", "session": session}
+
+
+def goodbye_message(reason: str) -> GoodbyeMessage:
+    """The listener's last words on a connection: why the worker is going away."""
+    return {"type": "goodbye", "reason": reason}

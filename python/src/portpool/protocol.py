@@ -25,9 +25,14 @@ from portpool._messages import (
     CAPABILITIES,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
+    AuthChallengeMessage,
+    AuthFailedMessage,
+    AuthOkMessage,
+    AuthResponseMessage,
     CancelMessage,
     ChunkMessage,
     ErrorInfo,
+    GoodbyeMessage,
     HelloMessage,
     Message,
     PingMessage,
@@ -39,6 +44,7 @@ from portpool._messages import (
     ShutdownMessage,
     cancel_message,
     chunk_message,
+    goodbye_message,
     hello_message,
     ping_message,
     pong_message,
@@ -50,6 +56,10 @@ from portpool._messages import (
 )
 
 __all__ = [
+    "AuthChallengeMessage",
+    "AuthFailedMessage",
+    "AuthOkMessage",
+    "AuthResponseMessage",
     "cancel_message",
     "CancelMessage",
     "CAPABILITIES",
@@ -62,6 +72,8 @@ __all__ = [
     "frame",
     "FrameReader",
     "FrameTooLarge",
+    "goodbye_message",
+    "GoodbyeMessage",
     "HEADER_SIZE",
     "hello_message",
     "HelloMessage",
@@ -306,6 +318,7 @@ _SCHEMA: Final[dict[str, tuple[tuple[str, object, bool], ...]]] = {
     "pong": (("id", "u64", False),),
     "shutdown": (),
     "session_close": (("session", "str", False),),
+    "goodbye": (("reason", "str", False),),
 }
 
 _ERROR_SCHEMA: Final = (("type", "str", False), ("message", "str", False), ("traceback", "str", True))
