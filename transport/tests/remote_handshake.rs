@@ -17,7 +17,7 @@ use portpool_transport::{
     WorkerId,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
 const SECRET: &[u8] = b"0123456789abcdef-test-secret";
@@ -372,7 +372,7 @@ async fn a_goodbye_stops_new_calls_lets_calls_finish_and_fails_the_rest_with_its
         async move { w.call(CallRequest::new("park", 2)).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let bye = worker.call(CallRequest::new("goodbye", ()));
+    let bye = worker.call(CallRequest::new("goodbye", Value::Nil));
     assert_eq!(
         tokio::time::timeout(LIMIT, bye).await.unwrap().unwrap(),
         Value::Nil
