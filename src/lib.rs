@@ -106,6 +106,8 @@ pub use portpool_transport::{
     find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, ProcessLauncher,
     Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
 };
+#[cfg(feature = "remote")]
+pub use portpool_transport::{RemoteWorker, TcpConfigError, TcpLauncher, TcpLauncherBuilder, TlsConfig};
 
 pub use portpool_session as session;
 pub use portpool_session::{
