@@ -209,7 +209,17 @@ async fn authenticate(
         endpoint: endpoint.to_string(),
         reason,
     };
-    let listener_nonce = match read_frame(stream).await.map_err(&bad)? {
+    let tls = |reason: String| LaunchError::Tls {
+        worker: id,
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let read_failed = |e: ReadError| match e {
+        ReadError::Tls(reason) => tls(reason),
+        ReadError::Closed => bad("connection closed during the handshake".into()),
+        ReadError::Other(reason) => bad(reason),
+    };
+    let listener_nonce = match read_frame(stream).await.map_err(read_failed)? {
         HandshakeMessage::AuthChallenge { version, nonce } => {
             if version != HANDSHAKE_VERSION {
                 return Err(bad(format!(
@@ -261,10 +271,10 @@ async fn authenticate(
         }
         Ok(other) => Err(bad(format!("expected auth_ok, got {}", other.kind()))),
         // A listener that refuses may just close: say so.
-        Err(reason) if reason.contains("closed") => Err(auth(format!(
-            "the listener closed the connection after our proof ({reason}): wrong secret?"
-        ))),
-        Err(reason) => Err(bad(reason)),
+        Err(ReadError::Closed) => Err(auth(
+            "the listener closed the connection after our proof: wrong secret?".into(),
+        )),
+        Err(e) => Err(read_failed(e)),
     }
 }
 
@@ -276,26 +286,43 @@ fn hmac(secret: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Result<Hmac
     Ok(mac)
 }
 
-/// Reads one handshake frame (at most 4096 bytes, checked before reading
-/// the body).
-async fn read_frame(stream: &mut Box<dyn Io>) -> Result<HandshakeMessage, String> {
-    let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header).await.map_err(|e| io_reason(&e))?;
-    let len = handshake_body_len(header).map_err(|e| match e {
-        ProtocolError::FrameTooLarge { len, max } => {
-            format!("handshake frame of {len} bytes exceeds {max} (not a portpool listener, or plaintext to a TLS port?)")
-        }
-        other => other.to_string(),
-    })?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|e| io_reason(&e))?;
-    decode_handshake(&body).map_err(|e| format!("bad handshake frame: {e}"))
+/// Why reading a handshake frame failed.
+enum ReadError {
+    /// TLS failed under it (e.g. the listener refused our client
+    /// certificate: with TLS 1.3 that arrives after our side finished).
+    Tls(String),
+    /// The connection closed.
+    Closed,
+    /// Anything else: I/O, an oversize or malformed frame.
+    Other(String),
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+/// Reads one handshake frame (at most 4096 bytes, checked before reading
+/// the body).
+async fn read_frame(stream: &mut Box<dyn Io>) -> Result<HandshakeMessage, ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(|e| io_error(&e))?;
+    let len = handshake_body_len(header).map_err(|e| match e {
+        ProtocolError::FrameTooLarge { len, max } => ReadError::Other(format!(
+            "handshake frame of {len} bytes exceeds {max} (not a portpool listener, or plaintext to a TLS port?)"
+        )),
+        other => ReadError::Other(other.to_string()),
+    })?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(|e| io_error(&e))?;
+    decode_handshake(&body).map_err(|e| ReadError::Other(format!("bad handshake frame: {e}")))
+}
+
+fn io_error(e: &std::io::Error) -> ReadError {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return ReadError::Tls(tls.to_string());
+    }
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        "connection closed during the handshake".into()
+        ReadError::Closed
     } else {
-        format!("reading the handshake failed: {e}")
+        ReadError::Other(format!("reading the handshake failed: {e}"))
     }
 }
