@@ -96,7 +96,7 @@ pub(crate) async fn dial(
     };
 
     set_stage("the authentication challenge");
-    authenticate(&mut stream, dial.secret, id, &endpoint, &set_stage).await?;
+    authenticate(&mut stream, dial.secret, id, &endpoint, dial.tls.is_some(), &set_stage).await?;
 
     set_stage("the hello");
     let (read, write) = tokio::io::split(stream);
@@ -197,6 +197,7 @@ async fn authenticate(
     secret: &[u8],
     id: WorkerId,
     endpoint: &str,
+    over_tls: bool,
     set_stage: &impl Fn(&'static str),
 ) -> Result<(), LaunchError> {
     let bad = |reason: String| LaunchError::Handshake {
@@ -219,7 +220,19 @@ async fn authenticate(
         ReadError::Closed => bad("connection closed during the handshake".into()),
         ReadError::Other(reason) => bad(reason),
     };
-    let listener_nonce = match read_frame(stream).await.map_err(read_failed)? {
+    let first = match read_frame(stream).await {
+        // A TLS listener that refuses our client certificate (TLS 1.3: after
+        // our side of the TLS handshake finished) just closes.
+        Err(ReadError::Closed) if over_tls => {
+            return Err(tls(
+                "the listener closed the connection right after the TLS handshake \
+                 (did it require a client certificate we lack, or refuse ours?)"
+                    .into(),
+            ))
+        }
+        other => other.map_err(read_failed)?,
+    };
+    let listener_nonce = match first {
         HandshakeMessage::AuthChallenge { version, nonce } => {
             if version != HANDSHAKE_VERSION {
                 return Err(bad(format!(
