@@ -624,3 +624,78 @@ mod tls {
         assert_eq!(error.endpoint(), Some(addr.as_str()));
     }
 }
+
+#[tokio::test]
+async fn a_dns_name_spreads_over_its_addresses_and_an_endpoint_that_leaves_is_drained() {
+    let (a, mut events_a) = fake_listener().await;
+    let (b, _events_b) = fake_listener().await;
+    let a_addr: std::net::SocketAddr = a.parse().unwrap();
+    let b_addr: std::net::SocketAddr = b.parse().unwrap();
+    let deployment = Arc::new(std::sync::Mutex::new(vec![a_addr, b_addr]));
+    let launcher = TcpLauncher::builder(SECRET)
+        .dns("workers.test:7000")
+        .resolve_every(Duration::from_millis(100))
+        .resolve_with({
+            let deployment = deployment.clone();
+            move |name, port| {
+                assert_eq!((name.as_str(), port), ("workers.test", 7000));
+                let addrs = deployment.lock().unwrap().clone();
+                Box::pin(async move { Ok(addrs) })
+            }
+        })
+        .build()
+        .unwrap();
+    let first = launcher.connect(WorkerId(30)).await.unwrap();
+    let second = launcher.connect(WorkerId(31)).await.unwrap();
+    let mut on = [first.endpoint().to_string(), second.endpoint().to_string()];
+    on.sort();
+    let mut expected = [a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(on, expected, "one connection per address");
+    let (on_a, on_b) = if first.endpoint() == a {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    // The deployment shrinks to b: a's worker drains (shutdown sent, not
+    // alive), b's keeps serving, and new connections go to b.
+    *deployment.lock().unwrap() = vec![b_addr];
+    let until = std::time::Instant::now() + LIMIT;
+    while on_a.is_alive() {
+        assert!(std::time::Instant::now() < until, "never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(LIMIT, events_a.recv())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("shutdown")
+    );
+    tokio::time::timeout(LIMIT, on_a.closed()).await.unwrap();
+    assert!(on_b.is_alive());
+    assert_eq!(
+        on_b.call(CallRequest::new("echo", 1)).await.unwrap(),
+        Value::from(1)
+    );
+    let next = launcher.connect(WorkerId(32)).await.unwrap();
+    assert_eq!(next.endpoint(), b);
+    assert!(
+        launcher.endpoints().iter().all(|(e, _)| *e == b),
+        "{:?}",
+        launcher.endpoints()
+    );
+
+    // A failed resolution keeps the last addresses.
+    let failing = TcpLauncher::builder(SECRET)
+        .dns("gone.test:1")
+        .resolve_with(|_, _| Box::pin(async { Err(std::io::Error::other("no such host")) }))
+        .build()
+        .unwrap();
+    let error = failing.launch(WorkerId(33)).await.unwrap_err();
+    assert!(
+        matches!(&error, LaunchError::Connect { endpoint, .. } if endpoint.contains("gone.test")),
+        "{error}"
+    );
+}

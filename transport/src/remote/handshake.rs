@@ -96,7 +96,15 @@ pub(crate) async fn dial(
     };
 
     set_stage("the authentication challenge");
-    authenticate(&mut stream, dial.secret, id, &endpoint, dial.tls.is_some(), &set_stage).await?;
+    authenticate(
+        &mut stream,
+        dial.secret,
+        id,
+        &endpoint,
+        dial.tls.is_some(),
+        &set_stage,
+    )
+    .await?;
 
     set_stage("the hello");
     let (read, write) = tokio::io::split(stream);

@@ -22,6 +22,13 @@ pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// exist), by default.
 pub const DEFAULT_ENDPOINT_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Resolves `NAME`, `PORT` to addresses (see [`TcpLauncherBuilder::resolve_with`]).
+type Resolver = Arc<
+    dyn Fn(String, u16) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
 /// The shortest secret accepted, in bytes.
 const MIN_SECRET: usize = 16;
 
@@ -97,6 +104,7 @@ pub struct TcpLauncherBuilder {
     max_frame: usize,
     max_stream_buffer: usize,
     max_concurrency: Option<usize>,
+    resolver: Option<Resolver>,
     errors: Vec<String>,
 }
 
@@ -141,6 +149,7 @@ impl TcpLauncher {
             max_frame: portpool_protocol::DEFAULT_MAX_FRAME,
             max_stream_buffer: DEFAULT_MAX_STREAM_BUFFER,
             max_concurrency: None,
+            resolver: None,
             errors: Vec::new(),
         }
     }
@@ -330,6 +339,21 @@ impl TcpLauncherBuilder {
         self
     }
 
+    /// Resolves the [`dns`](Self::dns) names with `resolve` instead of the
+    /// system resolver (`tokio::net::lookup_host`): for another service
+    /// discovery, or to script a deployment that changes in tests. It gets
+    /// the name and the port and returns every address.
+    pub fn resolve_with<F>(mut self, resolve: F) -> Self
+    where
+        F: Fn(String, u16) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.resolver = Some(Arc::new(resolve));
+        self
+    }
+
     /// The launcher, or what is wrong with its configuration.
     pub fn build(self) -> Result<TcpLauncher, TcpConfigError> {
         let error = |reason: String| TcpConfigError { reason };
@@ -377,6 +401,7 @@ impl TcpLauncherBuilder {
                 max_frame: self.max_frame,
                 max_stream_buffer: self.max_stream_buffer,
                 max_concurrency: self.max_concurrency,
+                resolver: self.resolver,
                 state: Mutex::new(State {
                     entries,
                     resolved_at: if has_dns { None } else { Some(Instant::now()) },
@@ -414,6 +439,7 @@ struct LauncherShared {
     max_frame: usize,
     max_stream_buffer: usize,
     max_concurrency: Option<usize>,
+    resolver: Option<Resolver>,
     state: Mutex<State>,
     /// One resolution at a time.
     resolving: tokio::sync::Mutex<()>,
@@ -551,7 +577,13 @@ impl LauncherShared {
         let mut failed_names: Vec<String> = Vec::new();
         for target in &self.targets {
             if let Target::Dns { name, port } = target {
-                match tokio::net::lookup_host((name.as_str(), *port)).await {
+                let looked_up = match &self.resolver {
+                    Some(resolve) => resolve(name.clone(), *port).await,
+                    None => tokio::net::lookup_host((name.as_str(), *port))
+                        .await
+                        .map(Iterator::collect),
+                };
+                match looked_up {
                     Ok(addrs) => {
                         for addr in addrs {
                             let endpoint = addr.to_string();
