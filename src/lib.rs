@@ -103,8 +103,8 @@ pub use portpool_pool::{
 };
 pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
 pub use portpool_transport::{
-    find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, ProcessLauncher,
-    Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
+    find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, MixedLauncher,
+    ProcessLauncher, Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
 };
 #[cfg(feature = "remote")]
 pub use portpool_transport::{RemoteWorker, TcpConfigError, TcpLauncher, TcpLauncherBuilder, TlsConfig};

@@ -541,3 +541,38 @@ async fn a_wrong_secret_is_refused_by_the_real_listener() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_mixes_local_and_remote_workers_within_quotas() {
+    let listener = Listener::start(None, false);
+    let python = portpool_testkit::runtime_python().unwrap();
+    let local = portpool::ProcessLauncher::new(
+        portpool::WorkerCommand::python_with(python, app()).init_timeout(Duration::from_secs(20)),
+    );
+    let mixed = portpool::MixedLauncher::new().with("local", local, 1).with(
+        "remote",
+        launcher(&[&listener.addr], None),
+        2,
+    );
+    let pool = Pool::builder(mixed)
+        .workers(3)
+        .init_timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .expect("mixed pool starts");
+    let status = pool.status();
+    let remote = status.workers.iter().filter(|w| w.endpoint.is_some()).count();
+    let local = status
+        .workers
+        .iter()
+        .filter(|w| w.endpoint.is_none() && w.address.as_ref().is_some_and(|a| a.is_local()))
+        .count();
+    assert_eq!((local, remote), (1, 2), "{status:?}");
+    let calls = (0..30).map(|i| {
+        let pool = pool.clone();
+        async move { pool.call_raw(CallRequest::new("echo", i)).await.unwrap() }
+    });
+    let replies = futures::future::join_all(calls).await;
+    assert_eq!(replies, (0..30).map(Value::from).collect::<Vec<_>>());
+    pool.shutdown(Duration::from_secs(5)).await;
+}

@@ -13,6 +13,8 @@
 //!   `docs/remote.md`). Both kinds of worker run on one connection core
 //!   (pending table, routing, failing every call once, writer); only what
 //!   is at the other end differs.
+//! - [`MixedLauncher`], several launchers (local and remote) behind one
+//!   pool, each up to a quota;
 //! - [`WorkerCommand`], the explicit program, arguments, environment and
 //!   limits of a worker (no shell), with [`WorkerCommand::python`] for the
 //!   portpool Python runtime;
@@ -86,6 +88,7 @@
 mod conn;
 mod error;
 mod id;
+mod mixed;
 mod process;
 #[cfg(feature = "remote")]
 mod remote;
@@ -93,6 +96,7 @@ mod worker;
 
 pub use error::{CallError, CrashCause, HelloCause, LaunchError};
 pub use id::{WorkerAddress, WorkerExit, WorkerId};
+pub use mixed::MixedLauncher;
 pub use portpool_protocol::{Hello, RemoteError, Value};
 pub use process::{
     find_python, ProcessLauncher, ProcessWorker, WorkerCommand, DEFAULT_INIT_TIMEOUT,
