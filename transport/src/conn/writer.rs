@@ -28,6 +28,10 @@ pub(crate) struct FrameWriter {
     failure: watch::Sender<Option<String>>,
     /// What is written to, for messages: "its stdin", "the connection".
     what: &'static str,
+    /// The direct descriptor is a socket: written with `MSG_NOSIGNAL`, so
+    /// a peer that went away is an error, never a SIGPIPE (whatever the
+    /// embedding program does with that signal).
+    socket: bool,
 }
 
 struct State {
@@ -56,6 +60,14 @@ impl FrameWriter {
                 .map(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
                 .unwrap_or(false)
         });
+        let socket = direct.as_ref().is_some_and(|fd| {
+            nix::sys::stat::fstat(fd.as_raw_fd())
+                .map(|st| {
+                    nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+                        == nix::sys::stat::SFlag::S_IFSOCK
+                })
+                .unwrap_or(false)
+        });
         FrameWriter {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -67,6 +79,7 @@ impl FrameWriter {
             wake: Notify::new(),
             failure: watch::channel(None).0,
             what,
+            socket,
         }
     }
 
@@ -100,7 +113,7 @@ impl FrameWriter {
         let mut rest = frame;
         if !st.task_busy && st.queue.is_empty() {
             if let Some(fd) = &st.direct {
-                let written = write_now(fd, &rest);
+                let written = write_now(fd, &rest, self.socket);
                 if written == rest.len() {
                     return;
                 }
@@ -134,7 +147,7 @@ impl FrameWriter {
         let mut written = 0;
         if !st.task_busy && st.queue.is_empty() {
             if let Some(fd) = &st.direct {
-                written = write_now(fd, &frame);
+                written = write_now(fd, &frame, self.socket);
                 if written == frame.len() {
                     return Some(frame);
                 }
@@ -211,10 +224,16 @@ enum Next {
 const CORK_MAX: usize = 16 * 1024;
 
 /// Writes as much of `buf` as the pipe takes now; returns how much.
-fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
+fn write_now(fd: &OwnedFd, buf: &[u8], socket: bool) -> usize {
     let mut written = 0;
     while written < buf.len() {
-        match nix::unistd::write(fd, &buf[written..]) {
+        let rest = &buf[written..];
+        let wrote = if socket {
+            nix::sys::socket::send(fd.as_raw_fd(), rest, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+        } else {
+            nix::unistd::write(fd, rest)
+        };
+        match wrote {
             Ok(n) => written += n,
             Err(Errno::EINTR) => continue,
             // Full (EAGAIN) or broken (EPIPE): the task takes over; it
