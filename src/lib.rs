@@ -9,7 +9,9 @@
 //!
 //! This crate is the facade over the layers:
 //! - [`protocol`]: frames and messages (sans-IO);
-//! - [`transport`]: the `Worker`/`Launcher` traits and the process worker;
+//! - [`transport`]: the `Worker`/`Launcher` traits, the process worker and
+//!   (feature `remote`, on by default) [`TcpLauncher`] for workers on other
+//!   hosts, served by `python -m portpool APP --listen HOST:PORT`;
 //! - [`pool`]: scheduling, health, recycling and a circuit breaker;
 //! - [`session`]: session affinity ([`SessionPool`]), so per-session state
 //!   kept in a worker stays in that worker;
