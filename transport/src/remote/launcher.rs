@@ -173,15 +173,17 @@ impl TcpLauncher {
     async fn connect_within(&self, id: WorkerId, timeout: Duration) -> Result<RemoteWorker, LaunchError> {
         let shared = &self.shared;
         let stage = Mutex::new("resolving");
+        // The endpoint this attempt picked, for a time-out's error.
+        let picked: Mutex<Option<Arc<Entry>>> = Mutex::new(None);
         let attempt = async {
             shared.refresh_if_stale().await;
             LauncherShared::start_refresher(shared);
-            let entry = shared.pick().ok_or_else(|| LaunchError::Connect {
+            let (entry, live) = shared.pick().ok_or_else(|| LaunchError::Connect {
                 worker: id,
                 endpoint: shared.describe_targets(),
                 reason: "no endpoint to connect to (the names resolved to no address)".into(),
             })?;
-            let live = LiveToken::new(entry.clone());
+            *picked.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
             let tls = match (&shared.tls, &shared.connector) {
                 (Some(cfg), Some(connector)) => {
                     let name = cfg
@@ -218,20 +220,17 @@ impl TcpLauncher {
             }
             result
         };
-        let endpoint_now = || {
-            let state = shared.state();
-            state
-                .last_picked
-                .clone()
-                .unwrap_or_else(|| shared.describe_targets())
-        };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_elapsed) => {
-                let endpoint = endpoint_now();
-                if let Some(entry) = shared.entry(&endpoint) {
-                    entry.failed();
-                }
+                let entry = picked.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let endpoint = match entry {
+                    Some(entry) => {
+                        entry.failed();
+                        entry.endpoint.clone()
+                    }
+                    None => shared.describe_targets(),
+                };
                 Err(LaunchError::HandshakeTimeout {
                     worker: id,
                     endpoint,
@@ -406,7 +405,6 @@ impl TcpLauncherBuilder {
                     entries,
                     resolved_at: if has_dns { None } else { Some(Instant::now()) },
                     next: 0,
-                    last_picked: None,
                     refresher: false,
                 }),
                 resolving: tokio::sync::Mutex::new(()),
@@ -450,7 +448,6 @@ struct State {
     resolved_at: Option<Instant>,
     /// Round-robin position among ties.
     next: usize,
-    last_picked: Option<String>,
     refresher: bool,
 }
 
@@ -521,17 +518,9 @@ impl LauncherShared {
             .join(", ")
     }
 
-    fn entry(&self, endpoint: &str) -> Option<Arc<Entry>> {
-        self.state()
-            .entries
-            .iter()
-            .find(|e| e.endpoint == endpoint)
-            .cloned()
-    }
-
     /// The endpoint for the next connection (counted as live at once, so
     /// concurrent launches spread).
-    fn pick(&self) -> Option<Arc<Entry>> {
+    fn pick(&self) -> Option<(Arc<Entry>, LiveToken)> {
         let mut state = self.state();
         let n = state.entries.len();
         if n == 0 {
@@ -554,8 +543,8 @@ impl LauncherShared {
             .map(|(&i, _)| i)?;
         state.next = best + 1;
         let entry = state.entries[best].clone();
-        state.last_picked = Some(entry.endpoint.clone());
-        Some(entry)
+        let live = LiveToken::new(entry.clone());
+        Some((entry, live))
     }
 
     async fn refresh_if_stale(&self) {
