@@ -79,10 +79,9 @@ def test_bad_first_frame_is_refused(listener: ListenerProcess, first_frame: byte
 def test_oversized_handshake_frame_is_refused_before_its_body(listener: ListenerProcess) -> None:
     client = _challenged(listener)
     client.send_raw((4097).to_bytes(4, "big"))  # the header alone: the body is never awaited
-    started = time.monotonic()
     messages = client.read_until_closed(timeout=5)
+    # refused for its size (not by the 0.5 s time-out, whose reason would be "handshake timed out")
     assert messages == [{"type": "auth_failed", "reason": "handshake frame too large"}]
-    assert time.monotonic() - started < 0.4  # before the 0.5 s handshake time-out could have fired
     listener.wait_stderr("handshake frame of 4097 bytes")
 
 

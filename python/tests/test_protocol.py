@@ -254,3 +254,12 @@ def test_feed_keeps_nothing_of_a_reused_read_buffer() -> None:
         pos += len(chunk)
     assert bodies == [bytes([i]) * (10 + i) for i in range(5)]
     assert reader.at_boundary
+
+
+def test_goodbye_round_trips_and_needs_a_reason() -> None:
+    """``goodbye`` (listener -> host, docs/remote.md) is a message the protocol module decodes."""
+    msg = protocol.goodbye_message("draining")
+    assert protocol.pack(msg) == b"\x82\xa4type\xa7goodbye\xa6reason\xa8draining"
+    assert protocol.unpack(protocol.pack(msg)) == msg
+    with pytest.raises(protocol.Malformed, match="reason"):
+        protocol.unpack(msgpack.packb({"type": "goodbye"}))
