@@ -699,3 +699,58 @@ async fn a_dns_name_spreads_over_its_addresses_and_an_endpoint_that_leaves_is_dr
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn auth_failed_in_place_of_the_hello_names_the_reason_and_a_large_hello_is_fine() {
+    // "worker not ready": auth_ok, then auth_failed instead of the hello.
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+        write_hs(
+            &mut s,
+            &HandshakeMessage::AuthFailed {
+                reason: "worker not ready".into(),
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let error = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).launch(WorkerId(40)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&error, LaunchError::Handshake { endpoint, reason, .. }
+            if *endpoint == addr && reason.contains("worker not ready")),
+        "{error}"
+    );
+
+    // A hello larger than the handshake's 4096 bytes (many methods).
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+        let Message::Hello(mut big) = hello(2) else {
+            unreachable!()
+        };
+        big.methods = (0..2000).map(|i| format!("method_number_{i}")).collect();
+        let mut framed = Framed::new(s, MessageCodec::default());
+        framed.send(Message::Hello(big)).await.unwrap();
+        while let Some(Ok(Message::Request(r))) = framed.next().await {
+            framed
+                .send(Message::Response(Response::ok(r.id, r.params)))
+                .await
+                .unwrap();
+        }
+    });
+    let worker = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).connect(WorkerId(41)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(worker.info().hello.methods.len(), 2000);
+    assert_eq!(
+        worker.call(CallRequest::new("echo", 3)).await.unwrap(),
+        Value::from(3)
+    );
+}

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use portpool_protocol::handshake::{
     decode_handshake, encode_handshake, handshake_body_len, HandshakeMessage, HANDSHAKE_VERSION,
@@ -107,19 +106,25 @@ pub(crate) async fn dial(
     .await?;
 
     set_stage("the hello");
-    let (read, write) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(read, MessageCodec::new(dial.max_frame));
     let bad = |reason: String| LaunchError::Handshake {
         worker: id,
         endpoint: endpoint.clone(),
         reason,
     };
-    let hello = match frames.next().await {
-        Some(Ok(Message::Hello(hello))) => hello,
-        Some(Ok(other)) => return Err(bad(format!("expected hello, got {}", other.kind()))),
-        Some(Err(e)) => return Err(bad(format!("bad hello: {e}"))),
-        None => return Err(bad("connection closed before the hello".into())),
-    };
+    let hello = read_hello(&mut stream, dial.max_frame)
+        .await
+        .map_err(|e| match e {
+            HelloError::Tls(reason) => LaunchError::Tls {
+                worker: id,
+                endpoint: endpoint.clone(),
+                reason,
+            },
+            HelloError::Bad(reason) => bad(reason),
+        })?;
+    // Read exactly up to the hello: nothing of the frames after it is
+    // buffered here, so the reader starts at the next frame.
+    let (read, write) = tokio::io::split(stream);
+    let frames = FramedRead::new(read, MessageCodec::new(dial.max_frame));
     hello.validate().map_err(|e| bad(format!("bad hello: {e}")))?;
     let Some(instance) = hello.instance.clone().filter(|i| !i.is_empty()) else {
         return Err(bad(
@@ -305,6 +310,46 @@ fn hmac(secret: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Result<Hmac
     mac.update(first);
     mac.update(second);
     Ok(mac)
+}
+
+/// Why the hello could not be had.
+enum HelloError {
+    Tls(String),
+    Bad(String),
+}
+
+/// Reads the hello frame (up to `max_frame` bytes: a hello may exceed the
+/// handshake's 4096). A listener with no ready worker sends `auth_failed`
+/// in its place: reported with its reason.
+async fn read_hello(
+    stream: &mut Box<dyn Io>,
+    max_frame: usize,
+) -> Result<portpool_protocol::Hello, HelloError> {
+    let io = |e: std::io::Error| match io_error(&e) {
+        ReadError::Tls(reason) => HelloError::Tls(reason),
+        ReadError::Closed => HelloError::Bad("connection closed before the hello".into()),
+        ReadError::Other(reason) => HelloError::Bad(reason),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(io)?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max_frame {
+        return Err(HelloError::Bad(format!(
+            "bad hello: frame of {len} bytes exceeds the maximum of {max_frame}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(io)?;
+    match portpool_protocol::decode_body(&body) {
+        Ok(Message::Hello(hello)) => Ok(hello),
+        Ok(other) => Err(HelloError::Bad(format!("expected hello, got {}", other.kind()))),
+        Err(e) => match decode_handshake(&body) {
+            Ok(HandshakeMessage::AuthFailed { reason }) => Err(HelloError::Bad(format!(
+                "the listener has no worker ready: {reason}"
+            ))),
+            _ => Err(HelloError::Bad(format!("bad hello: {e}"))),
+        },
+    }
 }
 
 /// Why reading a handshake frame failed.
