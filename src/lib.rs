@@ -9,7 +9,9 @@
 //!
 //! This crate is the facade over the layers:
 //! - [`protocol`]: frames and messages (sans-IO);
-//! - [`transport`]: the `Worker`/`Launcher` traits and the process worker;
+//! - [`transport`]: the `Worker`/`Launcher` traits, the process worker and
+//!   (feature `remote`, on by default) [`TcpLauncher`] for workers on other
+//!   hosts, served by `python -m portpool APP --listen HOST:PORT`;
 //! - [`pool`]: scheduling, health, recycling and a circuit breaker;
 //! - [`session`]: session affinity ([`SessionPool`]), so per-session state
 //!   kept in a worker stays in that worker;
@@ -105,9 +107,11 @@ pub use portpool_pool::{
 };
 pub use portpool_protocol::{from_value, to_value, RemoteError, Value};
 pub use portpool_transport::{
-    find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, ProcessLauncher,
-    Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
+    find_python, CallError, CallRequest, CrashCause, HelloCause, LaunchError, Launcher, MixedLauncher,
+    ProcessLauncher, Worker, WorkerAddress, WorkerCommand, WorkerExit, WorkerId,
 };
+#[cfg(feature = "remote")]
+pub use portpool_transport::{RemoteWorker, TcpConfigError, TcpLauncher, TcpLauncherBuilder, TlsConfig};
 
 pub use portpool_session as session;
 pub use portpool_session::{

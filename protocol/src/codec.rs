@@ -112,6 +112,7 @@ pub fn size_hint(message: &Message) -> usize {
         },
         Message::Chunk(c) => FIXED + value_size_hint(&c.data),
         Message::SessionClose(s) => FIXED + s.session.len(),
+        Message::Goodbye(g) => FIXED + g.reason.len(),
         Message::Hello(h) => {
             // Eight keys, some long, plus the strings.
             2 * FIXED

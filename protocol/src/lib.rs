@@ -42,6 +42,7 @@ pub mod blocking;
 mod codec;
 mod depth;
 mod error;
+pub mod handshake;
 mod message;
 mod version;
 
@@ -52,8 +53,8 @@ pub use codec::{
 pub use depth::{nesting_depth, DEEP_STACK, INLINE_DEPTH, MAX_DEPTH};
 pub use error::ProtocolError;
 pub use message::{
-    Cancel, Chunk, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response, SessionClose,
-    Shutdown,
+    Cancel, Chunk, Goodbye, Hello, Message, Ping, Pong, RemoteError, Request, RequestId, Response,
+    SessionClose, Shutdown,
 };
 pub use rmpv::Value;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};

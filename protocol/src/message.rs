@@ -31,6 +31,9 @@ pub enum Message {
     Shutdown(Shutdown),
     /// Host -> worker: drop the state kept for a session.
     SessionClose(SessionClose),
+    /// Worker -> host, over the network only: the worker is going away
+    /// (draining, or its runtime died); see `docs/remote.md`.
+    Goodbye(Goodbye),
 }
 
 impl Message {
@@ -46,6 +49,7 @@ impl Message {
             Message::Pong(_) => "pong",
             Message::Shutdown(_) => "shutdown",
             Message::SessionClose(_) => "session_close",
+            Message::Goodbye(_) => "goodbye",
         }
     }
 }
@@ -61,6 +65,7 @@ const MESSAGE_TYPES: &[&str] = &[
     "pong",
     "shutdown",
     "session_close",
+    "goodbye",
 ];
 
 /// Decoding by hand rather than serde's internally tagged enum, which first
@@ -127,6 +132,7 @@ fn variant<'de, D: Deserializer<'de>>(kind: &str, fields: D) -> Result<Message, 
         "pong" => Message::Pong(Pong::deserialize(fields)?),
         "shutdown" => Message::Shutdown(Shutdown::deserialize(fields)?),
         "session_close" => Message::SessionClose(SessionClose::deserialize(fields)?),
+        "goodbye" => Message::Goodbye(Goodbye::deserialize(fields)?),
         other => return Err(de::Error::unknown_variant(other, MESSAGE_TYPES)),
     })
 }
@@ -322,4 +328,15 @@ pub struct Shutdown {}
 pub struct SessionClose {
     /// The session whose state is dropped.
     pub session: String,
+}
+
+/// The worker is going away: sent by a network listener (never by the stdio
+/// runtime) before it closes the connection. The host takes no new calls on
+/// it, lets in-flight calls finish, and reports `reason` as the worker's last
+/// words when the connection ends with calls still in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// Why, e.g. `"draining"` or the child runtime's exit status and stderr tail.
+    #[serde(default)]
+    pub reason: String,
 }

@@ -101,6 +101,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|id| Message::Pong(Pong { id })),
         Just(Message::Shutdown(Shutdown {})),
         ".{0,40}".prop_map(|session| Message::SessionClose(SessionClose { session })),
+        ".{0,40}".prop_map(|reason| Message::Goodbye(Goodbye { reason })),
     ]
 }
 
@@ -438,4 +439,37 @@ fn a_missing_or_bad_type_key_is_malformed_and_says_so() {
         assert!(matches!(err, ProtocolError::Malformed { .. }), "{err}");
         assert!(err.to_string().contains(needle), "{err} should mention {needle}");
     }
+}
+
+#[test]
+fn goodbye_round_trips_and_decodes_from_another_runtime() {
+    let goodbye = Message::Goodbye(Goodbye {
+        reason: "draining".into(),
+    });
+    assert_eq!(goodbye.kind(), "goodbye");
+    let frame = encode_frame(&goodbye, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(decode_body(&frame[HEADER_LEN..]).unwrap(), goodbye);
+    // As a listener writes it: `type` after the reason, an extra key.
+    let value = Value::Map(vec![
+        ("reason".into(), "child exited with code 1".into()),
+        ("at".into(), 3.into()),
+        ("type".into(), "goodbye".into()),
+    ]);
+    let mut body = Vec::new();
+    rmpv::encode::write_value(&mut body, &value).unwrap();
+    assert_eq!(
+        decode_body(&body).unwrap(),
+        Message::Goodbye(Goodbye {
+            reason: "child exited with code 1".into()
+        })
+    );
+    // No reason at all: an empty one.
+    let mut body = Vec::new();
+    rmpv::encode::write_value(&mut body, &Value::Map(vec![("type".into(), "goodbye".into())])).unwrap();
+    assert_eq!(
+        decode_body(&body).unwrap(),
+        Message::Goodbye(Goodbye {
+            reason: String::new()
+        })
+    );
 }

@@ -180,11 +180,13 @@ async fn crash_after_calls_fails_in_flight_and_later_calls() {
             Err(CallError::WorkerCrashed {
                 worker,
                 pid,
+                endpoint,
                 exit,
                 stderr_tail,
                 reason,
                 cause,
             }) => {
+                assert_eq!(endpoint, None, "a local worker has no endpoint");
                 assert_eq!(cause, portpool_transport::CrashCause::StdoutClosed);
                 assert_eq!(worker, WorkerId(7));
                 assert_eq!(pid, Some(4242));

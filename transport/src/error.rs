@@ -30,6 +30,18 @@ impl std::fmt::Display for Pid {
     }
 }
 
+/// Formats where a worker is: its endpoint when remote, else its pid.
+pub(crate) struct Who<'a>(pub Option<u32>, pub &'a Option<String>);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(endpoint) => write!(f, "at {endpoint}"),
+            None => Pid(self.0).fmt(f),
+        }
+    }
+}
+
 /// Why a worker was declared dead: the typed cause behind
 /// [`CallError::WorkerCrashed`], for code that must tell faults apart (the
 /// human-readable detail stays in its `reason`). Every in-flight call of the
@@ -79,6 +91,13 @@ pub enum CrashCause {
     /// The host killed it with [`Worker::kill`](crate::Worker::kill) for
     /// another reason, given in the error's `reason`.
     Killed,
+    /// A remote worker said `goodbye` (it is draining, or its runtime died)
+    /// and its connection closed with calls still in flight. The error's
+    /// `reason` and `stderr_tail` carry the goodbye's reason.
+    Goodbye,
+    /// A remote worker's connection closed, was reset or failed (TLS, I/O)
+    /// without a goodbye: a network cut, a listener killed outright.
+    Disconnected,
 }
 
 /// Why a worker's first frame was not an acceptable hello: the typed cause
@@ -161,6 +180,65 @@ pub enum LaunchError {
         /// The last lines it wrote to stderr.
         stderr_tail: String,
     },
+    /// A remote worker's endpoint could not be reached: no address to
+    /// connect to, the name did not resolve, or the TCP connection failed.
+    #[error("{worker}: cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The endpoint (`HOST:PORT`), or the names tried.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The TLS handshake with a remote worker failed (an untrusted or
+    /// mismatched certificate, a plaintext listener, a refused client
+    /// certificate).
+    #[error("{worker}: TLS with {endpoint} failed: {reason}")]
+    Tls {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The endpoint (`HOST:PORT`).
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Mutual authentication with a remote worker failed: the listener
+    /// refused our proof (a wrong secret), or its proof was wrong.
+    #[error("{worker}: authentication with {endpoint} failed: {reason}")]
+    Auth {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The endpoint (`HOST:PORT`).
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A remote worker broke the handshake or sent a bad hello: garbage, an
+    /// oversize or malformed frame, an unexpected message, the connection
+    /// closed.
+    #[error("{worker}: bad handshake with {endpoint}: {reason}")]
+    Handshake {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The endpoint (`HOST:PORT`).
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Connecting, the TLS and authentication handshakes and the hello of a
+    /// remote worker took longer than the launch time-out.
+    #[error("{worker}: no hello from {endpoint} within {after:?} (stalled while {stage})")]
+    HandshakeTimeout {
+        /// The worker being launched.
+        worker: WorkerId,
+        /// The endpoint (`HOST:PORT`).
+        endpoint: String,
+        /// The time-out that expired.
+        after: Duration,
+        /// What was being waited for: "connecting", "the TLS handshake", ...
+        stage: String,
+    },
     /// A launcher-specific failure (used by fakes and custom launchers).
     #[error("{worker}: launch failed: {reason}")]
     Other {
@@ -179,7 +257,24 @@ impl LaunchError {
             | LaunchError::ExitedDuringInit { worker, .. }
             | LaunchError::InitTimeout { worker, .. }
             | LaunchError::BadHello { worker, .. }
+            | LaunchError::Connect { worker, .. }
+            | LaunchError::Tls { worker, .. }
+            | LaunchError::Auth { worker, .. }
+            | LaunchError::Handshake { worker, .. }
+            | LaunchError::HandshakeTimeout { worker, .. }
             | LaunchError::Other { worker, .. } => *worker,
+        }
+    }
+
+    /// The endpoint of a remote worker the error is about, if any.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            LaunchError::Connect { endpoint, .. }
+            | LaunchError::Tls { endpoint, .. }
+            | LaunchError::Auth { endpoint, .. }
+            | LaunchError::Handshake { endpoint, .. }
+            | LaunchError::HandshakeTimeout { endpoint, .. } => Some(endpoint),
+            _ => None,
         }
     }
 
@@ -189,7 +284,7 @@ impl LaunchError {
             LaunchError::ExitedDuringInit { stderr_tail, .. }
             | LaunchError::InitTimeout { stderr_tail, .. }
             | LaunchError::BadHello { stderr_tail, .. } => stderr_tail,
-            LaunchError::Spawn { .. } | LaunchError::Other { .. } => "",
+            _ => "",
         }
     }
 }
@@ -220,20 +315,24 @@ pub enum CallError {
         after: Duration,
     },
     /// The worker died (exit, signal, closed stdout, or a protocol violation,
-    /// after which it was killed) before answering.
-    #[error("{worker} ({}) crashed: {reason} ({exit}){}", Pid(*.pid), Tail(.stderr_tail))]
+    /// after which it was killed; for a remote worker: its connection ended)
+    /// before answering.
+    #[error("{worker} ({}) crashed: {reason} ({exit}){}", Who(*.pid, .endpoint), Tail(.stderr_tail))]
     WorkerCrashed {
         /// The worker.
         worker: WorkerId,
-        /// Its process id.
+        /// Its process id (for a remote worker, as its hello gave it).
         pid: Option<u32>,
+        /// `HOST:PORT` of a remote worker; `None` for a local process.
+        endpoint: Option<String>,
         /// What was observed, typed.
         cause: CrashCause,
         /// What was observed, in words: "stdout closed", "protocol violation: ...".
         reason: String,
         /// How the process ended.
         exit: WorkerExit,
-        /// The last lines it wrote to stderr.
+        /// The last lines it wrote to stderr; for a remote worker, the
+        /// reason its listener gave when it said goodbye, if it did.
         stderr_tail: String,
     },
     /// The worker was shut down (or is shutting down) and takes no more calls.

@@ -199,11 +199,11 @@ fn portpool_release(root: &Path, command: &str, extra: &[String]) -> Result<(), 
 }
 
 /// The files `cargo xtask mutants` mutates by default: the protocol crate,
-/// transport's process worker and the pool's scheduler.
+/// transport's connection core and process worker, and the pool's scheduler.
 const MUTANT_FILES: &[&str] = &[
     "protocol/src/*.rs",
+    "transport/src/conn/*.rs",
     "transport/src/process/worker.rs",
-    "transport/src/process/writer.rs",
     "transport/src/process/spin.rs",
     "pool/src/sched/*.rs",
 ];

@@ -310,7 +310,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
     );
     let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
     let started = Instant::now();
-    let scenarios: [(u32, &str); 7] = [
+    let scenarios: [(u32, &str); 8] = [
         (1, "sequential latency"),
         (2, "throughput"),
         (3, "I/O-bound multiplexing"),
@@ -318,6 +318,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         (5, "1 MiB binary echo"),
         (6, "Python's process pools"),
         (7, "session bind cost"),
+        (8, "remote workers on loopback (TCP, TLS)"),
     ];
     let mut loads = serde_json::Map::new();
     for (n, name) in scenarios {
@@ -334,7 +335,8 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
             4 => bench.cold_start().await,
             5 => bench.binary().await,
             6 => bench.python_pools().await,
-            _ => bench.session_binds().await,
+            7 => bench.session_binds().await,
+            _ => bench.remote_latency().await,
         };
         if let Err(e) = outcome {
             eprintln!("portpool bench: scenario {n} ({name}) failed: {e}");

@@ -146,6 +146,7 @@ mod tests {
         let crash = CallError::WorkerCrashed {
             worker: W,
             pid: None,
+            endpoint: None,
             cause: CrashCause::Exited,
             reason: "exited".into(),
             exit: Default::default(),

@@ -151,6 +151,7 @@ impl Shared {
             Death::Crashed { cause, reason, exit } => CallError::WorkerCrashed {
                 worker: self.id(),
                 pid: self.info.pid,
+                endpoint: None,
                 cause: *cause,
                 reason: reason.clone(),
                 exit: *exit,

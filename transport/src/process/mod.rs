@@ -10,10 +10,10 @@ mod signal;
 mod spin;
 mod stderr;
 mod worker;
-mod writer;
 
 pub use command::{
     find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,
 };
 pub use launcher::ProcessLauncher;
+pub(crate) use worker::ProcessPeer;
 pub use worker::ProcessWorker;

@@ -6,6 +6,7 @@
 mod baselines;
 mod large;
 mod latency;
+mod remote;
 mod startup;
 mod throughput;
 

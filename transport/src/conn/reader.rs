@@ -1,30 +1,25 @@
-//! The reader task: frames from stdout routed until the worker is gone.
+//! The reader task: frames from the worker routed until it is gone.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use portpool_protocol::{MessageCodec, ProtocolError};
+use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
 use super::inner::Inner;
-use crate::process::spin::SpinningStdout;
 use crate::CrashCause;
 
-/// After the process exited, how long its stdout may stay open (frames
-/// still in the pipe are read meanwhile) before we stop waiting for EOF: a
-/// descendant that left the process group can hold the pipe open forever.
-pub(super) const STDOUT_AFTER_EXIT: Duration = Duration::from_secs(1);
-
-pub(super) async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<SpinningStdout, MessageCodec>) {
-    let exited = {
-        let exit_rx = inner.exit_rx.clone();
-        async move {
-            let mut exit_rx = exit_rx;
-            let _ = exit_rx.wait_for(Option::is_some).await;
-            tokio::time::sleep(STDOUT_AFTER_EXIT).await;
-        }
-    };
+/// Reads and routes frames until the stream ends, breaks, or `ended` (the
+/// peer's own reason to stop: the process exited and its stdout stayed
+/// open, the connection was killed) resolves; then fails the worker.
+pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
+    inner: Arc<Inner>,
+    mut frames: FramedRead<R, MessageCodec>,
+    ended: impl Future<Output = (CrashCause, String)>,
+) {
+    let exited = ended;
     tokio::pin!(exited);
     let writer = inner.writer.clone();
     let stdin_broken = writer.failed();
@@ -33,10 +28,7 @@ pub(super) async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<Spinning
         let next = tokio::select! {
             biased;
             next = frames.next() => next,
-            () = &mut exited => break (
-                CrashCause::StdoutHeldOpen,
-                "exited, but its stdout stayed open (held by a descendant)".to_string(),
-            ),
+            ended = &mut exited => break ended,
             failure = &mut stdin_broken => break (CrashCause::StdinClosed, failure),
         };
         match next {
@@ -61,5 +53,7 @@ pub(super) async fn read_loop(inner: Arc<Inner>, mut frames: FramedRead<Spinning
             None => break (CrashCause::StdoutClosed, "stdout closed".to_string()),
         }
     };
+    // Closed before failing the calls: a connection's peer sees the end now.
+    drop(frames);
     inner.fail(cause, reason).await;
 }

@@ -3,60 +3,49 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
-use nix::sys::signal::Signal;
 use portpool_protocol::{encode_frame, encode_frame_into, Cancel, Message, RequestId};
 use tokio::sync::watch;
 
 use super::pending::{Frame, Pending, State};
-use crate::process::exit::{reap, wait_exit, REAP_WAIT, STDERR_WAIT};
-use crate::process::reaper::Group;
-use crate::process::stderr::StderrLog;
-use crate::process::writer::FrameWriter;
-use crate::{CallError, CrashCause, WorkerExit, WorkerInfo};
+use super::writer::FrameWriter;
+use super::Peer;
+use crate::{CallError, CrashCause, WorkerInfo};
 
-/// When stdout closes or stdin breaks, how long to wait for an exit status
-/// before deciding the process is still running (and killing it): a process
-/// that died closes both pipes a moment before it is reaped.
-const EXIT_SEEN_WITHIN: Duration = Duration::from_millis(500);
-
-pub(super) struct Inner {
-    pub(super) info: WorkerInfo,
-    pub(super) max_frame: usize,
-    pub(super) max_stream_buffer: usize,
-    pub(super) state: Mutex<State>,
-    pub(super) writer: Arc<FrameWriter>,
-    pub(super) next_id: AtomicU64,
-    pub(super) closing: AtomicBool,
+pub(crate) struct Inner {
+    pub(crate) info: WorkerInfo,
+    pub(crate) max_frame: usize,
+    pub(crate) max_stream_buffer: usize,
+    pub(crate) state: Mutex<State>,
+    pub(crate) writer: Arc<FrameWriter>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) closing: AtomicBool,
     /// Set as soon as the reader knows the worker is gone.
-    pub(super) broken: AtomicBool,
-    pub(super) discarded: AtomicU64,
-    pub(super) exit_rx: watch::Receiver<Option<WorkerExit>>,
-    /// The process group, signalled only while its leader is unreaped.
-    pub(super) group: Arc<Group>,
-    pub(super) dead_tx: watch::Sender<bool>,
-    pub(super) stderr: Arc<StderrLog>,
+    pub(crate) broken: AtomicBool,
+    pub(crate) discarded: AtomicU64,
+    pub(crate) dead_tx: watch::Sender<bool>,
     /// Set by [`Worker::kill`]: the cause the reader reports instead of the
     /// end of stdout that the kill brings about.
-    pub(super) killed: Mutex<Option<(CrashCause, String)>>,
+    pub(crate) killed: Mutex<Option<(CrashCause, String)>>,
     /// A frame buffer kept from the last request the pipe took at once, so
     /// the next request is encoded without allocating (and, when large,
     /// without faulting its pages in again). Kept only up to
     /// [`SPARE_BUFFER_MAX`].
-    pub(super) spare: Mutex<Vec<u8>>,
+    pub(crate) spare: Mutex<Vec<u8>>,
+    /// What is at the other end: a process or a connection.
+    pub(crate) peer: Peer,
 }
 
 /// The largest request buffer a worker keeps for reuse (see `Inner::spare`).
-pub(super) const SPARE_BUFFER_MAX: usize = 2 * 1024 * 1024;
+pub(crate) const SPARE_BUFFER_MAX: usize = 2 * 1024 * 1024;
 
 impl Inner {
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn closed_error(&self) -> CallError {
+    pub(crate) fn closed_error(&self) -> CallError {
         CallError::WorkerClosed {
             worker: self.info.id,
             pid: self.info.pid,
@@ -65,14 +54,14 @@ impl Inner {
 
     /// Registers a pending entry and sends its frame, atomically with respect
     /// to the worker dying: either both happen or the death error returns.
-    pub(super) fn send_registered(
+    pub(crate) fn send_registered(
         &self,
         id: RequestId,
         pending: Pending,
         frame: Frame,
     ) -> Result<(), CallError> {
         let mut state = self.state();
-        let refused = if let Some(dead) = &state.dead {
+        let refused = if let Some(dead) = state.dead.as_ref().or(state.refusing.as_ref()) {
             Some(dead.clone())
         } else if self.closing.load(Ordering::Acquire) {
             Some(self.closed_error())
@@ -104,7 +93,7 @@ impl Inner {
     }
 
     /// Encodes a request into the spare buffer (or a new one).
-    pub(super) fn encode_request(&self, message: &Message, method: &str) -> Result<Frame, CallError> {
+    pub(crate) fn encode_request(&self, message: &Message, method: &str) -> Result<Frame, CallError> {
         let mut buffer = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
         match encode_frame_into(message, self.max_frame, &mut buffer) {
             Ok(()) => Ok(Frame::Buffer(buffer)),
@@ -120,7 +109,7 @@ impl Inner {
     }
 
     /// Keeps a frame buffer for the next request, unless it is too large.
-    pub(super) fn give_back(&self, frame: Frame) {
+    pub(crate) fn give_back(&self, frame: Frame) {
         if let Frame::Buffer(mut buffer) = frame {
             if buffer.capacity() <= SPARE_BUFFER_MAX {
                 buffer.clear();
@@ -132,7 +121,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn encode(&self, message: &Message, method: &str) -> Result<Bytes, CallError> {
+    pub(crate) fn encode(&self, message: &Message, method: &str) -> Result<Bytes, CallError> {
         encode_frame(message, self.max_frame)
             .map(Bytes::from)
             .map_err(|e| CallError::InvalidRequest {
@@ -144,7 +133,7 @@ impl Inner {
 
     /// Forgets a call the caller gave up on and tells the worker.
     /// Returns the pending entry, if the call was still waiting.
-    pub(super) fn abandon(&self, id: RequestId) -> Option<Pending> {
+    pub(crate) fn abandon(&self, id: RequestId) -> Option<Pending> {
         let removed = self.state().remove(id);
         if removed.is_some() {
             if let Ok(frame) = encode_frame(&Message::Cancel(Cancel { id }), self.max_frame) {
@@ -154,20 +143,20 @@ impl Inner {
         removed
     }
 
-    pub(super) fn send_control(&self, message: &Message) {
+    pub(crate) fn send_control(&self, message: &Message) {
         if let Ok(frame) = encode_frame(message, self.max_frame) {
             self.writer.send(Bytes::from(frame));
         }
     }
 
-    pub(super) fn discard(&self, what: &str, id: RequestId) {
+    pub(crate) fn discard(&self, what: &str, id: RequestId) {
         self.discarded.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("portpool_transport_discarded_replies_total").increment(1);
         tracing::debug!(worker = %self.info.id, id, "discarded {what} for an unknown or cancelled request");
     }
 
     /// Routes one frame from the worker. Returns a protocol violation, if any.
-    pub(super) fn dispatch(&self, message: Message) -> Result<(), String> {
+    pub(crate) fn dispatch(&self, message: Message) -> Result<(), String> {
         match message {
             Message::Response(response) => {
                 let removed = self.state().remove(response.id);
@@ -237,62 +226,25 @@ impl Inner {
                     None => self.discard("pong", pong.id),
                 }
             }
+            Message::Goodbye(goodbye) if self.peer.accepts_goodbye() => {
+                tracing::info!(worker = %self.info.id, reason = %goodbye.reason, "worker said goodbye");
+                // No new calls from now on; in-flight ones may still finish.
+                self.state().refusing = Some(self.closed_error());
+                self.peer.goodbye(goodbye.reason);
+            }
             other => return Err(format!("unexpected {} message from the worker", other.kind())),
         }
         Ok(())
     }
 
-    /// The worker is gone: kill what is left, learn how it ended, and fail
-    /// every pending call exactly once.
-    ///
-    /// The cause reported is, in order: the one given to [`Worker::kill`] if
-    /// the host killed it; [`CrashCause::Exited`] if its stdout closed or its
-    /// stdin broke because the process ended by itself (its exit status
-    /// arrives within [`EXIT_SEEN_WITHIN`]); else the cause observed.
-    pub(super) async fn fail(&self, cause: CrashCause, reason: String) {
+    /// The worker is gone: let the peer settle how (kill what is left of
+    /// a process and learn its exit; close a connection), then fail every
+    /// pending call exactly once with the error the peer made of it.
+    pub(crate) async fn fail(&self, cause: CrashCause, reason: String) {
         let killed = self.killed.lock().unwrap_or_else(|e| e.into_inner()).take();
         // Known gone from now on, before the (bounded) reaping below.
         self.broken.store(true, Ordering::Release);
-        let pid = self.info.pid;
-        let group = &self.group;
-        let kill_group = || group.signal(Signal::SIGKILL);
-        let (cause, reason, exit) = if let Some((cause, reason)) = killed {
-            kill_group();
-            (cause, reason, reap(&self.group, self.exit_rx.clone()).await)
-        } else if self.closing.load(Ordering::Acquire) {
-            // A requested shutdown: give it the time `shutdown` is giving it.
-            let exit = match wait_exit(&self.exit_rx, REAP_WAIT).await {
-                Some(exit) => exit,
-                None => reap(&self.group, self.exit_rx.clone()).await,
-            };
-            (cause, reason, exit)
-        } else {
-            let ended = match cause {
-                CrashCause::StdoutClosed | CrashCause::StdinClosed => {
-                    wait_exit(&self.exit_rx, EXIT_SEEN_WITHIN).await
-                }
-                _ => None,
-            };
-            kill_group();
-            match ended {
-                Some(exit) => (CrashCause::Exited, format!("exited ({reason})"), exit),
-                None => (cause, reason, reap(&self.group, self.exit_rx.clone()).await),
-            }
-        };
-        self.stderr.wait_drained(STDERR_WAIT).await;
-        let error = if self.closing.load(Ordering::Acquire) {
-            self.closed_error()
-        } else {
-            tracing::warn!(worker = %self.info.id, pid, %exit, "worker crashed: {reason}");
-            CallError::WorkerCrashed {
-                worker: self.info.id,
-                pid,
-                cause,
-                reason,
-                exit,
-                stderr_tail: self.stderr.tail(),
-            }
-        };
+        let error = self.peer.end(self, cause, reason, killed).await;
         let pending = {
             let mut state = self.state();
             state.dead = Some(error.clone());
@@ -312,10 +264,11 @@ impl Inner {
             }
         }
         self.writer.close();
+        self.peer.after_end().await;
         self.dead_tx.send_replace(true);
     }
 
-    pub(super) fn dead_error(&self) -> CallError {
+    pub(crate) fn dead_error(&self) -> CallError {
         self.state().dead.clone().unwrap_or_else(|| self.closed_error())
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::CallError;
 
-pub(super) enum Pending {
+pub(crate) enum Pending {
     Call {
         method: String,
         reply: oneshot::Sender<Result<Value, CallError>>,
@@ -25,7 +25,7 @@ pub(super) enum Pending {
 }
 
 /// An encoded frame on its way to the writer.
-pub(super) enum Frame {
+pub(crate) enum Frame {
     /// Shared bytes (control frames).
     Shared(Bytes),
     /// A request in a buffer that may come back for reuse.
@@ -33,18 +33,21 @@ pub(super) enum Frame {
 }
 
 #[derive(Default)]
-pub(super) struct State {
-    pub(super) pending: HashMap<RequestId, Pending>,
+pub(crate) struct State {
+    pub(crate) pending: HashMap<RequestId, Pending>,
     /// Calls and streams among `pending` (pings excluded).
-    pub(super) in_flight: usize,
+    pub(crate) in_flight: usize,
     /// `in_flight`, readable without the lock (by the spinning reader).
-    pub(super) outstanding: Arc<AtomicUsize>,
+    pub(crate) outstanding: Arc<AtomicUsize>,
     /// Set once the worker is gone: every later call fails with it.
-    pub(super) dead: Option<CallError>,
+    pub(crate) dead: Option<CallError>,
+    /// Set once the worker said goodbye: new calls are refused with it,
+    /// in-flight ones may still finish.
+    pub(crate) refusing: Option<CallError>,
 }
 
 impl State {
-    pub(super) fn insert(&mut self, id: RequestId, pending: Pending) {
+    pub(crate) fn insert(&mut self, id: RequestId, pending: Pending) {
         if !matches!(pending, Pending::Ping(_)) {
             self.in_flight += 1;
             self.outstanding.store(self.in_flight, Ordering::Relaxed);
@@ -52,7 +55,7 @@ impl State {
         self.pending.insert(id, pending);
     }
 
-    pub(super) fn remove(&mut self, id: RequestId) -> Option<Pending> {
+    pub(crate) fn remove(&mut self, id: RequestId) -> Option<Pending> {
         let removed = self.pending.remove(&id);
         if matches!(removed, Some(Pending::Call { .. } | Pending::Stream { .. })) {
             self.in_flight -= 1;

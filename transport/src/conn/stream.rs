@@ -14,10 +14,10 @@ use super::inner::Inner;
 use crate::CallError;
 
 /// Cancels a call when its future or stream is dropped before the end.
-pub(super) struct CallGuard {
-    pub(super) inner: Arc<Inner>,
-    pub(super) id: RequestId,
-    pub(super) armed: bool,
+pub(crate) struct CallGuard {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) id: RequestId,
+    pub(crate) armed: bool,
 }
 
 impl Drop for CallGuard {
@@ -28,9 +28,9 @@ impl Drop for CallGuard {
     }
 }
 
-pub(super) struct PingGuard<'a> {
-    pub(super) inner: &'a Inner,
-    pub(super) id: RequestId,
+pub(crate) struct PingGuard<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) id: RequestId,
 }
 
 impl Drop for PingGuard<'_> {
@@ -40,13 +40,13 @@ impl Drop for PingGuard<'_> {
 }
 
 /// The items of a streaming call; cancels the call when dropped early.
-pub(super) struct ReplyStream {
-    pub(super) guard: CallGuard,
-    pub(super) items: mpsc::UnboundedReceiver<Result<Value, CallError>>,
-    pub(super) unread: Arc<AtomicUsize>,
-    pub(super) deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
-    pub(super) method: String,
-    pub(super) done: bool,
+pub(crate) struct ReplyStream {
+    pub(crate) guard: CallGuard,
+    pub(crate) items: mpsc::UnboundedReceiver<Result<Value, CallError>>,
+    pub(crate) unread: Arc<AtomicUsize>,
+    pub(crate) deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+    pub(crate) method: String,
+    pub(crate) done: bool,
 }
 
 impl Stream for ReplyStream {

@@ -1,6 +1,8 @@
-//! Writing frames to a worker's stdin: directly from the caller when the
-//! pipe is free (no task hop on the hot path), through a writer task when it
-//! is not. Frames never interleave and keep their order either way.
+//! Writing frames to a worker (its stdin, or a connection): directly from
+//! the caller when the pipe or socket is free (no task hop on the hot path),
+//! through a writer task when it is not (or when the stream cannot be
+//! written directly: TLS). Frames never interleave and keep their order
+//! either way.
 //!
 //! Under load a frame may be *corked*: when the worker is busy with other
 //! calls, a small request would only wait in the pipe, so it goes to the
@@ -9,14 +11,13 @@
 //! instead of one each.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
 pub(crate) struct FrameWriter {
@@ -25,6 +26,12 @@ pub(crate) struct FrameWriter {
     /// Set once a write failed (the worker closed its stdin, or died): what
     /// went wrong, for the reader to fail the worker with at once.
     failure: watch::Sender<Option<String>>,
+    /// What is written to, for messages: "its stdin", "the connection".
+    what: &'static str,
+    /// The direct descriptor is a socket: written with `MSG_NOSIGNAL`, so
+    /// a peer that went away is an error, never a SIGPIPE (whatever the
+    /// embedding program does with that signal).
+    socket: bool,
 }
 
 struct State {
@@ -42,13 +49,23 @@ struct State {
 }
 
 impl FrameWriter {
-    /// A writer for `stdin`, which [`FrameWriter::run`] then owns.
-    pub(crate) fn new(stdin: &ChildStdin) -> Self {
-        // Direct writes only on a non-blocking pipe: they must never block
-        // the calling thread.
-        let direct = stdin.as_fd().try_clone_to_owned().ok().filter(|fd| {
+    /// A writer for a stream that [`FrameWriter::run`] then owns; `direct`
+    /// is its file descriptor when frames may be written to it directly
+    /// (a pipe or a plain socket; not TLS), `what` names it in errors.
+    pub(crate) fn new(direct: Option<BorrowedFd<'_>>, what: &'static str) -> Self {
+        // Direct writes only on a non-blocking descriptor: they must never
+        // block the calling thread.
+        let direct = direct.and_then(|fd| fd.try_clone_to_owned().ok()).filter(|fd| {
             fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
                 .map(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+                .unwrap_or(false)
+        });
+        let socket = direct.as_ref().is_some_and(|fd| {
+            nix::sys::stat::fstat(fd.as_raw_fd())
+                .map(|st| {
+                    nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+                        == nix::sys::stat::SFlag::S_IFSOCK
+                })
                 .unwrap_or(false)
         });
         FrameWriter {
@@ -61,6 +78,8 @@ impl FrameWriter {
             }),
             wake: Notify::new(),
             failure: watch::channel(None).0,
+            what,
+            socket,
         }
     }
 
@@ -94,7 +113,7 @@ impl FrameWriter {
         let mut rest = frame;
         if !st.task_busy && st.queue.is_empty() {
             if let Some(fd) = &st.direct {
-                let written = write_now(fd, &rest);
+                let written = write_now(fd, &rest, self.socket);
                 if written == rest.len() {
                     return;
                 }
@@ -128,7 +147,7 @@ impl FrameWriter {
         let mut written = 0;
         if !st.task_busy && st.queue.is_empty() {
             if let Some(fd) = &st.direct {
-                written = write_now(fd, &frame);
+                written = write_now(fd, &frame, self.socket);
                 if written == frame.len() {
                     return Some(frame);
                 }
@@ -188,7 +207,7 @@ impl FrameWriter {
         st.queue.clear();
         drop(st);
         self.failure
-            .send_replace(Some(format!("writing to its stdin failed: {error}")));
+            .send_replace(Some(format!("writing to {} failed: {error}", self.what)));
     }
 }
 
@@ -205,10 +224,16 @@ enum Next {
 const CORK_MAX: usize = 16 * 1024;
 
 /// Writes as much of `buf` as the pipe takes now; returns how much.
-fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
+fn write_now(fd: &OwnedFd, buf: &[u8], socket: bool) -> usize {
     let mut written = 0;
     while written < buf.len() {
-        match nix::unistd::write(fd, &buf[written..]) {
+        let rest = &buf[written..];
+        let wrote = if socket {
+            nix::sys::socket::send(fd.as_raw_fd(), rest, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+        } else {
+            nix::unistd::write(fd, rest)
+        };
+        match wrote {
             Ok(n) => written += n,
             Err(Errno::EINTR) => continue,
             // Full (EAGAIN) or broken (EPIPE): the task takes over; it
@@ -222,7 +247,7 @@ fn write_now(fd: &OwnedFd, buf: &[u8]) -> usize {
 impl FrameWriter {
     /// The writer task: drains the queue whenever a sender could not write
     /// directly, flushing once per batch.
-    pub(crate) async fn run(&self, stdin: ChildStdin) {
+    pub(crate) async fn run<W: AsyncWrite + Unpin>(&self, stdin: W) {
         let mut stdin = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
         loop {
             match self.next() {
