@@ -576,3 +576,123 @@ async fn a_pool_mixes_local_and_remote_workers_within_quotas() {
     assert_eq!(replies, (0..30).map(Value::from).collect::<Vec<_>>());
     pool.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Issue 15, the headline: two front ends, each its own pool of remote
+/// workers (the same two real listeners) and a `SessionPool` over the same
+/// real Redis, continue each other's sessions; a worker process that
+/// restarts (a new instance) makes its sessions lost on every front end
+/// (typed, once), never routed elsewhere.
+#[cfg(feature = "redis")]
+mod shared_sessions {
+    use super::*;
+    use portpool::session::{RedisStore, RedisStoreConfig};
+    use portpool::{SessionConfig, SessionError, SessionId, SessionPool};
+    use portpool_testkit::RedisServer;
+
+    async fn front_end(name: &str, endpoints: &[&str], pki: &Pki, redis: &RedisServer) -> SessionPool {
+        let pool = pool(launcher(endpoints, Some(pki.tls())), 2).await;
+        let store = RedisStore::connect(&redis.url(), RedisStoreConfig::new("scale-out-test"))
+            .await
+            .expect("redis store connects");
+        SessionPool::with_store(pool, SessionConfig::default().front_end(name), Arc::new(store)).unwrap()
+    }
+
+    async fn count(front: &SessionPool, session: &SessionId) -> Result<u64, SessionError> {
+        front.call(session, "counter", &()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_front_ends_continue_each_others_sessions_through_redis_and_remote_workers() {
+        let Some(redis) = RedisServer::start_or_skip("two_front_ends_continue_each_others_sessions") else {
+            return;
+        };
+        let pki = Pki::new();
+        let one = Listener::start(Some(&pki), false);
+        let two = Listener::start(Some(&pki), false);
+        let endpoints = [one.addr.as_str(), two.addr.as_str()];
+        let a = front_end("front-a", &endpoints, &pki, &redis).await;
+        let b = front_end("front-b", &endpoints, &pki, &redis).await;
+
+        // Four sessions opened on A: bound to the least-loaded worker, so
+        // both listeners hold some.
+        let sessions: Vec<SessionId> = (0..4)
+            .map(|i| SessionId::try_from(format!("chat-{i}")).unwrap())
+            .collect();
+        for s in &sessions {
+            assert_eq!(count(&a, s).await.unwrap(), 1);
+            assert_eq!(count(&a, s).await.unwrap(), 2);
+        }
+        let mut endpoints_used = std::collections::BTreeSet::new();
+        for s in &sessions {
+            let binding = b.binding(s).await.unwrap().expect("A's binding is visible to B");
+            let address = binding.worker.as_str().to_string();
+            assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
+            endpoints_used.insert(address);
+            // B continues A's session on the same worker process.
+            assert_eq!(count(&b, s).await.unwrap(), 3, "{s} continues on B");
+            assert_eq!(count(&a, s).await.unwrap(), 4, "{s} continues back on A");
+        }
+        assert_eq!(
+            endpoints_used.len(),
+            2,
+            "sessions spread over both workers: {endpoints_used:?}"
+        );
+
+        // Listener one's worker process dies and is restarted by its
+        // listener with a new instance: its sessions are lost for both front
+        // ends (reported once each), the others carry on.
+        let dead = b.binding(&sessions[0]).await.unwrap().unwrap().worker;
+        let victim = if dead.as_str().contains(&one.addr) {
+            &one
+        } else {
+            &two
+        };
+        let child_pid: u32 = {
+            let pool = a.pool().clone();
+            let status = pool.status();
+            status
+                .workers
+                .iter()
+                .find(|w| w.address.as_ref() == Some(&dead))
+                .and_then(|w| w.pid)
+                .expect("A is connected to the bound worker")
+        };
+        let _ = Command::new("kill")
+            .args(["-KILL", &child_pid.to_string()])
+            .status();
+        let until = Instant::now() + LIMIT;
+        // Wait until A's pool has reconnected to the restarted worker.
+        loop {
+            let status = a.pool().status();
+            let back = status
+                .workers
+                .iter()
+                .filter_map(|w| w.address.as_ref())
+                .any(|addr| addr.as_str().contains(&victim.addr) && *addr != dead);
+            if back {
+                break;
+            }
+            assert!(Instant::now() < until, "A never reconnected:\n{}", victim.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for s in &sessions {
+            let bound = b.binding(s).await.unwrap().unwrap().worker;
+            if bound == dead {
+                let lost = count(&a, s).await;
+                assert!(
+                    matches!(lost, Err(SessionError::SessionLost { .. })),
+                    "{s}: {lost:?}"
+                );
+                assert_eq!(count(&b, s).await.unwrap(), 1, "{s} starts fresh after the loss");
+            } else {
+                assert_eq!(
+                    count(&b, s).await.unwrap(),
+                    5,
+                    "{s} on the surviving worker carries on"
+                );
+            }
+        }
+        a.pool().shutdown(Duration::from_secs(5)).await;
+        b.pool().shutdown(Duration::from_secs(5)).await;
+    }
+}
