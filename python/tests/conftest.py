@@ -37,6 +37,31 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class StderrCapture:
+    """A child's stderr, read continuously on a thread of its own (a full pipe would block it)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self._fd = proc.stderr.fileno()
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            data = os.read(self._fd, 65536)
+            if not data:
+                return
+            with self._lock:
+                self._data += data
+
+    @property
+    def text(self) -> str:
+        """Everything read so far, decoded leniently."""
+        with self._lock:
+            return self._data.decode("utf-8", "replace")
+
+
 class Worker:
     """One worker process and a frame-level client for it."""
 
@@ -62,12 +87,10 @@ class Worker:
             start_new_session=new_session,
         )
         self._frames: queue.Queue[Any] = queue.Queue()
-        self._stderr = bytearray()
-        self._stderr_lock = threading.Lock()
+        self._stderr = StderrCapture(self.proc)
         self.raw_stdout = bytearray()
         self._ids = itertools.count(1)
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
         self.hello: dict[str, Any] | None = self.recv() if hello else None
 
     # -- background readers
@@ -89,20 +112,9 @@ class Worker:
                 self._frames.put(exc)
                 return
 
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
-        while True:
-            data = os.read(fd, 65536)
-            if not data:
-                return
-            with self._stderr_lock:
-                self._stderr += data
-
     @property
     def stderr(self) -> str:
-        with self._stderr_lock:
-            return self._stderr.decode("utf-8", "replace")
+        return self._stderr.text
 
     def wait_stderr(self, text: str, timeout: float = 5.0) -> str:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import os
 import pathlib
 import re
 import secrets
@@ -18,12 +17,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import msgpack
-from conftest import APPS, HERE, worker_env
+from conftest import APPS, HERE, StderrCapture, worker_env
 
 from portpool import protocol
 
@@ -62,27 +60,14 @@ class ListenerProcess:
             env=full_env,
             cwd=HERE,
         )
-        self._stderr = bytearray()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr = StderrCapture(self.proc)
         self.address: tuple[str, int] = ("", 0)
         if wait_ready:
             self.address = self.wait_listening()
 
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
-        while True:
-            data = os.read(fd, 65536)
-            if not data:
-                return
-            with self._lock:
-                self._stderr += data
-
     @property
     def stderr(self) -> str:
-        with self._lock:
-            return self._stderr.decode("utf-8", "replace")
+        return self._stderr.text
 
     def wait_stderr(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Waits until ``pattern`` (a regex) appears on the listener's stderr."""
