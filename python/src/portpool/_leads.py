@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import select
@@ -18,6 +17,8 @@ from portpool._stdio import _log, _readable, _set_blocking
 from portpool._threads import _LEAD, _Lead, _Workers
 
 if TYPE_CHECKING:
+    import asyncio
+
     from portpool._output import _Output
 
 _READ_SIZE = 256 * 1024  # bytes per read of the protocol input

@@ -4,12 +4,14 @@ reasons, and the shutdown timings.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portpool.app import Context, Handler, HandlerKind
+
+if TYPE_CHECKING:
+    import asyncio
 
 # Streaming handlers wait while more than this many bytes are queued for output.
 _STREAM_BACKPRESSURE_BYTES = 8 * 1024 * 1024
