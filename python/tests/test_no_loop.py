@@ -1,4 +1,5 @@
-"""An app without async handlers runs without an event loop (``Runtime.run_without_loop``).
+"""An app without async handlers runs without an event loop (``Runtime.run_without_loop``),
+and a worker imports only what serving needs.
 
 Such a worker never imports asyncio (tens of milliseconds of CPU at every start, paid by
 every worker of a pool that starts at once); its shutdown, end of input, grace period and
@@ -41,6 +42,9 @@ def test_a_sync_only_worker_never_imports_asyncio(
 ) -> None:
     w = spawn(write_app(SYNC_ONLY_APP))
     assert w.result("modules", "asyncio") == []
+    # Nor what only type checkers, error paths or odd handlers need (see portpool.app):
+    for module in ("typing", "inspect", "dataclasses", "traceback"):
+        assert w.result("modules", module) == [], module
     assert "MainThread" in w.result("threads")
     w.close_stdin()
     assert w.wait(5) == 0, w.stderr

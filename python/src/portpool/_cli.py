@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
 
 from portpool import protocol
 from portpool._exit import EXIT_APP_ERROR, EXIT_OK, _exit
@@ -15,8 +14,10 @@ from portpool._runtime import DEFAULT_SHUTDOWN_GRACE, Runtime
 from portpool._stdio import _env_float, _env_int, _log, redirect_stdio
 from portpool.app import App
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
 if TYPE_CHECKING:
     import asyncio
+    from typing import NoReturn
 
 ENV_MAX_FRAME = "PORTPOOL_MAX_FRAME"
 ENV_SHUTDOWN_GRACE = "PORTPOOL_SHUTDOWN_GRACE"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from portpool import protocol
 from portpool._frames import _Frames
@@ -13,6 +12,10 @@ from portpool._output import _Output
 from portpool._state import _QUEUED, _RUNNING, _Method, _Request, _Stop
 from portpool._stdio import _log
 from portpool.app import App, Context
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Dispatch(_Frames):

@@ -112,7 +112,6 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from portpool import protocol
 from portpool._dispatch import _Dispatch
@@ -138,8 +137,10 @@ from portpool._stdio import _log
 from portpool._threads import _LEAD, _Workers
 from portpool.app import App
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any
 
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
