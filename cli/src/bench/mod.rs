@@ -23,7 +23,8 @@
 //! 3. I/O-bound calls (the handler awaits 20 ms), 4 workers, 400 callers:
 //!    multiplexed vs one call per worker at a time (exclusive checkout);
 //! 4. cold start of 8 workers whose app takes 0.5 s to import: parallel vs
-//!    one worker, and vs sequential;
+//!    one worker, and vs sequential; the same for an app without async
+//!    handlers (no event loop, no asyncio); each worker's CPU until ready;
 //! 5. 1 MiB binary echo throughput vs the floors;
 //! 6. Python's multiprocessing.Pool and ProcessPoolExecutor doing 1 and 2;
 //! 7. binding a new session at 100 to 100,000 bound sessions (fake workers,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable
-from typing import NoReturn
 
 from portpool import protocol
 from portpool._exit import EXIT_APP_ERROR, EXIT_OK, _exit
@@ -16,6 +13,11 @@ from portpool._loader import AppLoadError, load_app
 from portpool._runtime import DEFAULT_SHUTDOWN_GRACE, Runtime
 from portpool._stdio import _env_float, _env_int, _log, redirect_stdio
 from portpool.app import App
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    import asyncio
+    from typing import NoReturn
 
 ENV_MAX_FRAME = "PORTPOOL_MAX_FRAME"
 ENV_SHUTDOWN_GRACE = "PORTPOOL_SHUTDOWN_GRACE"
@@ -33,6 +35,8 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     Opt-in: measured here, uvloop saved no CPU per async call and woke the watcher thread
     about once per call (4 context switches per call instead of 1).
     """
+    import asyncio
+
     if os.environ.get(ENV_UVLOOP, "").strip() == "1":
         try:
             import uvloop  # type: ignore[import-not-found,unused-ignore]
@@ -55,15 +59,22 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
         shutdown_grace=_env_float(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE),
         spin=min(_env_int(ENV_SPIN_US, 0), _MAX_SPIN_US) / 1e6,
     )
-    # Not asyncio.run(): its teardown waits for leftover tasks and executor threads, which a
-    # misbehaving handler could make last forever. The process exits right after this instead.
-    loop = _new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(runtime.run())
+        if runtime.needs_loop:
+            # Not asyncio.run(): its teardown waits for leftover tasks and executor threads, which
+            # a misbehaving handler could make last forever. The process exits right after this.
+            import asyncio
+
+            loop = _new_event_loop()
+            asyncio.set_event_loop(loop)
+            code = loop.run_until_complete(runtime.run())
+        else:  # no async handlers: no event loop, and asyncio is never imported (cold start)
+            code = runtime.run_without_loop()
     except KeyboardInterrupt:
         code = 130
     except BaseException:
+        import traceback
+
         _log("the runtime failed:\n" + traceback.format_exc())
         code = EXIT_APP_ERROR
     if not runtime.close():
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _log(f"app {spec!r} exited while importing: {code}")
         _exit(EXIT_APP_ERROR)
     except BaseException:
+        import traceback
+
         sys.stderr.write(traceback.format_exc())
         _log(f"importing app {spec!r} failed (traceback above)")
         _exit(EXIT_APP_ERROR)

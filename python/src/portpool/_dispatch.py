@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from portpool import protocol
 from portpool._frames import _Frames
@@ -13,6 +12,10 @@ from portpool._output import _Output
 from portpool._state import _QUEUED, _RUNNING, _Method, _Request, _Stop
 from portpool._stdio import _log
 from portpool.app import App, Context
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Dispatch(_Frames):
@@ -33,6 +36,7 @@ class _Dispatch(_Frames):
     _sessions: dict[str, dict[str, Any]]
     _methods: dict[str, _Method]
     _out: _Output
+    _without_loop: bool
 
     if TYPE_CHECKING:
 
@@ -115,7 +119,18 @@ class _Dispatch(_Frames):
             if info is None:
                 handler_ = self.app.get_handler(method)
                 assert handler_ is not None  # _refuse answered unknown methods
-                info = self._methods[method] = _Method(handler_)
+                new_info = _Method(handler_)
+                if new_info.is_async and self._without_loop:
+                    self._out.send(
+                        self._error_frame_plain(
+                            id_,
+                            "HandlerError",
+                            f"async handler {method!r} was registered after this worker started"
+                            " without an event loop (it had no async handler then)",
+                        )
+                    )
+                    return True
+                info = self._methods[method] = new_info
         handler = info.handler
         session_id: str | None = msg.get("session")
         session = None if session_id is None else self._sessions.setdefault(session_id, {})

@@ -9,9 +9,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn
 
 from portpool._stdio import _log
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 
 EXIT_OK = 0
 EXIT_APP_ERROR = 1  # bad usage, app failed to import, output pipe broken

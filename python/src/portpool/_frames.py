@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import struct
-import traceback
-from typing import TYPE_CHECKING, Any
 
 from portpool import protocol
 from portpool.app import HandlerError
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
 if TYPE_CHECKING:
+    from typing import Any
+
     from portpool._state import _Request
 
 _FRAME_HEADER = struct.Struct(">I")  # as protocol.frame writes it
@@ -87,6 +88,8 @@ class _Frames:
             return self._error_frame_plain(req.id, type(exc).__name__, message)
 
     def _describe_error(self, req: _Request, exc: BaseException) -> bytes:
+        import traceback  # on the first error, not at every worker's start
+
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
             tb = tb.tb_next  # drop the runtime's own frames

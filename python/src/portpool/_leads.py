@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from portpool import protocol
 from portpool._exit import EXIT_OK, EXIT_PROTOCOL_ERROR, _watchdog
@@ -17,7 +15,11 @@ from portpool._state import _CANCEL_SETTLE, _FLUSH_TIMEOUT, _WATCHDOG_SLACK, _Re
 from portpool._stdio import _log, _readable, _set_blocking
 from portpool._threads import _LEAD, _Lead, _Workers
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
 if TYPE_CHECKING:
+    import asyncio
+    from typing import Any
+
     from portpool._output import _Output
 
 _READ_SIZE = 256 * 1024  # bytes per read of the protocol input

@@ -7,10 +7,13 @@ import importlib.util
 import os
 import sys
 import types
-from typing import Any
 
 from portpool._stdio import _log  # noqa: F401
 from portpool.app import App
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class AppLoadError(Exception):

@@ -63,7 +63,11 @@ Threads
   and a handler thread takes the lead back.
 * **the main thread** runs the asyncio event loop (:meth:`Runtime.run`): async handlers
   run there as tasks (eagerly on Python 3.12+) and send their own responses; it waits for
-  a stop, then drains (grace period, then cancelling stragglers).
+  a stop, then drains (grace period, then cancelling stragglers). An app with no async
+  handlers gets no loop (:meth:`Runtime.run_without_loop`): the main thread waits and
+  drains on ``threading.Event`` waits, the lead never goes to a loop, and :mod:`asyncio`
+  is never imported (it is most of a worker's start-up CPU); an awaitable a sync handler
+  returns then runs on ``portpool-loop``, a loop thread started on first use.
 * **output** (:class:`~portpool._output._Output`) has no writer thread in the common case:
   whichever thread has a frame to send writes it, with the frames queued meanwhile, so
   frames never interleave. When the pipe is full, ``portpool-writer`` takes over until the
@@ -99,16 +103,15 @@ the read started only async requests, hands the loop the lead; the task's
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import inspect
+import collections.abc
 import os
 import select
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
-from typing import Any
 
 from portpool import protocol
 from portpool._dispatch import _Dispatch
@@ -117,6 +120,7 @@ from portpool._frames import _U32_MAX, _EncodeFailure
 from portpool._leads import _INLINE_TAKEOVER, _Leads
 from portpool._output import _can_be_nonblocking, _Output
 from portpool._state import (
+    _ASYNC_KINDS,
     _CANCEL_SETTLE,
     _DONE,
     _FLUSH_TIMEOUT,
@@ -132,6 +136,11 @@ from portpool._state import (
 from portpool._stdio import _log
 from portpool._threads import _LEAD, _Workers
 from portpool.app import App
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any
 
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
@@ -173,21 +182,67 @@ class Runtime(_Leads, _Dispatch):
         self._workers = _Workers(app.max_concurrency, self._run_pooled, self._lead)
         self._methods: dict[str, _Method] = {}  # by name, made on first use (lead holder only)
         self._init_leads(max_frame, spin)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # None: run_without_loop (or not started)
         self._loop_thread: int | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._idle_event: asyncio.Event | None = None
+        # Set on a stop, and (draining) when the last request finishes: asyncio events on the
+        # loop, threading events without one (see _notify).
+        self._stop_event: asyncio.Event | threading.Event | None = None
+        self._idle_event: asyncio.Event | threading.Event | None = None
+        self._aux_loop: asyncio.AbstractEventLoop | None = None  # see _loop_for_awaitables
+        self._without_loop = False  # run_without_loop: async handlers cannot run (see _on_request)
+        self._aux_lock = threading.Lock()
         self._hold_output = False  # loop thread only: see _start_async
         self._held_frames = False  # the loop queued frames unclaimed, for _release_output to kick
 
     # ------------------------------------------------------------------ main
 
+    @property
+    def needs_loop(self) -> bool:
+        """Whether the app has ``async def`` handlers (or async generators): they run on an event
+        loop, so the main thread runs one (:meth:`run`); otherwise :meth:`run_without_loop`."""
+        app = self.app
+        return any(
+            (h := app.get_handler(name)) is not None and h.kind in _ASYNC_KINDS for name in app.methods
+        )
+
     async def run(self) -> int:
-        """Runs until stopped; returns the process exit code."""
+        """Runs until stopped, on the running event loop; returns the process exit code."""
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._stop_event = asyncio.Event()
+        self._stop_event = stop = asyncio.Event()
         self._idle_event = asyncio.Event()
+        self._begin()
+        await stop.wait()
+        code = self._stopped_early()
+        if code is not None:
+            return code
+        await self._drain()
+        return EXIT_OK
+
+    def run_without_loop(self) -> int:
+        """:meth:`run` for an app without async handlers (``not needs_loop``): the calling thread
+        (the main thread) waits for the stop and drains without an event loop, so a worker that
+        needs none never imports :mod:`asyncio` (tens of milliseconds of CPU at every start).
+
+        The same threads, states and steps as :meth:`run`: only the waits are plain
+        :class:`threading.Event` waits. A sync handler that returns an awaitable has it run on
+        a loop thread started then (see :meth:`_loop_for_awaitables`).
+        """
+        self._without_loop = True
+        self._stop_event = stop = threading.Event()
+        self._idle_event = threading.Event()
+        self._begin()
+        stop.wait()
+        code = self._stopped_early()
+        if code is not None:
+            return code
+        self._drain_without_loop()
+        return EXIT_OK
+
+    def _begin(self) -> None:
+        """Main thread, before waiting for the stop: says hello and starts reading."""
         self._out.start()
         hello = protocol.hello_message(
             runtime_version=sys.version.split()[0],  # as platform.python_version() (not imported: cold start)
@@ -201,33 +256,56 @@ class Runtime(_Leads, _Dispatch):
             self._in_poll.register(self.in_fd, select.POLLIN)
         threading.Thread(target=self._watch, name="portpool-watcher", daemon=True).start()
         self._workers.submit(_LEAD)  # a worker thread starts reading input
-        await self._stop_event.wait()
+
+    def _stopped_early(self) -> int | None:
+        """After the stop: the exit code when there is nothing to drain (an error), else None."""
         reason = self._stop_reason
         if reason is _Stop.PROTOCOL_ERROR:
             return EXIT_PROTOCOL_ERROR
         if reason is _Stop.OUTPUT_CLOSED:
             self._abandon_all("worker output closed")
             return EXIT_APP_ERROR
-        await self._drain()
-        return EXIT_OK
+        return None
 
     async def _wait_idle(self, timeout: float) -> None:
-        assert self._idle_event is not None
+        import asyncio
+
+        idle = self._idle_event
+        assert isinstance(idle, asyncio.Event)
         try:
-            await asyncio.wait_for(self._idle_event.wait(), timeout)
+            await asyncio.wait_for(idle.wait(), timeout)
         except asyncio.TimeoutError:
             pass
 
     async def _drain(self) -> None:
         """Lets in-flight requests finish within the grace period, then cancels the rest."""
+        if self._drain_begin():
+            await self._wait_idle(self.shutdown_grace)
+        if self._drain_cancel():
+            await self._wait_idle(_CANCEL_SETTLE)
+            self._abandon_all("the worker is shutting down")
+
+    def _drain_without_loop(self) -> None:
+        """:meth:`_drain` without an event loop (see :meth:`run_without_loop`)."""
+        idle = self._idle_event
+        assert isinstance(idle, threading.Event)
+        if self._drain_begin():
+            idle.wait(self.shutdown_grace)
+        if self._drain_cancel():
+            idle.wait(_CANCEL_SETTLE)
+            self._abandon_all("the worker is shutting down")
+
+    def _drain_begin(self) -> bool:
+        """Draining from now on; whether requests are in flight."""
         with self._lock:
             self._draining = True  # from now on, the last request to finish sets _idle_event
-            busy = bool(self._requests)
-        if busy:
-            await self._wait_idle(self.shutdown_grace)
+            return bool(self._requests)
+
+    def _drain_cancel(self) -> bool:
+        """After the grace period: cancels what is still in flight; False when nothing was."""
         with self._lock:
             if not self._requests:
-                return
+                return False
             left = len(self._requests)
             self._start_more = False
             queued = list(self._queue)
@@ -240,8 +318,7 @@ class Runtime(_Leads, _Dispatch):
             req.cancel()
             if req.is_async:
                 self._cancel_task(req)
-        await self._wait_idle(_CANCEL_SETTLE)
-        self._abandon_all("the worker is shutting down")
+        return True
 
     def _abandon_all(self, why: str) -> None:
         """Answers every request still in flight with a Cancelled error (their handlers may still run)."""
@@ -271,7 +348,14 @@ class Runtime(_Leads, _Dispatch):
             if self._stop_reason is None:
                 self._stop_reason = reason
         if self._stop_event is not None:
-            self._post(self._stop_event.set)
+            self._notify(self._stop_event)
+
+    def _notify(self, event: asyncio.Event | threading.Event) -> None:
+        """Any thread: sets ``event`` (on the loop, for an asyncio one)."""
+        if self._loop is None:
+            event.set()  # a threading.Event (run_without_loop)
+        else:
+            self._post(event.set)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> bool:
         loop = self._loop
@@ -352,7 +436,7 @@ class Runtime(_Leads, _Dispatch):
                 starting = self._take_startable() if self._queue else _NONE_STARTING
                 if self._draining and not self._requests:
                     assert self._idle_event is not None
-                    self._post(self._idle_event.set)
+                    self._notify(self._idle_event)
         self._emit(req, frame, final=True)
         for next_req in starting:
             self._start(next_req)
@@ -420,7 +504,7 @@ class Runtime(_Leads, _Dispatch):
             result = info.call(req.params) if info.call is not None else req.handler.call(req.params, req.ctx)
             if type(result) in _PLAIN_TYPES:
                 pass
-            elif inspect.isgenerator(result):
+            elif isinstance(result, types.GeneratorType):
                 try:
                     for item in result:
                         if req.is_cancelled():
@@ -431,9 +515,11 @@ class Runtime(_Leads, _Dispatch):
                 finally:
                     result.close()
                 result = None
-            elif inspect.isawaitable(result):  # e.g. a sync wrapper returning a coroutine
-                assert self._loop is not None
-                result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
+            elif isinstance(result, collections.abc.Awaitable):  # e.g. a sync wrapper returning a coroutine
+                import asyncio
+
+                loop = self._loop or self._loop_for_awaitables()
+                result = asyncio.run_coroutine_threadsafe(_await(result), loop).result()
             if req.cancelled or (req.ctx is not None and req.is_cancelled()):
                 return self._cancelled_frame(req)
             return self._ok_frame(req, result)
@@ -444,8 +530,22 @@ class Runtime(_Leads, _Dispatch):
                 return self._cancelled_frame(req)
             return self._error_frame(req, exc)
 
+    def _loop_for_awaitables(self) -> asyncio.AbstractEventLoop:
+        """Any thread, without a main loop (:meth:`run_without_loop`): a loop on a thread of its
+        own (``portpool-loop``, started on first use) for awaitables returned by sync handlers."""
+        with self._aux_lock:
+            if self._aux_loop is None:
+                import asyncio
+
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="portpool-loop", daemon=True).start()
+                self._aux_loop = loop
+            return self._aux_loop
+
     async def _run_async(self, req: _Request) -> None:
         """Loop task: runs an async handler or async generator, then sends its response."""
+        import asyncio
+
         req.started = True
         try:
             if req.is_cancelled():  # cancelled between taking its slot and starting
@@ -479,6 +579,8 @@ if sys.version_info >= (3, 12):
 
     def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
         """A task whose first step runs now, in the caller (Python 3.12+)."""
+        import asyncio
+
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:

@@ -4,12 +4,15 @@ reasons, and the shutdown timings.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Callable
-from typing import Any
 
 from portpool.app import Context, Handler, HandlerKind
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any
 
 # Streaming handlers wait while more than this many bytes are queued for output.
 _STREAM_BACKPRESSURE_BYTES = 8 * 1024 * 1024

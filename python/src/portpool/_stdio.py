@@ -7,7 +7,11 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _MAX_GRACE = 24 * 3600.0
 

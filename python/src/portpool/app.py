@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import enum
-import inspect
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, overload
+import types
+
+# Not imported at run time (a worker's cold start pays for every module it imports; typing,
+# inspect and dataclasses cost more CPU than the rest of the runtime): inspect only for
+# handlers that are not plain functions (see _plain_function).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn, TypeVar, overload
+
+    F = TypeVar("F", bound=Callable[..., Any])
+else:
+
+    def overload(func):  # noqa: ANN001, ANN202 - typing.overload for mypy; the last def wins at run time
+        return func
+
 
 __all__ = ["App", "Context", "HandlerError", "RESERVED_PREFIX"]
 
 RESERVED_PREFIX = "_portpool"
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class HandlerError(Exception):
@@ -86,15 +96,49 @@ class HandlerKind(enum.Enum):
     ASYNC_GEN = "async_gen"
 
 
-@dataclass(frozen=True)
 class Handler:
-    """A registered handler and how to call it."""
+    """A registered handler and how to call it (immutable)."""
+
+    __slots__ = ("name", "func", "kind", "takes_params", "takes_ctx")
 
     name: str
     func: Callable[..., Any]
     kind: HandlerKind
     takes_params: bool
     takes_ctx: bool
+
+    def __init__(
+        self, name: str, func: Callable[..., Any], kind: HandlerKind, takes_params: bool, takes_ctx: bool
+    ) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "func", func)
+        init(self, "kind", kind)
+        init(self, "takes_params", takes_params)
+        init(self, "takes_ctx", takes_ctx)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Handler is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Handler is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.name, self.func, self.kind, self.takes_params, self.takes_ctx)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Handler:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Handler(name={self.name!r}, func={self.func!r}, kind={self.kind!r}, "
+            f"takes_params={self.takes_params!r}, takes_ctx={self.takes_ctx!r})"
+        )
 
     def call(self, params: Any, ctx: Context | None) -> Any:
         """Calls the handler; ``ctx`` may be None when it does not take one (``takes_ctx`` is False)."""
@@ -105,9 +149,48 @@ class Handler:
         return self.func()
 
 
+# Code flags (as inspect reads them): see _plain_function.
+_CO_VARARGS = 0x04
+_CO_GENERATOR = 0x20
+_CO_COROUTINE = 0x80
+_CO_ASYNC_GENERATOR = 0x200
+
+
+def _plain_function(func: Any) -> bool:
+    """A ``def`` or ``lambda`` with nothing inspect would unwrap or take instead of its code
+    (``functools.wraps``, ``__signature__``, ``partialmethod``, ``markcoroutinefunction``):
+    its kind and signature are read off its code object, as inspect would, without
+    importing inspect (see the module's imports). Anything else goes through inspect."""
+    return type(func) is types.FunctionType and not any(
+        hasattr(func, attr)
+        for attr in (
+            "__wrapped__",
+            "__signature__",
+            "_partialmethod",
+            "__partialmethod__",
+            "_is_coroutine_marker",
+        )
+    )
+
+
 def _kind_of(func: Callable[..., Any]) -> HandlerKind:
+    if _plain_function(func):
+        flags = func.__code__.co_flags
+        if flags & _CO_ASYNC_GENERATOR:
+            return HandlerKind.ASYNC_GEN
+        if flags & _CO_COROUTINE:
+            return HandlerKind.ASYNC
+        if flags & _CO_GENERATOR:
+            return HandlerKind.SYNC_GEN
+        return HandlerKind.SYNC
+    return _kind_by_inspect(func)
+
+
+def _kind_by_inspect(func: Callable[..., Any]) -> HandlerKind:
     # Functions, bound methods and functools.partial are recognized by inspect; for other
     # callable objects, look at their __call__ method.
+    import inspect
+
     candidates: list[Any] = [func]
     if not (inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type)):
         candidates.append(getattr(func, "__call__", None))  # noqa: B004
@@ -123,6 +206,22 @@ def _kind_of(func: Callable[..., Any]) -> HandlerKind:
 
 def _arity(name: str, func: Callable[..., Any]) -> tuple[bool, bool]:
     """Returns (takes_params, takes_ctx) from the signature."""
+    if _plain_function(func):
+        code = func.__code__
+        positional = code.co_argcount  # positional-only and positional-or-keyword
+        keyword_only = code.co_varnames[positional : positional + code.co_kwonlyargcount]
+        kw_defaults = func.__kwdefaults__ or {}
+        required = positional - len(func.__defaults__ or ())
+        if all(p in kw_defaults for p in keyword_only) and required <= 2:  # else: inspect's error
+            if code.co_flags & _CO_VARARGS or positional >= 2:
+                return True, True
+            return positional == 1, False
+    return _arity_by_inspect(name, func)
+
+
+def _arity_by_inspect(name: str, func: Callable[..., Any]) -> tuple[bool, bool]:
+    import inspect
+
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
@@ -180,12 +279,12 @@ class App:
     def handler(self, func: F, /) -> F: ...
 
     @overload
-    def handler(self, name: str | None = None, /) -> Callable[[F], F]: ...
+    def handler(self, name: str | None = None, /) -> Callable[[F], F]: ...  # noqa: F811 - see overload
 
     @overload
-    def handler(self, *, name: str) -> Callable[[F], F]: ...
+    def handler(self, *, name: str) -> Callable[[F], F]: ...  # noqa: F811
 
-    def handler(self, func: Any = None, *, name: Any = None) -> Any:
+    def handler(self, func: Any = None, *, name: Any = None) -> Any:  # noqa: F811
         """Registers a handler: ``@app.handler``, ``@app.handler("name")``, ``@app.handler(name="name")``."""
         if callable(func):
             self.add_handler(func, name)

@@ -17,7 +17,6 @@ import io
 import struct
 import threading
 from collections.abc import Mapping
-from typing import Any, Final, cast
 
 import msgpack
 
@@ -25,23 +24,6 @@ from portpool._messages import (
     CAPABILITIES,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
-    AuthChallengeMessage,
-    AuthFailedMessage,
-    AuthOkMessage,
-    AuthResponseMessage,
-    CancelMessage,
-    ChunkMessage,
-    ErrorInfo,
-    GoodbyeMessage,
-    HelloMessage,
-    Message,
-    PingMessage,
-    PongMessage,
-    RequestMessage,
-    ResponseErrorMessage,
-    ResponseOkMessage,
-    SessionCloseMessage,
-    ShutdownMessage,
     cancel_message,
     chunk_message,
     goodbye_message,
@@ -54,6 +36,66 @@ from portpool._messages import (
     session_close_message,
     shutdown_message,
 )
+
+# The message types (TypedDicts) come from portpool._message_types, which imports typing: for
+# type checkers here, and at run time on first use (see __getattr__), so that a worker never
+# imports typing (it costs a cold start more CPU than the runtime's own modules).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from portpool._message_types import (
+        AuthChallengeMessage,
+        AuthFailedMessage,
+        AuthOkMessage,
+        AuthResponseMessage,
+        CancelMessage,
+        ChunkMessage,
+        ErrorInfo,
+        GoodbyeMessage,
+        HelloMessage,
+        Message,
+        PingMessage,
+        PongMessage,
+        RequestMessage,
+        ResponseErrorMessage,
+        ResponseOkMessage,
+        SessionCloseMessage,
+        ShutdownMessage,
+    )
+_MESSAGE_TYPES = frozenset(
+    (
+        "AuthChallengeMessage",
+        "AuthFailedMessage",
+        "AuthOkMessage",
+        "AuthResponseMessage",
+        "GoodbyeMessage",
+        "CancelMessage",
+        "ChunkMessage",
+        "ErrorInfo",
+        "HelloMessage",
+        "Message",
+        "PingMessage",
+        "PongMessage",
+        "RequestMessage",
+        "ResponseErrorMessage",
+        "ResponseOkMessage",
+        "SessionCloseMessage",
+        "ShutdownMessage",
+    )
+)
+
+
+def __getattr__(name: str) -> object:
+    """The message types, imported on first use (see above)."""
+    if name in _MESSAGE_TYPES:
+        from portpool import _message_types
+
+        value: object = getattr(_message_types, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AuthChallengeMessage",
@@ -548,7 +590,7 @@ def _validate(raw: Any) -> Message:
             msg["error"] = err
         else:
             raise Malformed("response message has neither 'result' nor 'error'")
-    return cast(Message, msg)
+    return msg  # type: ignore[return-value]  # checked above, key by key
 
 
 def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
