@@ -1,5 +1,6 @@
-//! 8. Remote workers on loopback: the same sequential small calls over TCP
-//!    (plaintext) and TCP + TLS to a `--listen` listener, beside stdio.
+//! 8. Remote workers on loopback: the same small calls over TCP (plaintext)
+//!    and TCP + TLS to a `--listen` listener, beside stdio: sequential
+//!    latency (8, 8a) and throughput with 8 callers (8b, 8c).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,10 +9,14 @@ use std::time::Duration;
 
 use portpool::{Pool, TcpLauncher, TlsConfig};
 
-use super::Rounds;
-use crate::bench::calls::{sequential_calls, Caller};
+use super::{Rounds, WARMUP};
+use crate::bench::calls::{concurrent_calls, sequential_calls, Caller};
 use crate::bench::compare::{median, round_order};
+use crate::bench::usage::Run;
 use crate::bench::{Bench, Row};
+
+/// Callers at once in the throughput rows (8b, 8c).
+const THROUGHPUT_CALLERS: usize = 8;
 
 /// The secret the bench's listeners and launchers share.
 const SECRET: &str = "portpool-bench-secret-not-for-production";
@@ -129,6 +134,28 @@ impl Bench {
                 rounds.runs[who].push(run);
             }
         }
+        // The same pools, 8 callers at once (one worker each side).
+        let mut busy = Rounds::new(contestants);
+        for round in 0..self.rounds {
+            for who in round_order(round, contestants) {
+                let pool = match who {
+                    0 => &stdio,
+                    1 => &tcp,
+                    _ => tls.as_ref().unwrap_or(&tcp),
+                };
+                let run = concurrent_calls(
+                    pool,
+                    "echo",
+                    &self.payload,
+                    THROUGHPUT_CALLERS,
+                    WARMUP,
+                    self.seconds,
+                    false,
+                )
+                .await?;
+                busy.runs[who].push(run);
+            }
+        }
         for pool in [Some(&stdio), Some(&tcp), tls.as_ref()].into_iter().flatten() {
             pool.shutdown(Duration::from_secs(5)).await;
         }
@@ -163,7 +190,27 @@ impl Bench {
                 "portpool / baseline",
             ));
         } else {
-            eprintln!("portpool bench: no `openssl` command: row 8a (TLS) skipped");
+            eprintln!("portpool bench: no `openssl` command: rows 8a and 8c (TLS) skipped");
+        }
+        let stdio_rate = busy.of(0, Run::rate);
+        let label = format!("throughput, 1 worker, {THROUGHPUT_CALLERS} callers");
+        self.rows.push(Row::paired(
+            "8b",
+            &format!("{label}, TCP loopback (plaintext) vs stdio"),
+            ("tcp", &busy.of(1, Run::rate)),
+            ("stdio", &stdio_rate),
+            "calls/s",
+            "portpool / baseline",
+        ));
+        if contestants == 3 {
+            self.rows.push(Row::paired(
+                "8c",
+                &format!("{label}, TCP + TLS loopback vs stdio"),
+                ("tls", &busy.of(2, Run::rate)),
+                ("stdio", &stdio_rate),
+                "calls/s",
+                "portpool / baseline",
+            ));
         }
         Ok(())
     }
