@@ -18,7 +18,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from portpool import _auth, protocol
-from portpool._listen_ids import id_span, with_id
+from portpool._listen_ids import check_unique_keys, id_span, with_id
 from portpool._stdio import _log
 
 if TYPE_CHECKING:
@@ -194,10 +194,13 @@ class HostConnection(asyncio.Protocol):
     def _on_frame(self, body: bytes) -> None:
         """One message from the host: checked, its id replaced, passed to the child."""
         try:
-            msg = protocol.unpack(body)
-            kind, host_id = msg["type"], msg.get("id")
-        except protocol.InvalidParams as exc:  # the child answers it with an InvalidParams error
-            kind, host_id = "request", exc.id
+            try:
+                msg = protocol.unpack(body)
+                kind, host_id = msg["type"], msg.get("id")
+            except protocol.InvalidParams as exc:  # the child answers it with an InvalidParams error
+                kind, host_id = "request", exc.id
+            if kind == "request":  # relayed as is but for its id: the child must read the id we route
+                check_unique_keys(body)
         except protocol.Malformed as exc:
             self._drop(f"closed: malformed frame ({exc})")
             return
