@@ -211,10 +211,14 @@ local function clean()
       redis.call('ZADD', P .. ':exp', now + 60000, id)
     else
       local meta = redis.call('HGET', P .. ':meta', id)
-      if meta then
-        local o, a, u = string.match(meta, '^([^\n]*)\n([^\n]*)\n([^\n]*)$')
+      -- owner (no control characters), address (any text, newlines too), last used (digits)
+      local o, a, u
+      if meta then o, a, u = string.match(meta, '^([^\n]*)\n(.*)\n(%d+)$') end
+      if u then
         unindex(id, o, a, u)
       else
+        -- Not ours to read: forget it rather than fail every operation from now on.
+        redis.call('HDEL', P .. ':meta', id)
         redis.call('ZREM', P .. ':exp', id)
       end
     end

@@ -679,3 +679,37 @@ async fn dropping_a_session_pool_over_redis_closes_no_shared_session() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_an_expired_binding_to_an_address_with_a_newline_does_not_poison_the_store() {
+    let Some(redis) = RedisServer::start_or_skip("redis_store_newline_address") else {
+        return;
+    };
+    bounded(async {
+        // A worker address is partly remote input (the listener's `instance`):
+        // the index's `meta` entry must survive any text in it.
+        let config = RedisStoreConfig::new("nl").binding_ttl(Duration::from_secs(1));
+        let st = RedisStore::connect(&redis.url(), config).await.unwrap();
+        let odd = WorkerAddress::from_stored("tcp://10.0.0.9:7000#a\nb\nc");
+        let s = id("odd");
+        let bound = st
+            .bind_if_absent(&s, Binding::new(odd.clone(), "fe-a", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(bound.worker, odd);
+        assert_eq!(st.sessions_per_worker().await.unwrap().get(&odd), Some(&1));
+        while st.get(&s).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Its key expired: the next operations clean its index entries.
+        assert_eq!(st.len().await.unwrap(), 0);
+        assert!(st.sessions_per_worker().await.unwrap().is_empty());
+        assert_eq!(st.len_owned_by("fe-a").await.unwrap(), 0);
+        let next = st
+            .bind_if_absent(&id("next"), Binding::new(addr(1), "fe-a", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(next.worker, addr(1));
+    })
+    .await;
+}
