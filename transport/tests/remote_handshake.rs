@@ -754,3 +754,35 @@ async fn auth_failed_in_place_of_the_hello_names_the_reason_and_a_large_hello_is
         Value::from(3)
     );
 }
+
+#[tokio::test]
+async fn a_hello_whose_instance_is_not_a_plain_token_is_refused() {
+    // The instance becomes part of the worker's address, which shared
+    // session stores keep and every front end compares: a listener must not
+    // put newlines, `#`, or kilobytes in it.
+    for instance in ["feed\nface", "a#b", "with space", &"f".repeat(200)] {
+        let (listener, addr) = bind().await;
+        let instance = instance.to_string();
+        let sent = instance.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+            let Message::Hello(mut odd) = hello(2) else {
+                unreachable!()
+            };
+            odd.instance = Some(sent);
+            let mut framed = Framed::new(s, MessageCodec::default());
+            framed.send(Message::Hello(odd)).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let error = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).launch(WorkerId(50)))
+            .await
+            .unwrap()
+            .expect_err(&format!("instance {instance:?} was accepted"));
+        assert!(
+            matches!(&error, LaunchError::Handshake { endpoint, reason, .. }
+                if *endpoint == addr && reason.contains("instance")),
+            "{error}"
+        );
+    }
+}
