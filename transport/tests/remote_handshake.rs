@@ -786,3 +786,34 @@ async fn a_hello_whose_instance_is_not_a_plain_token_is_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_response_carrying_a_pings_id_does_not_end_the_ping() {
+    // A peer's stray reply must not touch an entry of another kind (as a
+    // pong carrying a call's id does not touch the call): the ping still
+    // gets its pong, and the worker is not reported closed.
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+        let mut framed = Framed::new(s, MessageCodec::default());
+        framed.send(hello(2)).await.unwrap();
+        while let Some(Ok(message)) = framed.next().await {
+            if let Message::Ping(p) = message {
+                framed
+                    .send(Message::Response(Response::ok(p.id, Value::Nil)))
+                    .await
+                    .unwrap();
+                framed.send(Message::Pong(Pong { id: p.id })).await.unwrap();
+            }
+        }
+    });
+    let worker = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).connect(WorkerId(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    let pinged = worker.ping(Duration::from_secs(10)).await;
+    assert!(pinged.is_ok(), "{pinged:?}");
+    assert!(worker.is_alive());
+    assert_eq!(worker.discarded_replies(), 1);
+}
