@@ -713,3 +713,32 @@ async fn redis_store_an_expired_binding_to_an_address_with_a_newline_does_not_po
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_twice_the_idle_ttl_is_not_expired_by_another_front_end() {
+    let Some(redis) = RedisServer::start_or_skip("a_long_call_is_not_expired_elsewhere") else {
+        return;
+    };
+    bounded(async {
+        // B expires sessions A owns once idle (store-wide) for twice the
+        // TTL. A call running on A is a use: however long it runs, B must
+        // not close the session under it.
+        let fleet = FakeFleet::new();
+        let ttl = Duration::from_secs(1);
+        let config = SessionConfig::default().idle_ttl(Some(ttl));
+        let a = front_end(&fleet, &redis, "longcall", "fe-a", 2, config.clone()).await;
+        let b = front_end(&fleet, &redis, "longcall", "fe-b", 2, config).await;
+        let s = SessionId::new();
+        assert_eq!(count(&a, &s).await.unwrap(), 1);
+        let slept: u64 = a.sessions.call(&s, "sleep", &4_000u64).await.unwrap();
+        assert_eq!(slept, 4_000);
+        let closes: usize = [&a, &b]
+            .iter()
+            .flat_map(|fe| fe.launcher.workers())
+            .map(|w| w.session_closes().iter().filter(|c| *c == s.as_str()).count())
+            .sum();
+        assert_eq!(closes, 0, "the session was closed during its call");
+        assert_eq!(count(&a, &s).await.unwrap(), 2, "its state survived the call");
+    })
+    .await;
+}
