@@ -217,6 +217,16 @@ def test_secret_file_newline_and_env_secret_hidden_from_the_app(tmp_path: pathli
         assert client.result("environ", "PORTPOOL_SECRET") is None
     finally:
         lp.kill()
+    # One trailing newline is stripped from the environment too (as from the file, and by the
+    # Rust host): a Kubernetes Secret made from a file, given as env here and as a file there,
+    # is the same secret everywhere.
+    lp = ListenerProcess(
+        tmp_path, app=REMOTE_APP, secret=None, env={"PORTPOOL_SECRET": SECRET.decode() + "\n"}
+    )
+    try:
+        assert lp.connect(SECRET).result("echo", "nl") == "nl"
+    finally:
+        lp.kill()
     short = tmp_path / "short"
     short.write_bytes(b"0123456789abcde\n")  # 15 bytes once its newline is stripped
     done = _start(tmp_path, "--listen", "127.0.0.1:0", "--secret-file", str(short))

@@ -817,3 +817,21 @@ async fn a_response_carrying_a_pings_id_does_not_end_the_ping() {
     assert!(worker.is_alive());
     assert_eq!(worker.discarded_replies(), 1);
 }
+
+#[tokio::test]
+async fn a_secret_with_one_trailing_newline_is_the_same_secret_as_on_the_listener() {
+    // The listener strips one trailing newline from its secret (a Kubernetes
+    // Secret made from a file usually has one); the host reading the same
+    // Secret (e.g. as PORTPOOL_SECRET) must arrive at the same bytes.
+    let (addr, _events) = fake_listener().await;
+    let mut with_newline = SECRET.to_vec();
+    with_newline.push(b'\n');
+    let worker = tokio::time::timeout(LIMIT, launcher(&addr, &with_newline).connect(WorkerId(70)))
+        .await
+        .unwrap();
+    assert!(worker.is_ok(), "{:?}", worker.err());
+    // 15 bytes and a newline: too short once stripped.
+    let mut short = b"0123456789abcde".to_vec();
+    short.push(b'\n');
+    assert!(TcpLauncher::builder(short).endpoint(&addr).build().is_err());
+}
