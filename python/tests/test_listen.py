@@ -341,3 +341,15 @@ def test_a_request_with_two_ids_cannot_reach_another_hosts_call(
     assert a.result("pid") == pid  # the same child, still serving
     lp.wait_stderr("malformed frame")
     a.close()
+
+
+def test_params_nested_too_deep_are_answered_not_fatal(listener: ListenerProcess) -> None:
+    client = listener.connect()
+    # Deeper than msgpack-python decodes: the envelope is readable, the child answers InvalidParams.
+    head = b"\x84\xa4type\xa7request\xa2id\x06\xa6method\xa4echo\xa6params"
+    body = head + b"\x91" * 100_000 + b"\x01"
+    client.send_raw(len(body).to_bytes(4, "big") + body)
+    reply = client.recv(timeout=10)
+    assert reply["id"] == 6 and reply["error"]["type"] == "InvalidParams", reply
+    assert client.result("echo", 1) == 1
+    client.close()
