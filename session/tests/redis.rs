@@ -742,3 +742,44 @@ async fn a_call_longer_than_twice_the_idle_ttl_is_not_expired_by_another_front_e
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_rebinding_an_expired_session_not_yet_cleaned_leaves_no_stale_index() {
+    let Some(redis) = RedisServer::start_or_skip("redis_store_rebind_stale_index") else {
+        return;
+    };
+    bounded(async {
+        // Each script cleans at most 1,000 expired bindings; after a mass
+        // expiry, a session bound again before its old entry was cleaned
+        // must not leave that entry in the indexes (a count for its old
+        // worker, a stale LRU position) for ever.
+        let config = RedisStoreConfig::new("stale").binding_ttl(Duration::from_secs(1));
+        let st = RedisStore::connect(&redis.url(), config).await.unwrap();
+        let ids: Vec<SessionId> = (0..1100).map(|i| id(&format!("mass-{i:04}"))).collect();
+        for s in &ids {
+            st.bind_if_absent(s, Binding::new(addr(1), "fe-a", UnixMillis::now()))
+                .await
+                .unwrap();
+        }
+        let last = ids.last().unwrap();
+        while st.get(last).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let again = st
+            .bind_if_absent(last, Binding::new(addr(2), "fe-b", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(again.worker, addr(2));
+        for _ in 0..3 {
+            st.len().await.unwrap(); // each cleans up to 1,000 more
+        }
+        assert_eq!(st.len().await.unwrap(), 1);
+        let counts = st.sessions_per_worker().await.unwrap();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts.get(&addr(2)), Some(&1));
+        assert_eq!(st.len_owned_by("fe-a").await.unwrap(), 0);
+        let page = st.least_recently_used(None, None, 10).await.unwrap();
+        assert_eq!(page.len(), 1, "{page:?}");
+    })
+    .await;
+}
