@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -311,3 +312,44 @@ def test_a_child_that_cannot_restart_is_retried(
     lp.wait_stderr(rf"worker runtime started \(pid (?!{old_pid}\b)", timeout=20)
     client = lp.connect()
     assert client.hello["pid"] != old_pid and client.result("echo", "back") == "back"
+
+
+def _request_with_two_ids(first: int, second: int, method: str, params: Any) -> bytes:
+    """A request map with the key ``id`` twice: the listener must not read one and the child the other."""
+    pack = msgpack.packb
+    body = b"\x85" + b"".join(
+        pack(x, use_bin_type=True)
+        for x in ("type", "request", "id", first, "method", method, "params", params, "id", second)
+    )
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_a_request_with_two_ids_cannot_reach_another_hosts_call(
+    tmp_path: pathlib.Path, own_listener: list[ListenerProcess]
+) -> None:
+    # A fresh listener numbers its listener-wide ids from 1: A's call below is id 1 in the child.
+    lp = ListenerProcess(tmp_path, app=REMOTE_APP)
+    own_listener.append(lp)
+    a, b = lp.connect(), lp.connect()
+    pid = a.hello["pid"]
+    a_call = a.request("sleep", 0.5, id=40)
+    # B's frame: the listener used to splice its first id (7) and the child to read its last (1),
+    # which is A's call in flight: the child then exited for everybody (or a reply crossed hosts).
+    b.send_raw(_request_with_two_ids(7, 1, "echo", "forged"))
+    assert b.read_until_closed(timeout=10) == []
+    assert a.recv(timeout=10) == {"type": "response", "id": a_call, "result": 0.5}
+    assert a.result("pid") == pid  # the same child, still serving
+    lp.wait_stderr("malformed frame")
+    a.close()
+
+
+def test_params_nested_too_deep_are_answered_not_fatal(listener: ListenerProcess) -> None:
+    client = listener.connect()
+    # Deeper than msgpack-python decodes: the envelope is readable, the child answers InvalidParams.
+    head = b"\x84\xa4type\xa7request\xa2id\x06\xa6method\xa4echo\xa6params"
+    body = head + b"\x91" * 100_000 + b"\x01"
+    client.send_raw(len(body).to_bytes(4, "big") + body)
+    reply = client.recv(timeout=10)
+    assert reply["id"] == 6 and reply["error"]["type"] == "InvalidParams", reply
+    assert client.result("echo", 1) == 1
+    client.close()

@@ -217,6 +217,16 @@ def test_secret_file_newline_and_env_secret_hidden_from_the_app(tmp_path: pathli
         assert client.result("environ", "PORTPOOL_SECRET") is None
     finally:
         lp.kill()
+    # One trailing newline is stripped from the environment too (as from the file, and by the
+    # Rust host): a Kubernetes Secret made from a file, given as env here and as a file there,
+    # is the same secret everywhere.
+    lp = ListenerProcess(
+        tmp_path, app=REMOTE_APP, secret=None, env={"PORTPOOL_SECRET": SECRET.decode() + "\n"}
+    )
+    try:
+        assert lp.connect(SECRET).result("echo", "nl") == "nl"
+    finally:
+        lp.kill()
     short = tmp_path / "short"
     short.write_bytes(b"0123456789abcde\n")  # 15 bytes once its newline is stripped
     done = _start(tmp_path, "--listen", "127.0.0.1:0", "--secret-file", str(short))
@@ -230,5 +240,33 @@ def test_port_file_holds_the_bound_address(tmp_path: pathlib.Path) -> None:
         assert port_file.read_text().strip() == f"{lp.address[0]}:{lp.address[1]}"
         with socket.create_connection(lp.address, timeout=5):
             pass
+    finally:
+        lp.kill()
+
+
+def test_unauthenticated_connections_are_capped(tmp_path: pathlib.Path) -> None:
+    # Each connection that has not proven the secret yet holds a socket, a timer and buffers
+    # until its handshake time-out: without a cap, anyone who can reach the port holds as many
+    # as the listener has file descriptors, for as long as they keep reconnecting.
+    lp = ListenerProcess(tmp_path, "--max-handshakes", "3", "--handshake-timeout", "60", app=REMOTE_APP)
+    try:
+        served = lp.connect()  # authenticated: not counted
+        idle = [_challenged(lp) for _ in range(3)]
+        started = time.monotonic()
+        refused = Client(lp.address)
+        assert refused.read_until_closed(timeout=10) == []  # closed at once, no challenge
+        assert time.monotonic() - started < 10  # (not by the 60 s handshake time-out)
+        lp.wait_stderr("3 handshakes in progress")
+        assert served.result("echo", "still served") == "still served"
+        idle[0].close()  # a place frees up: the next host gets in
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                late = lp.connect()
+                break
+            except AssertionError:  # closed before the listener saw the first one go
+                assert time.monotonic() < deadline, lp.stderr
+                time.sleep(0.05)
+        assert late.result("echo", "in") == "in"
     finally:
         lp.kill()

@@ -59,7 +59,8 @@
 //!
 //! - **Ownership.** Each binding records its owner: the front end that
 //!   bound it ([`SessionConfig::front_end`]), then the last one to start a
-//!   call of it (every call records a use when it starts and when it ends).
+//!   call of it (every call records a use when it starts, every quarter of
+//!   `idle_ttl` while it runs, and when it ends).
 //! - **Eviction is local.** `max_sessions` counts only the sessions this
 //!   front end owns, and eviction picks the least recently used of those
 //!   with no call running here. It is a compare-and-delete on the
@@ -70,8 +71,9 @@
 //! - **Idleness is store-wide.** `last_used` is updated by every front
 //!   end. A front end expires a session it owns once it has been idle for
 //!   `idle_ttl` (and no call of it runs here), and a session another front
-//!   end owns only once idle for twice `idle_ttl` (so an owner's long call
-//!   is safe, and the sessions of a front end that went away are still
+//!   end owns only once idle for twice `idle_ttl` (so a front end that
+//!   stalls for a while keeps its sessions, a call of any length is a use
+//!   all along, and the sessions of a front end that went away are still
 //!   reclaimed). Expiry is a compare-and-delete on `last_used`, and tells
 //!   the worker to drop the state.
 //! - **Dropping a session pool** over a shared store

@@ -200,6 +200,20 @@ local function index(id, owner, addr, u, ttl)
   redis.call('HSET', P .. ':meta', id, owner .. '\n' .. addr .. '\n' .. u)
   redis.call('ZADD', P .. ':exp', now_ms() + tonumber(ttl), id)
 end
+-- Drops what the indexes hold for id (its binding key is gone).
+local function forget(id)
+  local meta = redis.call('HGET', P .. ':meta', id)
+  -- owner (no control characters), address (any text, newlines too), last used (digits)
+  local o, a, u
+  if meta then o, a, u = string.match(meta, '^([^\n]*)\n(.*)\n(%d+)$') end
+  if u then
+    unindex(id, o, a, u)
+  else
+    -- Not ours to read: forget it rather than fail every operation from now on.
+    redis.call('HDEL', P .. ':meta', id)
+    redis.call('ZREM', P .. ':exp', id)
+  end
+end
 local function clean()
   local now = now_ms()
   local due = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', now, 'LIMIT', 0, 1000)
@@ -210,13 +224,7 @@ local function clean()
     elseif left == -1 then
       redis.call('ZADD', P .. ':exp', now + 60000, id)
     else
-      local meta = redis.call('HGET', P .. ':meta', id)
-      if meta then
-        local o, a, u = string.match(meta, '^([^\n]*)\n([^\n]*)\n([^\n]*)$')
-        unindex(id, o, a, u)
-      else
-        redis.call('ZREM', P .. ':exp', id)
-      end
+      forget(id)
     end
   end
 end
@@ -236,6 +244,8 @@ local id, w, o, b, u, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local k = skey(id)
 local r = redis.call('HMGET', k, 'w', 'o', 'b', 'u')
 if r[1] then return r end
+-- Expired but not cleaned yet (clean() takes 1,000 at a time): its index entries go first.
+forget(id)
 redis.call('HSET', k, 'w', w, 'o', o, 'b', b, 'u', u)
 redis.call('PEXPIRE', k, ttl)
 index(id, o, w, u, ttl)

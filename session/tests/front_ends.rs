@@ -171,3 +171,72 @@ async fn max_sessions_counts_only_the_sessions_a_front_end_owns() {
     assert!(a.binding(&theirs[0]).await.unwrap().is_some(), "used last");
     assert_eq!(b.owned_len().await.unwrap(), 2, "B's untouched");
 }
+
+/// A shared store in which another front end wins the first bind of every
+/// session, with a worker this front end cannot reach.
+#[derive(Default)]
+struct LosesFirstBind {
+    inner: Shared,
+    raced: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for LosesFirstBind {
+    async fn get(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
+        self.inner.get(session).await
+    }
+    async fn bind_if_absent(&self, session: &SessionId, binding: Binding) -> StoreResult<Binding> {
+        let first = self.raced.lock().unwrap().insert(session.to_string());
+        if first {
+            let elsewhere = WorkerAddress::from_stored("tcp://10.9.9.9:7000#gone");
+            let theirs = Binding::new(elsewhere, "fe-other", binding.bound_at);
+            self.inner.bind_if_absent(session, theirs).await?;
+        }
+        self.inner.bind_if_absent(session, binding).await
+    }
+    async fn touch(&self, session: &SessionId, at: UnixMillis, start: Option<&str>) -> StoreResult<()> {
+        self.inner.touch(session, at, start).await
+    }
+    async fn remove_if(
+        &self,
+        session: &SessionId,
+        worker: &WorkerAddress,
+        last_used: Option<UnixMillis>,
+    ) -> StoreResult<Option<Binding>> {
+        self.inner.remove_if(session, worker, last_used).await
+    }
+    async fn remove(&self, session: &SessionId) -> StoreResult<Option<Binding>> {
+        self.inner.remove(session).await
+    }
+    async fn list(&self) -> StoreResult<Vec<(SessionId, Binding)>> {
+        self.inner.list().await
+    }
+    async fn len(&self) -> StoreResult<usize> {
+        self.inner.len().await
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_first_bind_to_an_unreachable_worker_still_leaves_a_binding() {
+    // Rebind: the winner's binding names a worker this front end cannot
+    // reach, so it is removed as lost; the call must then run under a
+    // binding of ours, not on our worker with no binding at all (the next
+    // call would bind anew, perhaps elsewhere, and lose the state).
+    let fleet = FakeFleet::new();
+    let store = Arc::new(LosesFirstBind::default());
+    let launcher = launcher(&fleet);
+    let pool = fake_pool(&launcher, 2).await.unwrap();
+    let config = SessionConfig::default().on_lost(OnLost::Rebind).front_end("fe-a");
+    let sessions = SessionPool::with_store(pool, config, store.clone()).unwrap();
+    let s = SessionId::new();
+    assert_eq!(count(&sessions, &s).await, 1);
+    let binding = store.get(&s).await.unwrap();
+    let binding = binding.expect("the session ran without a binding");
+    assert_eq!(binding.owner, "fe-a");
+    let worker = sessions.worker_of(&s).await.unwrap().unwrap();
+    assert_eq!(binding.worker, fleet.address(worker));
+    assert_eq!(count(&sessions, &s).await, 2);
+}

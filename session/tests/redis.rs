@@ -679,3 +679,107 @@ async fn dropping_a_session_pool_over_redis_closes_no_shared_session() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_an_expired_binding_to_an_address_with_a_newline_does_not_poison_the_store() {
+    let Some(redis) = RedisServer::start_or_skip("redis_store_newline_address") else {
+        return;
+    };
+    bounded(async {
+        // A worker address is partly remote input (the listener's `instance`):
+        // the index's `meta` entry must survive any text in it.
+        let config = RedisStoreConfig::new("nl").binding_ttl(Duration::from_secs(1));
+        let st = RedisStore::connect(&redis.url(), config).await.unwrap();
+        let odd = WorkerAddress::from_stored("tcp://10.0.0.9:7000#a\nb\nc");
+        let s = id("odd");
+        let bound = st
+            .bind_if_absent(&s, Binding::new(odd.clone(), "fe-a", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(bound.worker, odd);
+        assert_eq!(st.sessions_per_worker().await.unwrap().get(&odd), Some(&1));
+        while st.get(&s).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Its key expired: the next operations clean its index entries.
+        assert_eq!(st.len().await.unwrap(), 0);
+        assert!(st.sessions_per_worker().await.unwrap().is_empty());
+        assert_eq!(st.len_owned_by("fe-a").await.unwrap(), 0);
+        let next = st
+            .bind_if_absent(&id("next"), Binding::new(addr(1), "fe-a", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(next.worker, addr(1));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_twice_the_idle_ttl_is_not_expired_by_another_front_end() {
+    let Some(redis) = RedisServer::start_or_skip("a_long_call_is_not_expired_elsewhere") else {
+        return;
+    };
+    bounded(async {
+        // B expires sessions A owns once idle (store-wide) for twice the
+        // TTL. A call running on A is a use: however long it runs, B must
+        // not close the session under it.
+        let fleet = FakeFleet::new();
+        let ttl = Duration::from_secs(1);
+        let config = SessionConfig::default().idle_ttl(Some(ttl));
+        let a = front_end(&fleet, &redis, "longcall", "fe-a", 2, config.clone()).await;
+        let b = front_end(&fleet, &redis, "longcall", "fe-b", 2, config).await;
+        let s = SessionId::new();
+        assert_eq!(count(&a, &s).await.unwrap(), 1);
+        let slept: u64 = a.sessions.call(&s, "sleep", &4_000u64).await.unwrap();
+        assert_eq!(slept, 4_000);
+        let closes: usize = [&a, &b]
+            .iter()
+            .flat_map(|fe| fe.launcher.workers())
+            .map(|w| w.session_closes().iter().filter(|c| *c == s.as_str()).count())
+            .sum();
+        assert_eq!(closes, 0, "the session was closed during its call");
+        assert_eq!(count(&a, &s).await.unwrap(), 2, "its state survived the call");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_rebinding_an_expired_session_not_yet_cleaned_leaves_no_stale_index() {
+    let Some(redis) = RedisServer::start_or_skip("redis_store_rebind_stale_index") else {
+        return;
+    };
+    bounded(async {
+        // Each script cleans at most 1,000 expired bindings; after a mass
+        // expiry, a session bound again before its old entry was cleaned
+        // must not leave that entry in the indexes (a count for its old
+        // worker, a stale LRU position) for ever.
+        let config = RedisStoreConfig::new("stale").binding_ttl(Duration::from_secs(1));
+        let st = RedisStore::connect(&redis.url(), config).await.unwrap();
+        let ids: Vec<SessionId> = (0..1100).map(|i| id(&format!("mass-{i:04}"))).collect();
+        for s in &ids {
+            st.bind_if_absent(s, Binding::new(addr(1), "fe-a", UnixMillis::now()))
+                .await
+                .unwrap();
+        }
+        let last = ids.last().unwrap();
+        while st.get(last).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let again = st
+            .bind_if_absent(last, Binding::new(addr(2), "fe-b", UnixMillis::now()))
+            .await
+            .unwrap();
+        assert_eq!(again.worker, addr(2));
+        for _ in 0..3 {
+            st.len().await.unwrap(); // each cleans up to 1,000 more
+        }
+        assert_eq!(st.len().await.unwrap(), 1);
+        let counts = st.sessions_per_worker().await.unwrap();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts.get(&addr(2)), Some(&1));
+        assert_eq!(st.len_owned_by("fe-a").await.unwrap(), 0);
+        let page = st.least_recently_used(None, None, 10).await.unwrap();
+        assert_eq!(page.len(), 1, "{page:?}");
+    })
+    .await;
+}

@@ -754,3 +754,84 @@ async fn auth_failed_in_place_of_the_hello_names_the_reason_and_a_large_hello_is
         Value::from(3)
     );
 }
+
+#[tokio::test]
+async fn a_hello_whose_instance_is_not_a_plain_token_is_refused() {
+    // The instance becomes part of the worker's address, which shared
+    // session stores keep and every front end compares: a listener must not
+    // put newlines, `#`, or kilobytes in it.
+    for instance in ["feed\nface", "a#b", "with space", &"f".repeat(200)] {
+        let (listener, addr) = bind().await;
+        let instance = instance.to_string();
+        let sent = instance.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+            let Message::Hello(mut odd) = hello(2) else {
+                unreachable!()
+            };
+            odd.instance = Some(sent);
+            let mut framed = Framed::new(s, MessageCodec::default());
+            framed.send(Message::Hello(odd)).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let error = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).launch(WorkerId(50)))
+            .await
+            .unwrap()
+            .expect_err(&format!("instance {instance:?} was accepted"));
+        assert!(
+            matches!(&error, LaunchError::Handshake { endpoint, reason, .. }
+                if *endpoint == addr && reason.contains("instance")),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_carrying_a_pings_id_does_not_end_the_ping() {
+    // A peer's stray reply must not touch an entry of another kind (as a
+    // pong carrying a call's id does not touch the call): the ping still
+    // gets its pong, and the worker is not reported closed.
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert!(listener_handshake(&mut s, SECRET, Proof::Right).await);
+        let mut framed = Framed::new(s, MessageCodec::default());
+        framed.send(hello(2)).await.unwrap();
+        while let Some(Ok(message)) = framed.next().await {
+            if let Message::Ping(p) = message {
+                framed
+                    .send(Message::Response(Response::ok(p.id, Value::Nil)))
+                    .await
+                    .unwrap();
+                framed.send(Message::Pong(Pong { id: p.id })).await.unwrap();
+            }
+        }
+    });
+    let worker = tokio::time::timeout(LIMIT, launcher(&addr, SECRET).connect(WorkerId(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    let pinged = worker.ping(Duration::from_secs(10)).await;
+    assert!(pinged.is_ok(), "{pinged:?}");
+    assert!(worker.is_alive());
+    assert_eq!(worker.discarded_replies(), 1);
+}
+
+#[tokio::test]
+async fn a_secret_with_one_trailing_newline_is_the_same_secret_as_on_the_listener() {
+    // The listener strips one trailing newline from its secret (a Kubernetes
+    // Secret made from a file usually has one); the host reading the same
+    // Secret (e.g. as PORTPOOL_SECRET) must arrive at the same bytes.
+    let (addr, _events) = fake_listener().await;
+    let mut with_newline = SECRET.to_vec();
+    with_newline.push(b'\n');
+    let worker = tokio::time::timeout(LIMIT, launcher(&addr, &with_newline).connect(WorkerId(70)))
+        .await
+        .unwrap();
+    assert!(worker.is_ok(), "{:?}", worker.err());
+    // 15 bytes and a newline: too short once stripped.
+    let mut short = b"0123456789abcde".to_vec();
+    short.push(b'\n');
+    assert!(TcpLauncher::builder(short).endpoint(&addr).build().is_err());
+}

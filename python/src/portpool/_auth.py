@@ -43,7 +43,10 @@ class HandshakeError(Exception):
 
 
 def load_secret(path: str | None, environ: Mapping[str, str] = os.environ) -> bytes:
-    """The shared secret: the bytes of ``path`` (one trailing newline stripped), else ``PORTPOOL_SECRET``.
+    """The shared secret: the bytes of ``path``, else ``PORTPOOL_SECRET``; one trailing newline stripped.
+
+    The same rule for both sources (and on the Rust host): one secret given as a file on one
+    side and as the environment on the other (a Kubernetes Secret made from a file) agrees.
 
     Raises :class:`SecretError` when there is none or it is shorter than 16 bytes: a short
     secret would make the MAC guessable, so refusing to start is kinder than starting weak.
@@ -54,14 +57,14 @@ def load_secret(path: str | None, environ: Mapping[str, str] = os.environ) -> by
                 secret = f.read()
         except OSError as exc:
             raise SecretError(f"cannot read the secret file {path!r}: {exc}") from None
-        if secret.endswith(b"\n"):  # exactly one "\n", as docs/remote.md says (the Rust host does the same)
-            secret = secret[:-1]
         source = f"the secret file {path!r}"
     elif ENV_SECRET in environ:
         secret = environ[ENV_SECRET].encode("utf-8")
         source = f"${ENV_SECRET}"
     else:
         raise SecretError(f"a shared secret is required: give --secret-file FILE or set ${ENV_SECRET}")
+    if secret.endswith(b"\n"):  # exactly one "\n", as docs/remote.md says (the Rust host does the same)
+        secret = secret[:-1]
     if len(secret) < SECRET_MIN_BYTES:
         raise SecretError(
             f"{source} holds {len(secret)} bytes; the secret must be at least {SECRET_MIN_BYTES} bytes"

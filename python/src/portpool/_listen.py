@@ -54,6 +54,9 @@ class Listener:
         # Bytes a host may leave unread before it is dropped: one largest frame and then some.
         self.write_limit = options.max_frame + _WRITE_SLACK
         self.handshaking: set[HostConnection] = set()
+        # Connections not authenticated yet (TLS or auth step), capped at options.max_handshakes.
+        self.unauthenticated = 0
+        self._refused_logged_at = -1.0
         self.conns: set[HostConnection] = set()
         self.child: Child | None = None
         self.draining = False
@@ -72,6 +75,25 @@ class Listener:
         """The hello of the child serving now, or None while none is (connections then wait)."""
         child = self.child
         return child.hello_frame if child is not None and child.alive and not self.draining else None
+
+    def admit(self) -> bool:
+        """Whether one more unauthenticated connection may start its handshake (else it is closed).
+
+        Each holds a socket, a timer and buffers until its handshake time-out: the cap bounds
+        what a flood of connections that never authenticate can hold. Refusals are logged at
+        most once a second.
+        """
+        if self.unauthenticated < self.options.max_handshakes:
+            self.unauthenticated += 1
+            return True
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged_at >= 1.0:
+            self._refused_logged_at = now
+            _log(
+                f"refusing connections: {self.unauthenticated} handshakes in progress"
+                f" (--max-handshakes {self.options.max_handshakes})"
+            )
+        return False
 
     def route(self, conn: HostConnection, host_id: int) -> int:
         """A new listener-wide id for ``conn``'s request (or ping) ``host_id``."""

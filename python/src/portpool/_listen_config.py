@@ -21,19 +21,22 @@ from portpool._stdio import _env_int
 EXIT_USAGE = 2
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_SHUTDOWN_GRACE = 10.0
+DEFAULT_MAX_HANDSHAKES = 256
 _MAX_SECONDS = 24 * 3600.0
 
 USAGE = """\
 usage: python -m portpool APP --listen HOST:PORT [--tls-cert FILE --tls-key FILE
        [--tls-client-ca FILE]] [--secret-file FILE] [--insecure]
        [--handshake-timeout SECONDS] [--shutdown-grace SECONDS] [--port-file FILE]
+       [--max-handshakes N]
 
 Serves APP to remote hosts over TCP (see docs/remote.md): one child runtime
 (python -m portpool APP), any number of host connections, each authenticated with
 the shared secret (--secret-file, else $PORTPOOL_SECRET; at least 16 bytes).
 Plaintext is refused on a non-loopback address unless --insecure is given.
 With port 0, the bound address is logged ("portpool: listening on HOST:PORT")
-and written to --port-file.
+and written to --port-file. At most --max-handshakes (default 256) connections
+may be unauthenticated at once; more are closed at once.
 """
 
 
@@ -47,6 +50,7 @@ class Options:
     secret: bytes
     ssl_context: ssl.SSLContext | None
     handshake_timeout: float
+    max_handshakes: int
     shutdown_grace: float
     port_file: str | None
     max_frame: int
@@ -97,6 +101,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1_000_000:
+        raise ValueError(text)
+    return value
+
+
 def _tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -128,6 +139,7 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--handshake-timeout", type=_seconds, default=DEFAULT_HANDSHAKE_TIMEOUT)
     p.add_argument("--shutdown-grace", type=_seconds, default=DEFAULT_SHUTDOWN_GRACE)
+    p.add_argument("--max-handshakes", type=_count, default=DEFAULT_MAX_HANDSHAKES)
     p.add_argument("--port-file")
     args = p.parse_args(argv)
     try:
@@ -157,6 +169,7 @@ def parse(argv: list[str]) -> Options:
         secret=secret,
         ssl_context=ssl_context,
         handshake_timeout=args.handshake_timeout,
+        max_handshakes=args.max_handshakes,
         shutdown_grace=args.shutdown_grace,
         port_file=args.port_file,
         max_frame=_env_int("PORTPOOL_MAX_FRAME", protocol.DEFAULT_MAX_FRAME),

@@ -18,7 +18,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from portpool import _auth, protocol
-from portpool._listen_ids import id_span, with_id
+from portpool._listen_ids import check_unique_keys, id_span, with_id
 from portpool._stdio import _log
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class HostConnection(asyncio.Protocol):
         self._nonce = b""
         self._buf = bytearray()
         self._reader = protocol.FrameReader(listener.max_frame)
+        self._counted = False  # counted in listener.unauthenticated
 
     # ------------------------------------------------------------------ handshake
 
@@ -66,6 +67,11 @@ class HostConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = _peer(transport)
+        if not self.listener.admit():
+            self.state = _CLOSED
+            transport.abort()
+            return
+        self._counted = True
         self.listener.handshaking.add(self)
         timeout = self.listener.handshake_timeout
         self._timer = self._loop.call_later(timeout, self._expired)
@@ -127,6 +133,7 @@ class HostConnection(asyncio.Protocol):
         self.transport.write(_auth.ok_frame(_auth.server_mac(secret, host_nonce, self._nonce)))
         self.transport.pause_reading()  # nothing more is read until the hello is out
         self.state = _WAIT_CHILD
+        self._uncount()
         hello = self.listener.ready_hello()
         if hello is not None:
             self.child_ready(hello)  # else the listener calls it once a child said hello
@@ -147,6 +154,12 @@ class HostConnection(asyncio.Protocol):
             self._relay_in(early)
         if self.state == _OPEN:
             self.transport.resume_reading()
+
+    def _uncount(self) -> None:
+        """No longer an unauthenticated connection (authenticated, or closed)."""
+        if self._counted:
+            self._counted = False
+            self.listener.unauthenticated -= 1
 
     def _expired(self) -> None:
         """The handshake time-out: whatever step the host is at, it is closed (and logged)."""
@@ -194,10 +207,13 @@ class HostConnection(asyncio.Protocol):
     def _on_frame(self, body: bytes) -> None:
         """One message from the host: checked, its id replaced, passed to the child."""
         try:
-            msg = protocol.unpack(body)
-            kind, host_id = msg["type"], msg.get("id")
-        except protocol.InvalidParams as exc:  # the child answers it with an InvalidParams error
-            kind, host_id = "request", exc.id
+            try:
+                msg = protocol.unpack(body)
+                kind, host_id = msg["type"], msg.get("id")
+            except protocol.InvalidParams as exc:  # the child answers it with an InvalidParams error
+                kind, host_id = "request", exc.id
+            if kind == "request":  # relayed as is but for its id: the child must read the id we route
+                check_unique_keys(body)
         except protocol.Malformed as exc:
             self._drop(f"closed: malformed frame ({exc})")
             return
@@ -272,6 +288,7 @@ class HostConnection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         self.state = _CLOSED
+        self._uncount()
         if why is not None:
             _log(f"host {self.peer}: {why}")
         for handle in (self._timer, self._tls_task, self._task):

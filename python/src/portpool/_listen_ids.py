@@ -89,6 +89,55 @@ def _id_span_slow(body: bytes) -> tuple[str, int, int, int]:
     raise protocol.Malformed("message has no string 'type' and unsigned 'id'")
 
 
+def check_unique_keys(body: bytes) -> None:
+    """Raises :class:`~portpool.protocol.Malformed` when the body's map has a key twice.
+
+    :func:`id_span` reads the first ``id`` and a decoder (the child's) keeps the last: with
+    two ids the listener would route one and the child answer under the other, which may be
+    another host's call. Keys are decoded, values skipped in C (no objects are built for them);
+    a value too deep for msgpack is skipped by the protocol's own walker instead.
+    """
+    try:
+        keys = _keys_fast(body)
+    except Exception:  # too deep for msgpack, or not valid
+        keys = _keys_slow(body)
+    seen: set[object] = set()
+    for key in keys:
+        if not isinstance(key, (str, bytes, int)):
+            continue  # not a message key (the decoder would fail on or ignore it)
+        if key in seen:
+            raise protocol.Malformed(f"the key {str(key)[:40]!r} appears twice in the message")
+        seen.add(key)
+
+
+def _keys_fast(body: bytes) -> list[object]:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(body), 1024))
+    unpacker.feed(body)
+    keys: list[object] = []
+    for _ in range(unpacker.read_map_header()):
+        keys.append(unpacker.unpack())
+        unpacker.skip()
+    return keys
+
+
+def _keys_slow(body: bytes) -> list[object]:
+    try:
+        count, pos = _map_header(body)
+        keys: list[object] = []
+        for _ in range(count):
+            key_end = _skip(body, pos)
+            try:
+                keys.append(msgpack.unpackb(body[pos:key_end], raw=False, strict_map_key=False))
+            except Exception:
+                keys.append(None)  # a key msgpack cannot decode is no message key
+            pos = _skip(body, key_end)
+        return keys
+    except protocol.Malformed:
+        raise
+    except Exception as exc:
+        raise protocol.Malformed(f"cannot read the message's keys ({type(exc).__name__})") from None
+
+
 def _pack_uint(n: int) -> bytes:
     """The shortest MessagePack encoding of ``0 <= n < 2**64`` (what ``msgpack.packb`` writes)."""
     if n <= 0x7F:

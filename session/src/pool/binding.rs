@@ -168,21 +168,31 @@ impl SessionPool {
             .ok_or_else(|| SessionError::NoWorker {
                 session: session.to_string(),
             })?;
-        let proposed = Binding::new(address.clone(), inner.front_end.clone(), inner.now());
-        let binding = inner
-            .store_op(
-                some,
-                "bind_if_absent",
-                inner.store.bind_if_absent(session, proposed),
-            )
-            .await?;
-        if binding.worker == address {
-            inner.pin(session, worker);
-        } else if let Some(found) = self.resolve(session, binding).await? {
-            return Ok(found); // another front end won the bind
+        // Another front end may win the bind. When its worker is one this
+        // front end cannot reach, `resolve` handles it as lost (Rebind: it
+        // is removed) and ours is proposed again: the call never runs on a
+        // worker without a binding saying so.
+        for _ in 0..2 {
+            let proposed = Binding::new(address.clone(), inner.front_end.clone(), inner.now());
+            let binding = inner
+                .store_op(
+                    some,
+                    "bind_if_absent",
+                    inner.store.bind_if_absent(session, proposed),
+                )
+                .await?;
+            if binding.worker == address {
+                inner.pin(session, worker);
+                inner.update_gauge().await;
+                return Ok((worker, address));
+            }
+            if let Some(found) = self.resolve(session, binding).await? {
+                return Ok(found); // another front end won the bind
+            }
         }
-        inner.update_gauge().await;
-        Ok((worker, address))
+        Err(SessionError::NoWorker {
+            session: session.to_string(),
+        })
     }
 
     /// Makes room for one more session: closes the least recently used

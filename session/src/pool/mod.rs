@@ -305,7 +305,7 @@ impl SessionPool {
                 .await?;
             let (worker, address) = self.bound_worker_from(session, found).await?;
             let result = match inner.port.slot(worker, wait).await {
-                Ok(slot) => slot.call(request).await,
+                Ok(slot) => self.while_in_use(session, slot.call(request)).await,
                 Err(PoolError::WorkerBusy { .. }) if affinity == Affinity::Hint => {
                     self.call_elsewhere(session, request).await
                 }
@@ -470,6 +470,33 @@ impl SessionPool {
             .binding(session)
             .await?
             .and_then(|b| self.inner.port.worker_at(&b.worker)))
+    }
+
+    /// Runs `call` of `session`, recording a use every quarter of
+    /// `idle_ttl` while it runs: a call longer than the TTL is a use all
+    /// along, so no front end (this one or another, whose limit is twice the
+    /// TTL) expires the session under it, and its binding key's TTL is
+    /// refreshed. A failed record is only logged (the next one tries again).
+    async fn while_in_use<T>(&self, session: &SessionId, call: impl Future<Output = T>) -> T {
+        let Some(ttl) = self.inner.config.idle_ttl else {
+            return call.await;
+        };
+        let period = (ttl / 4).max(std::time::Duration::from_millis(100));
+        let uses = async {
+            let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = self.touch_end(session).await {
+                    tracing::debug!(%session, error = %e, "use during a long call not recorded");
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            out = call => out,
+            never = uses => never,
+        }
     }
 
     /// Records the end of a call of `session` now.

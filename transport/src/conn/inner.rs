@@ -159,7 +159,15 @@ impl Inner {
     pub(crate) fn dispatch(&self, message: Message) -> Result<(), String> {
         match message {
             Message::Response(response) => {
-                let removed = self.state().remove(response.id);
+                // Look and take under one lock: a response carrying a
+                // ping's id must not end that ping (its pong may follow).
+                let removed = {
+                    let mut state = self.state();
+                    match state.pending.get(&response.id) {
+                        Some(Pending::Ping(_)) | None => None,
+                        Some(_) => state.remove(response.id),
+                    }
+                };
                 match removed {
                     Some(Pending::Call { method, reply }) => {
                         let outcome = response.outcome.map_err(|error| CallError::Remote {

@@ -28,6 +28,16 @@ type HmacSha256 = Hmac<Sha256>;
 const CLIENT_LABEL: &[u8] = b"portpool-auth-v1 client";
 const SERVER_LABEL: &[u8] = b"portpool-auth-v1 server";
 const NONCE_LEN: usize = 32;
+/// The longest hello `instance` accepted (the listener sends 32 hex digits).
+const MAX_INSTANCE_LEN: usize = 64;
+
+/// Whether a hello's `instance` can go into a worker address.
+fn valid_instance(instance: &str) -> bool {
+    (1..=MAX_INSTANCE_LEN).contains(&instance.len())
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// What one connection needs from its launcher.
 pub(crate) struct Dial<'a> {
@@ -131,6 +141,14 @@ pub(crate) async fn dial(
             "hello without an `instance` (not a portpool listener?)".into()
         ));
     };
+    // It becomes part of the worker's address, kept in shared session
+    // stores and compared by every front end: a plain token only.
+    if !valid_instance(&instance) {
+        let shown: String = instance.chars().take(40).collect();
+        return Err(bad(format!(
+            "hello with an unusable `instance` {shown:?}: 1-{MAX_INSTANCE_LEN} characters from A-Z a-z 0-9 - _"
+        )));
+    }
     let announced = usize::try_from(hello.max_concurrency)
         .unwrap_or(usize::MAX)
         .max(1);

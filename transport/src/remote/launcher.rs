@@ -137,7 +137,8 @@ enum Target {
 
 impl TcpLauncher {
     /// A builder, with the shared secret (at least 16 bytes) the listeners
-    /// were given (`PORTPOOL_SECRET` or `--secret-file`).
+    /// were given (`PORTPOOL_SECRET` or `--secret-file`). One trailing
+    /// newline is stripped, as the listeners do.
     pub fn builder(secret: impl Into<Vec<u8>>) -> TcpLauncherBuilder {
         TcpLauncherBuilder {
             secret: secret.into(),
@@ -359,10 +360,17 @@ impl TcpLauncherBuilder {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(error(e));
         }
-        if self.secret.len() < MIN_SECRET {
+        let mut secret = self.secret;
+        // One trailing newline is not part of the secret (as on the
+        // listener, from its file or the environment): a secret file's, or a
+        // Kubernetes Secret's made from one.
+        if secret.last() == Some(&b'\n') {
+            secret.pop();
+        }
+        let secret_len = secret.len();
+        if secret_len < MIN_SECRET {
             return Err(error(format!(
-                "the secret has {} bytes; at least {MIN_SECRET} are required",
-                self.secret.len()
+                "the secret has {secret_len} bytes; at least {MIN_SECRET} are required"
             )));
         }
         if self.targets.is_empty() {
@@ -390,7 +398,7 @@ impl TcpLauncherBuilder {
         let has_dns = self.targets.iter().any(|t| matches!(t, Target::Dns { .. }));
         Ok(TcpLauncher {
             shared: Arc::new(LauncherShared {
-                secret: self.secret,
+                secret,
                 targets: self.targets,
                 tls: self.tls,
                 connector,
