@@ -61,7 +61,7 @@ impl AffinityPort {
         let span = call::span(&driver.config.name, &request.method);
         let fut = async {
             let slot = self.slot(worker, wait).await?;
-            call::run(&slot.guard, request).await
+            call::run_once(slot.guard, request).await
         };
         tracing::Instrument::instrument(fut, span).await
     }
@@ -86,7 +86,7 @@ impl AffinityPort {
         let guard = driver
             .acquire_on(Checkout::Shared, Some(worker), wait == Wait::FailFast, true)
             .await
-            .inspect_err(|e| call::checkout_failed(&driver.config.name, e))?;
+            .inspect_err(|e| call::checkout_failed(&driver.label, e))?;
         Ok(WorkerSlot { guard })
     }
 
@@ -191,7 +191,7 @@ impl WorkerSlot {
     /// Runs one raw request on the slot's worker.
     pub async fn call(self, request: CallRequest) -> Result<Value, PoolError> {
         let span = call::span(&self.guard.owner().config.name, &request.method);
-        tracing::Instrument::instrument(call::run(&self.guard, request), span).await
+        tracing::Instrument::instrument(call::run_once(self.guard, request), span).await
     }
 
     /// Starts a streaming call on the slot's worker; the stream keeps the

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::driver::Guard;
+use crate::driver::{Driver, Guard};
 use crate::error::call_outcome;
 use crate::{metrics, PoolError};
 
@@ -70,7 +70,7 @@ pub(crate) fn span(pool: &str, method: &str) -> tracing::Span {
 }
 
 /// Records a checkout that failed, for a call (metrics and a debug log).
-pub(crate) fn checkout_failed(pool: &str, error: &PoolError) {
+pub(crate) fn checkout_failed(pool: &::metrics::SharedString, error: &PoolError) {
     metrics::call(pool, error.outcome());
     tracing::debug!(%error, "checkout failed");
 }
@@ -95,16 +95,39 @@ fn apply_deadline(request: &mut CallRequest, call_timeout: Option<Duration>) -> 
 /// Runs one call on the guard's worker under the call's one deadline (the
 /// worker's timer) and records its outcome (breaker, served count,
 /// metrics). The slot goes back when the caller drops the guard.
-pub(crate) async fn run(guard: &Guard, mut request: CallRequest) -> Result<Value, PoolError> {
+pub(crate) async fn run(guard: &Guard, request: CallRequest) -> Result<Value, PoolError> {
+    let (res, caller_deadline, t0) = call_worker(guard, request).await;
     let driver = guard.owner();
-    let cfg = &driver.config;
-    let caller_deadline = apply_deadline(&mut request, cfg.call_timeout);
+    driver.finish_call(guard.id, guard.take_probe(), &res, caller_deadline);
+    record(driver, t0, res)
+}
+
+/// [`run`] on a slot checked out for this one call (a pool's call): the
+/// outcome is recorded and the slot given back in one turn of the
+/// scheduler's lock instead of two. Dropped before the end (cancelled),
+/// the guard gives the slot back as always.
+pub(crate) async fn run_once(guard: Guard, request: CallRequest) -> Result<Value, PoolError> {
+    let (res, caller_deadline, t0) = call_worker(&guard, request).await;
+    let driver = Arc::clone(guard.owner());
+    driver.finish_and_release(guard, &res, caller_deadline);
+    record(&driver, t0, res)
+}
+
+/// Hands `request` to the guard's worker under the call's one deadline;
+/// returns the outcome, whether the deadline is the caller's own, and when
+/// the call started.
+async fn call_worker(guard: &Guard, mut request: CallRequest) -> (Result<Value, CallError>, bool, Instant) {
+    let caller_deadline = apply_deadline(&mut request, guard.owner().config.call_timeout);
     tracing::Span::current().record("worker", tracing::field::display(guard.id));
     let t0 = Instant::now();
     let res = guard.worker.call(request).await;
-    driver.finish_call(guard.id, guard.take_probe(), &res, caller_deadline);
-    metrics::call_duration(&cfg.name, t0.elapsed());
-    metrics::call(&cfg.name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
+    (res, caller_deadline, t0)
+}
+
+/// The metrics (and debug log) of a finished call.
+fn record(driver: &Driver, t0: Instant, res: Result<Value, CallError>) -> Result<Value, PoolError> {
+    metrics::call_duration(&driver.label, t0.elapsed());
+    metrics::call(&driver.label, res.as_ref().map_or_else(call_outcome, |_| "ok"));
     if let Err(e) = &res {
         tracing::debug!(error = %e, "call failed");
     }
@@ -128,7 +151,7 @@ pub(crate) async fn open_stream(
             caller_deadline,
         }),
         Err(e) => {
-            metrics::call(&driver.config.name, call_outcome(&e));
+            metrics::call(&driver.label, call_outcome(&e));
             driver.finish_call(guard.id, guard.take_probe(), &Err(e.clone()), caller_deadline);
             Err(PoolError::Call(e))
         }
@@ -174,7 +197,7 @@ impl PoolStream {
         };
         let driver = guard.owner();
         driver.finish_call(self.worker, guard.take_probe(), res, self.caller_deadline);
-        let name = &driver.config.name;
+        let name = &driver.label;
         metrics::call_duration(name, self.started.elapsed());
         metrics::call(name, res.as_ref().map_or_else(call_outcome, |_| "ok"));
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use metrics::SharedString;
+
 /// Counter: finished calls and checkouts, label `outcome`.
 pub const CALLS: &str = "portpool_calls_total";
 /// Histogram (seconds): time a call spent on its worker.
@@ -26,24 +28,30 @@ pub const START_DURATION: &str = "portpool_worker_start_duration_seconds";
 /// Gauge: breaker state (0 closed, 1 half-open, 2 open).
 pub const BREAKER_STATE: &str = "portpool_breaker_state";
 
-pub(crate) fn call(pool: &str, outcome: &'static str) {
-    metrics::counter!(CALLS, "pool" => pool.to_owned(), "outcome" => outcome).increment(1);
+/// A pool's name as a metric label, made once per pool: a label built
+/// from it is a reference count, not a copy of the name per call.
+pub(crate) fn label(pool: &str) -> SharedString {
+    SharedString::from(std::sync::Arc::<str>::from(pool))
 }
 
-pub(crate) fn call_duration(pool: &str, d: Duration) {
-    metrics::histogram!(CALL_DURATION, "pool" => pool.to_owned()).record(d.as_secs_f64());
+pub(crate) fn call(pool: &SharedString, outcome: &'static str) {
+    metrics::counter!(CALLS, "pool" => pool.clone(), "outcome" => outcome).increment(1);
 }
 
-pub(crate) fn queue_wait(pool: &str, d: Duration) {
-    metrics::histogram!(QUEUE_WAIT, "pool" => pool.to_owned()).record(d.as_secs_f64());
+pub(crate) fn call_duration(pool: &SharedString, d: Duration) {
+    metrics::histogram!(CALL_DURATION, "pool" => pool.clone()).record(d.as_secs_f64());
 }
 
-pub(crate) fn queue_depth(pool: &str, n: usize) {
-    metrics::gauge!(QUEUE_DEPTH, "pool" => pool.to_owned()).set(n as f64);
+pub(crate) fn queue_wait(pool: &SharedString, d: Duration) {
+    metrics::histogram!(QUEUE_WAIT, "pool" => pool.clone()).record(d.as_secs_f64());
 }
 
-pub(crate) fn workers(pool: &str, state: &'static str, n: usize) {
-    metrics::gauge!(WORKERS, "pool" => pool.to_owned(), "state" => state).set(n as f64);
+pub(crate) fn queue_depth(pool: &SharedString, n: usize) {
+    metrics::gauge!(QUEUE_DEPTH, "pool" => pool.clone()).set(n as f64);
+}
+
+pub(crate) fn workers(pool: &SharedString, state: &'static str, n: usize) {
+    metrics::gauge!(WORKERS, "pool" => pool.clone(), "state" => state).set(n as f64);
 }
 
 pub(crate) fn restart(pool: &str, reason: &'static str) {
@@ -64,11 +72,11 @@ pub(crate) fn start_duration(pool: &str, ok: bool, d: Duration) {
         .record(d.as_secs_f64());
 }
 
-pub(crate) fn breaker(pool: &str, state: crate::BreakerState) {
+pub(crate) fn breaker(pool: &SharedString, state: crate::BreakerState) {
     let v = match state {
         crate::BreakerState::Closed => 0.0,
         crate::BreakerState::HalfOpen => 1.0,
         crate::BreakerState::Open => 2.0,
     };
-    metrics::gauge!(BREAKER_STATE, "pool" => pool.to_owned()).set(v);
+    metrics::gauge!(BREAKER_STATE, "pool" => pool.clone()).set(v);
 }

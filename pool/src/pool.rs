@@ -82,7 +82,7 @@ impl Pool {
         let span = call::span(&driver.config.name, &request.method);
         let fut = async {
             let guard = self.acquire(Checkout::Shared, true).await?;
-            call::run(&guard, request).await
+            call::run_once(guard, request).await
         };
         tracing::Instrument::instrument(fut, span).await
     }
@@ -122,7 +122,7 @@ impl Pool {
         driver
             .acquire(kind, for_call)
             .await
-            .inspect_err(|e| call::checkout_failed(&driver.config.name, e))
+            .inspect_err(|e| call::checkout_failed(&driver.label, e))
     }
 
     /// A snapshot of every worker, the queue and the breaker.

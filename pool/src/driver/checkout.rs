@@ -74,7 +74,7 @@ impl Driver {
             Ok(queued) => queued,
             Err(res) => {
                 if res.is_ok() {
-                    metrics::queue_wait(self.name(), Duration::ZERO);
+                    metrics::queue_wait(&self.label, Duration::ZERO);
                 }
                 return res;
             }
@@ -92,7 +92,7 @@ impl Driver {
                     cleanup.active = false;
                     let res = res.unwrap_or_else(|_| Err(self.closed_error()));
                     if res.is_ok() {
-                        metrics::queue_wait(self.name(), start.elapsed());
+                        metrics::queue_wait(&self.label, start.elapsed());
                     }
                     return res;
                 }

@@ -16,16 +16,16 @@ impl Driver {
     pub(super) fn publish(&self, sched: &Scheduler<Handle>) {
         let counts = sched.state_counts();
         for state in WorkerState::ALL {
-            metrics::workers(self.name(), state.as_str(), counts[state as usize]);
+            metrics::workers(&self.label, state.as_str(), counts[state as usize]);
         }
-        metrics::queue_depth(self.name(), sched.queue_len());
-        metrics::breaker(self.name(), sched.breaker_state(now()));
+        metrics::queue_depth(&self.label, sched.queue_len());
+        metrics::breaker(&self.label, sched.breaker_state(now()));
     }
 
     /// The breaker changed: set its gauge, and again when an open breaker
     /// turns half-open by the passing of time alone.
     pub(super) fn publish_breaker(&self, sched: &Scheduler<Handle>) {
-        metrics::breaker(self.name(), sched.breaker_state(now()));
+        metrics::breaker(&self.label, sched.breaker_state(now()));
         let Some(until) = sched.breaker_open_until() else {
             return;
         };
@@ -37,7 +37,7 @@ impl Driver {
             tokio::time::sleep_until(Instant::from_std(until)).await;
             if let Some(driver) = driver.upgrade() {
                 let state = driver.read(|s| s.breaker_state(now()));
-                metrics::breaker(driver.name(), state);
+                metrics::breaker(&driver.label, state);
             }
         });
     }

@@ -66,6 +66,8 @@ pub(crate) struct State {
 
 pub(crate) struct Driver {
     pub(crate) config: Arc<PoolConfig>,
+    /// The pool's name as a metric label (see [`metrics::label`]).
+    pub(crate) label: ::metrics::SharedString,
     me: Weak<Driver>,
     launcher: Arc<dyn Launcher>,
     state: Mutex<State>,
@@ -84,6 +86,7 @@ impl Driver {
         let config = Arc::new(config);
         Arc::new_cyclic(|me| Driver {
             start_sem: Semaphore::new(config.startup_concurrency),
+            label: metrics::label(&config.name),
             state: Mutex::new(State {
                 sched: Scheduler::new(config.clone()),
                 waiters: HashMap::new(),
@@ -187,7 +190,7 @@ impl Driver {
             changed |= out.changed;
         }
         if st.sched.queue_len() != queued {
-            metrics::queue_depth(self.name(), st.sched.queue_len());
+            metrics::queue_depth(&self.label, st.sched.queue_len());
         }
         if changed {
             self.changed.notify_waiters();
@@ -249,6 +252,24 @@ impl Driver {
     ) {
         let outcome = Outcome::of(res, caller_deadline);
         self.with(|s, now| s.finish_call(worker, probe, outcome, now));
+    }
+
+    /// [`Driver::finish_call`], then gives the guard's slot back, under
+    /// one lock (a pool's call: the slot served this call only).
+    pub(crate) fn finish_and_release(
+        &self,
+        guard: Guard,
+        res: &Result<Value, CallError>,
+        caller_deadline: bool,
+    ) {
+        let (worker, kind) = (guard.id, guard.kind);
+        let probe = guard.disarm();
+        let outcome = Outcome::of(res, caller_deadline);
+        self.with(|s, now| {
+            s.finish_call(worker, probe, outcome, now);
+            // The probe place, if any, ended with the call above.
+            s.release(worker, kind, false, now);
+        });
     }
 
     /// Adds (`add`) or removes a pin on `worker`; returns whether the
