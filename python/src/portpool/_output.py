@@ -13,6 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 
+TYPE_CHECKING = False  # typing is not imported at run time (cold start)
+if TYPE_CHECKING:
+    from portpool._state import _Request
+
 
 def _can_be_nonblocking(fd: int, in_fd: int) -> bool:
     """Whether ``fd`` is a pipe or socket of its own, so that making it non-blocking affects nothing else.
@@ -146,16 +150,8 @@ class _Output:
             except OSError as exc:
                 self._fail(exc)
                 return
-            if written < len(first):
-                with self.lock:
-                    if self.broken:
-                        return
-                    frames.appendleft(memoryview(first)[written:] if written else first)
-                    self._pending += len(first) - written
-                    if self._nonblocking:
-                        self._handoff = True  # _busy stays set: the flusher writes the rest
-                        self._cond.notify_all()
-                        return
+            if written < len(first) and not self._requeue_rest(first, written):
+                return
         while True:
             with self.lock:
                 if not frames or self.broken:
@@ -180,6 +176,67 @@ class _Output:
                     self._handoff = True  # _busy stays set: the flusher writes the rest
                     self._cond.notify_all()
                     return
+
+    def _requeue_rest(self, first: bytes, written: int) -> bool:
+        """After a short write of ``first`` (not queued): queues what is left of it, first.
+
+        Returns whether the caller goes on writing the queue; False when the output broke
+        meanwhile or the flusher thread now owns writing (``_busy`` stays set).
+        """
+        with self.lock:
+            if self.broken:
+                return False
+            self._frames.appendleft(memoryview(first)[written:] if written else first)
+            self._pending += len(first) - written
+            if self._nonblocking:
+                self._handoff = True  # _busy stays set: the flusher writes the rest
+                self._cond.notify_all()
+                return False
+        return True
+
+    def send_final(self, req: _Request, frame: bytes) -> None:
+        """Queues and writes the final response of ``req`` unless it has one already. Any thread.
+
+        What :meth:`~portpool._runtime.Runtime._emit` does with a final response that is not
+        held, with :meth:`queue_locked` and :meth:`write_queued` folded in: it runs once per
+        call. ``req.responded`` is guarded by ``lock``, so a request gets one final response
+        and nothing after it.
+        """
+        frames = self._frames
+        with self.lock:
+            if req.responded:
+                return
+            req.responded = True
+            if self.broken:
+                return
+            if self._busy:  # the thread writing now takes this frame too
+                frames.append(frame)
+                self._pending += len(frame)
+                return
+            self._busy = True
+            behind = bool(frames)  # frames queued unclaimed go first
+            if behind:
+                frames.append(frame)
+                self._pending += len(frame)
+        if behind:
+            self.write_queued()
+            return
+        try:
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if written < len(frame) and not self._requeue_rest(frame, written):
+            return
+        with self.lock:  # write_queued's first turn: nothing more queued meanwhile (the usual case)
+            if not frames or self.broken:
+                self._busy = False
+                if self._waiters:
+                    self._cond.notify_all()
+                return
+        self.write_queued()
 
     def _consume(self, written: int) -> None:
         """Drops ``written`` bytes from the head of the queue (``lock`` held)."""

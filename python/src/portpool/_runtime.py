@@ -116,7 +116,7 @@ from collections.abc import Callable
 from portpool import protocol
 from portpool._dispatch import _Dispatch
 from portpool._exit import EXIT_APP_ERROR, EXIT_OK, EXIT_PROTOCOL_ERROR, _watchdog
-from portpool._frames import _U32_MAX, _EncodeFailure
+from portpool._frames import _FRAME_HEADER, _U32_MAX, _EncodeFailure
 from portpool._leads import _INLINE_TAKEOVER, _Leads
 from portpool._output import _can_be_nonblocking, _Output
 from portpool._state import (
@@ -136,6 +136,7 @@ from portpool._state import (
 from portpool._stdio import _log
 from portpool._threads import _LEAD, _Workers
 from portpool.app import App
+from portpool.protocol import _PACKER_KEEP, _new_packer, _packers
 
 TYPE_CHECKING = False  # typing is not imported at run time (cold start)
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_SHUTDOWN_GRACE = 5.0
+
+_FRAME_HEADER_PACK = _FRAME_HEADER.pack
 
 # Tasks of async handlers start eagerly (their first step runs at once) where asyncio can.
 _EAGER = sys.version_info >= (3, 12)
@@ -437,7 +440,10 @@ class Runtime(_Leads, _Dispatch):
                 if self._draining and not self._requests:
                     assert self._idle_event is not None
                     self._notify(self._idle_event)
-        self._emit(req, frame, final=True)
+        if self._hold_output or self._batch_holder is not None:
+            self._emit(req, frame, final=True)  # it may be held back
+        else:
+            self._out.send_final(req, frame)  # what _emit does then, in one call
         for next_req in starting:
             self._start(next_req)
 
@@ -488,12 +494,51 @@ class Runtime(_Leads, _Dispatch):
         req.info.slow = time.monotonic() - since >= _INLINE_TAKEOVER
 
     def _run_sync(self, req: _Request) -> None:
-        """Pool thread: runs a sync handler or sync generator, then sends its response."""
+        """Pool thread or lead holder: runs a sync handler or sync generator, then sends its response.
+
+        The common case is folded in here, on purpose, since it runs once per sync call: a
+        handler of the params alone (``info.call``) returning a plain value, not cancelled,
+        is called and its response encoded right here (what :meth:`_call_sync` and
+        :meth:`~portpool._frames._Frames._ok_frame` do, without the two calls); anything
+        else goes through :meth:`_call_sync`.
+        """
+        call = req.info.call
+        if call is None or req.cancelled:
+            try:
+                frame = self._call_sync(req)
+            except BaseException as exc:  # pragma: no cover - _call_sync catches everything
+                frame = self._error_frame(req, exc)
+            self._finish(req, frame)
+            return
+        # As in _call_sync; req.ctx is None here (info.call is set only for handlers without a
+        # Context), so req.cancelled is all req.is_cancelled() would look at.
+        encoded: bytes | None = None
         try:
-            frame = self._call_sync(req)
-        except BaseException as exc:  # pragma: no cover - _call_sync catches everything
-            frame = self._error_frame(req, exc)
-        self._finish(req, frame)
+            result = call(req.params)
+            if type(result) in _PLAIN_TYPES and not req.cancelled:
+                try:  # _ok_frame's usual case, on this thread's Packer (see protocol.pack)
+                    try:
+                        packer = _packers.packer
+                    except AttributeError:
+                        packer = _packers.packer = _new_packer()
+                    body = packer.pack({"type": "response", "id": req.id, "result": result})
+                    size = len(body)
+                    if size > _PACKER_KEEP:
+                        del _packers.packer
+                    if size <= self._frame_limit:
+                        encoded = _FRAME_HEADER_PACK(size) + body
+                except (TypeError, ValueError, OverflowError):
+                    pass
+                if encoded is None:
+                    encoded = self._ok_frame(req, result)  # again, to say why it failed
+        except _EncodeFailure as exc:
+            encoded = self._error_frame_plain(req.id, "EncodeError", str(exc))
+        except BaseException as exc:
+            encoded = self._cancelled_frame(req) if req.cancelled else self._error_frame(req, exc)
+        else:
+            if encoded is None:  # not a plain value, or cancelled meanwhile
+                encoded = self._sync_result(req, result)
+        self._finish(req, encoded)
 
     def _call_sync(self, req: _Request) -> bytes:
         """Pool thread: runs a sync handler or sync generator; returns the encoded response frame."""
@@ -502,6 +547,16 @@ class Runtime(_Leads, _Dispatch):
         try:
             info = req.info
             result = info.call(req.params) if info.call is not None else req.handler.call(req.params, req.ctx)
+        except BaseException as exc:
+            if req.is_cancelled():
+                return self._cancelled_frame(req)
+            return self._error_frame(req, exc)
+        return self._sync_result(req, result)
+
+    def _sync_result(self, req: _Request, result: Any) -> bytes:
+        """The response frame for what a sync handler returned: streams a generator's items, waits
+        for an awaitable; an exception meanwhile is the handler's error."""
+        try:
             if type(result) in _PLAIN_TYPES:
                 pass
             elif isinstance(result, types.GeneratorType):

@@ -214,6 +214,11 @@ _packers = threading.local()
 _PACKER_KEEP: Final = 1 << 20
 
 
+def _new_packer() -> msgpack.Packer:
+    """A Packer as :func:`pack` uses (one per thread, see ``_packers``)."""
+    return msgpack.Packer(use_bin_type=True)
+
+
 def pack(message: Mapping[str, Any]) -> bytes:
     """Encodes a message body (MessagePack, ``bin`` for bytes, ``str`` for text).
 
@@ -222,7 +227,7 @@ def pack(message: Mapping[str, Any]) -> bytes:
     try:
         packer = _packers.packer
     except AttributeError:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+        packer = _packers.packer = _new_packer()
     body: bytes = packer.pack(message)  # a failed pack leaves the Packer empty and usable
     if len(body) > _PACKER_KEEP:
         del _packers.packer
