@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgpack
+
 from portpool import protocol
 from portpool._exit import EXIT_OK, EXIT_PROTOCOL_ERROR, _watchdog
 from portpool._state import _CANCEL_SETTLE, _FLUSH_TIMEOUT, _WATCHDOG_SLACK, _Request, _Stop
@@ -108,7 +110,10 @@ class _Leads:
             if not process(read_into(), starting):
                 return
             if starting:
-                mine = self._start_batch(starting)
+                if len(starting) == 1 and not starting[0].is_async and not starting[0].info.slow:
+                    mine = starting  # what _start_batch returns for one sync request, without the call
+                else:
+                    mine = self._start_batch(starting)
                 if mine:
                     starting = []
                     if not self._run_inline(mine):
@@ -147,9 +152,30 @@ class _Leads:
                 return False
             received = time.monotonic()
             unpack = protocol.unpack
+            unpackb = msgpack.unpackb
+            u64_max = protocol._U64_MAX
             for body in reader.feed(data):
                 try:
-                    msg = unpack(body)
+                    # protocol.unpack's fast path, folded in (once per request): a plain request,
+                    # exactly type, id, method and params, is the message as decoded; anything
+                    # else (or a body that does not decode) goes through protocol.unpack.
+                    raw: Any
+                    try:
+                        raw = unpackb(body, raw=False, strict_map_key=False)
+                    except Exception:
+                        raw = None
+                    if (
+                        type(raw) is dict
+                        and len(raw) == 4
+                        and raw.get("type") == "request"
+                        and type(raw.get("id")) is int
+                        and 0 <= raw["id"] <= u64_max
+                        and type(raw.get("method")) is str
+                        and "params" in raw
+                    ):
+                        msg: protocol.Message = raw  # type: ignore[assignment]  # checked above
+                    else:
+                        msg = unpack(body)
                 except protocol.InvalidParams as exc:  # fails only this call
                     ok = self._on_invalid_params(exc)
                 else:

@@ -86,14 +86,23 @@ A sync ``request`` arriving while the worker is idle (the common case)::
 
     handler thread holding the lead            (no other thread runs)
       _lead -> _read_into                      os.readv into the reused 256 KiB buffer
-            -> _process                        FrameReader.feed, protocol.unpack
+            -> _process                        FrameReader.feed; msgpack.unpackb (a plain request
+                                               is the message as decoded, else protocol.unpack)
             -> _on_request                     a _Request in the table; a free slot: "starting"
-            -> _start_batch                    sync, not slow: run here (async: posted to the loop)
-            -> _run_inline -> _run_sync        the watcher armed meanwhile
-                 -> _call_sync                 the handler; _ok_frame encodes the response
+                                               (_lead: one sync request, not slow, runs here without
+                                               _start_batch; async ones are posted to the loop)
+            -> _run_inline -> _run_sync        the watcher armed meanwhile; the handler, and its
+                                               response encoded on the thread's Packer (_call_sync
+                                               and _ok_frame only for the rest: ctx, generators,
+                                               awaitables, errors, cancels)
                  -> _finish                    slot freed, request out of the table, queued
-                                               requests started; _emit -> _Output: one write
+                                               requests started; _Output.send_final: one write
+                                               (_emit when output is held, see there)
       _lead -> _read_into                      blocks until the next frame
+
+Python-level calls per request on this path: _read_into, _process, FrameReader.feed,
+_on_request, _Request.__init__, _run_inline, _run_sync, the handler, _finish,
+_Output.send_final (ten; the hot ones keep a docstring saying what they fold in).
 
 An async request takes the same path up to :meth:`~portpool._leads._Leads._start_batch`,
 which posts it to the loop (:meth:`Runtime._start_async`: a task per request) and, when
