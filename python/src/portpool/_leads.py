@@ -138,6 +138,7 @@ class _Leads:
         """Lead holder: acts on the messages of one read; requests that take a slot go to ``starting``.
 
         Returns False when reading must stop: end of input (empty ``data``), or a protocol violation.
+        Decoding a plain request is folded in (it runs once per call): see the comment in the loop.
         """
         reader = self._input
         try:
@@ -331,13 +332,18 @@ class _Leads:
         hold = len(reqs) > 1
         if hold:  # final responses are queued unclaimed until the batch ends (see _emit)
             self._batch_holder = threading.get_ident()
-        with lock:
-            pending.extend(reqs)
-            steals = self._steals
+        steals = -1  # read in the first turn, with the batch queued, under one hold of the lock
         try:
             while True:
                 with lock:
-                    if self._steals != steals:  # the watcher passed the lead on
+                    if steals < 0:
+                        # The batch is queued and its first request starts in one hold of the
+                        # lock (a lock round trip less per call). Nothing changes for the
+                        # watcher: it steals only while _inline_since is set, which it is not
+                        # before this first turn.
+                        pending.extend(reqs)
+                        steals = self._steals
+                    elif self._steals != steals:  # the watcher passed the lead on
                         return False
                     if not pending:
                         self._inline_since = None
