@@ -9,9 +9,11 @@ watcher taking the lead over.
 from __future__ import annotations
 
 import itertools
+import pathlib
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from conftest import Worker
 
@@ -99,3 +101,45 @@ def _drain(worker: Worker, ids: set[int], pings: set[int]) -> None:
             assert msg["type"] == "response" and msg["id"] in ids, msg
             assert "result" in msg, msg
             ids.discard(msg["id"])
+
+
+def test_a_params_only_handler_cancelled_while_it_runs_answers_cancelled(
+    spawn: Callable[..., Worker], write_app: Callable[..., Any], tmp_path: pathlib.Path
+) -> None:
+    # A handler of the params alone (no Context) runs on the folded common path of _run_sync:
+    # a cancel applied while it runs still turns its result, or its exception, into Cancelled.
+    path = write_app(
+        "import os, time, portpool\n"
+        "app = portpool.App()\n"
+        "def _wait(where):\n"
+        "    open(os.path.join(where, 'started'), 'w').close()\n"
+        "    while not os.path.exists(os.path.join(where, 'release')):\n"
+        "        time.sleep(0.005)\n"
+        "@app.handler\n"
+        "def wait_ok(params):\n"
+        "    _wait(params)\n"
+        "    return {'done': True}\n"
+        "@app.handler\n"
+        "def wait_fail(params):\n"
+        "    _wait(params)\n"
+        "    raise ValueError('after the cancel')\n"
+    )
+    w = spawn(path)
+    for n, method in enumerate(["wait_ok", "wait_fail"]):
+        where = tmp_path / f"run_{n}"
+        where.mkdir()
+        id_ = w.request(method, str(where))
+        while not (where / "started").exists():  # the handler runs: the cancel comes while it does
+            time.sleep(0.005)
+        w.send(protocol.cancel_message(id_))
+        w.send(protocol.ping_message(100 + n))  # read after the cancel: once ponged, it is applied
+        assert w.recv(timeout=10.0) == {"type": "pong", "id": 100 + n}
+        (where / "release").touch()
+        msg = w.recv(timeout=10.0)
+        assert msg["id"] == id_ and msg["error"]["type"] == "Cancelled", msg
+    where = tmp_path / "uncancelled"
+    where.mkdir()
+    (where / "release").touch()
+    assert w.result("wait_ok", str(where)) == {"done": True}
+    err = w.call("wait_fail", str(where))["error"]
+    assert err["type"] == "ValueError" and "after the cancel" in err["traceback"]
