@@ -49,7 +49,10 @@ class StderrCapture:
 
     def _read(self) -> None:
         while True:
-            data = os.read(self._fd, 65536)
+            try:
+                data = os.read(self._fd, 65536)
+            except OSError:  # the test closed the pipe (e.g. the Popen was cleaned up) first
+                return
             if not data:
                 return
             with self._lock:
