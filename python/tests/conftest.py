@@ -65,7 +65,39 @@ class StderrCapture:
             return self._data.decode("utf-8", "replace")
 
 
-class Worker:
+class Calls:
+    """Request/response helpers over a peer's ``send`` and ``recv`` (a worker's pipes, a socket)."""
+
+    _ids: Iterator[int]
+    call_timeout = 5.0
+
+    def send(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def request(self, method: str, params: Any = None, **kw: Any) -> int:
+        id_ = kw.pop("id", None) or next(self._ids)
+        self.send(dict(protocol.request_message(id_, method, params, **kw)))
+        return id_
+
+    def call(
+        self, method: str, params: Any = None, timeout: float | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """Sends one request and returns its response (fails on any other frame in between)."""
+        id_ = self.request(method, params, **kw)
+        msg = self.recv(self.call_timeout if timeout is None else timeout)
+        assert msg["type"] == "response" and msg["id"] == id_, msg
+        return msg
+
+    def result(self, method: str, params: Any = None, **kw: Any) -> Any:
+        msg = self.call(method, params, **kw)
+        assert "result" in msg, msg
+        return msg["result"]
+
+
+class Worker(Calls):
     """One worker process and a frame-level client for it."""
 
     def __init__(
@@ -153,23 +185,6 @@ class Worker:
         if isinstance(item, BaseException):
             raise AssertionError(f"no frame: {item!r}; stderr:\n{self.stderr}")
         return item  # type: ignore[no-any-return]
-
-    def request(self, method: str, params: Any = None, **kw: Any) -> int:
-        id_ = kw.pop("id", None) or next(self._ids)
-        self.send(protocol.request_message(id_, method, params, **kw))
-        return id_
-
-    def call(self, method: str, params: Any = None, timeout: float = 5.0, **kw: Any) -> dict[str, Any]:
-        """Sends one request and returns its response (fails on any other frame in between)."""
-        id_ = self.request(method, params, **kw)
-        msg = self.recv(timeout)
-        assert msg["type"] == "response" and msg["id"] == id_, msg
-        return msg
-
-    def result(self, method: str, params: Any = None, **kw: Any) -> Any:
-        msg = self.call(method, params, **kw)
-        assert "result" in msg, msg
-        return msg["result"]
 
     def collect(self, ids: set[int], timeout: float = 5.0) -> dict[int, list[dict[str, Any]]]:
         """Reads frames until every id in ``ids`` got its response; returns all frames by id."""

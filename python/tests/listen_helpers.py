@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import msgpack
-from conftest import APPS, HERE, StderrCapture, worker_env
+from conftest import APPS, HERE, Calls, StderrCapture, worker_env
 
 from portpool import protocol
 
@@ -105,8 +105,10 @@ class ListenerProcess:
             self.proc.wait(10)
 
 
-class Client:
+class Client(Calls):
     """A host's connection to a listener, at the frame level (no threads: reads on demand)."""
+
+    call_timeout = 10.0
 
     def __init__(
         self, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None, timeout: float = 5.0
@@ -193,22 +195,6 @@ class Client:
         return self.hello
 
     # -- calls
-
-    def request(self, method: str, params: Any = None, **kw: Any) -> int:
-        id_ = kw.pop("id", None) or next(self._ids)
-        self.send(dict(protocol.request_message(id_, method, params, **kw)))
-        return id_
-
-    def call(self, method: str, params: Any = None, timeout: float = 10.0, **kw: Any) -> dict[str, Any]:
-        id_ = self.request(method, params, **kw)
-        msg = self.recv(timeout)
-        assert msg["type"] == "response" and msg["id"] == id_, msg
-        return msg
-
-    def result(self, method: str, params: Any = None, **kw: Any) -> Any:
-        msg = self.call(method, params, **kw)
-        assert "result" in msg, msg
-        return msg["result"]
 
     def close(self) -> None:
         try:
