@@ -308,3 +308,64 @@ fn bench_throughput_rows_carry_corrected_latency() {
         "{stdout}"
     );
 }
+
+/// Scenario 9 runs the BEAM baseline (`examples/beam_pool.escript`: a pool
+/// of Erlang ports to the same Python worker) interleaved with portpool:
+/// every row is there with its rounds, and the BEAM side answered (the
+/// bench fails if one of its results was not the params). Skipped where
+/// Erlang is missing, unless `CI` is set (`cargo xtask setup` installs it).
+#[test]
+fn bench_beam_baseline_runs_interleaved_and_checks_its_replies() {
+    let has_escript = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("escript").is_file()));
+    if !has_escript {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "escript (Erlang) is missing and CI is set: run `cargo xtask setup`"
+        );
+        eprintln!("skipped: escript (Erlang) not on PATH; `cargo xtask setup` installs it");
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("portpool-bench9-{}.json", std::process::id()));
+    let output = portpool()
+        .args([
+            "bench",
+            "--only",
+            "9",
+            "--callers",
+            "4",
+            "--rounds",
+            "3",
+            "--seconds",
+            "0.05",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let rows = report["rows"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["9", "9a", "9b", "9c", "9d", "9e", "9f"]);
+    for row in rows {
+        assert_eq!(row["rounds"], 3, "{row}");
+    }
+    let value = |id: &str, side: &str| {
+        rows.iter().find(|r| r["scenario"] == id).unwrap()[side]["value"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    // Both sides measured something: a latency, and calls per second.
+    for id in ["9", "9c", "9d"] {
+        for side in ["portpool", "baseline"] {
+            assert!(value(id, side) > 0.0, "{id} {side}: {stdout}");
+        }
+    }
+    assert_eq!(
+        rows.iter().find(|r| r["scenario"] == "9").unwrap()["target"]["ratio"].as_f64(),
+        Some(1.0)
+    );
+}

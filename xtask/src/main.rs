@@ -1,13 +1,15 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! - `setup`: create `.venv` and install the Python runtime (`python/`) into
-//!   it; install `redis-server` (Debian package) when it is not on `PATH`,
-//!   for the session crate's `RedisStore` tests.
+//!   it; install `redis-server` and `escript` (Debian packages) when they are
+//!   not on `PATH`, for the session crate's `RedisStore` tests and the
+//!   bench's BEAM baseline.
 //! - `ci`: every check CI runs, with a summary; non-zero exit on any failure.
 //! - `demo`: `setup`, then `portpool demo` (release build): a mixed workload
 //!   over `examples/demo_app.py` with a worker killed mid-run, and a report.
 //! - `bench [--quick] [--json FILE] [--workers N] ...`: `setup`, then
-//!   `portpool bench` (release build): each scenario beside its baseline.
+//!   `portpool bench` (release build): each scenario beside its baseline
+//!   (installing `escript` first, for scenario 9's BEAM pool).
 //!
 //! - `chaos [--seconds N]`: `setup`, then the chaos soak (release build):
 //!   real Python workers SIGKILLed and hung under a mixed workload for N
@@ -25,8 +27,8 @@
 //! Arguments after `demo` / `bench` are passed to the `portpool` command.
 #![forbid(unsafe_code)]
 
+mod debian;
 mod dspy;
-mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(&root)
             .and_then(|_| dspy::setup(&root))
-            .and_then(|_| redis::setup()),
+            .and_then(|_| debian::setup()),
         Some("ci") => ci(&root),
         Some(cmd @ ("demo" | "bench")) => portpool_release(&root, cmd, &args[1..]),
         Some("chaos") => chaos(&root, &args[1..]),
@@ -191,6 +193,10 @@ fn cargo() -> Command {
 /// (honest numbers), run from the repository root with the venv's python.
 fn portpool_release(root: &Path, command: &str, extra: &[String]) -> Result<(), String> {
     let python = setup(root)?;
+    if command == "bench" {
+        // Scenario 9's baseline is an Erlang script (`escript`).
+        debian::setup()?;
+    }
     run(cargo()
         .current_dir(root)
         .env("PORTPOOL_PYTHON", &python)
@@ -418,9 +424,10 @@ fn ci(root: &Path) -> Result<(), String> {
     });
     let python = python.unwrap_or_else(|| venv_python(root));
     step("dspy setup", &mut || dspy::ci_setup(root));
-    // The session crate's RedisStore tests start their own redis-server;
-    // under CI they fail (rather than skip) when it is missing.
-    step("redis setup", &mut redis::setup);
+    // The session crate's RedisStore tests start their own redis-server,
+    // the CLI's BEAM baseline test runs `escript`; under CI they fail
+    // (rather than skip) when it is missing.
+    step("debian packages", &mut debian::setup);
 
     step("guarantees", &mut || check_guarantees(root));
     step("cargo fmt", &mut || {

@@ -264,6 +264,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         "raw_echo.py",
         "decode_echo.py",
         "bench_python_pools.py",
+        "beam_pool.escript",
     ] {
         if !examples.join(file).is_file() {
             eprintln!(
@@ -311,7 +312,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
     );
     let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
     let started = Instant::now();
-    let scenarios: [(u32, &str); 8] = [
+    let scenarios: [(u32, &str); 9] = [
         (1, "sequential latency"),
         (2, "throughput"),
         (3, "I/O-bound multiplexing"),
@@ -320,6 +321,7 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
         (6, "Python's process pools"),
         (7, "session bind cost"),
         (8, "remote workers on loopback (TCP, TLS)"),
+        (9, "a BEAM pool of Erlang ports to the same worker"),
     ];
     let mut loads = serde_json::Map::new();
     for (n, name) in scenarios {
@@ -337,7 +339,8 @@ pub(crate) async fn run(args: BenchArgs) -> ExitCode {
             5 => bench.binary().await,
             6 => bench.python_pools().await,
             7 => bench.session_binds().await,
-            _ => bench.remote_latency().await,
+            8 => bench.remote_latency().await,
+            _ => bench.beam().await,
         };
         if let Err(e) = outcome {
             eprintln!("portpool bench: scenario {n} ({name}) failed: {e}");

@@ -4,6 +4,7 @@
 //! the pools and floors they start, the cost rows.
 
 mod baselines;
+mod beam;
 mod large;
 mod latency;
 mod remote;
