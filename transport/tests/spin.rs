@@ -103,3 +103,47 @@ async fn without_a_budget_the_worker_is_told_nothing() {
         .unwrap();
     assert_eq!(told, Value::Nil);
 }
+
+/// Voluntary context switches of the calling thread so far.
+fn voluntary_switches_of_this_thread() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// In the low-latency mode a sequential caller's reply is read by a reader
+/// that is already spinning: sending a call wakes the reader, which had
+/// gone to sleep once nothing was outstanding. Without that wake-up the
+/// reader is polled again only when the reply's readiness arrives, so the
+/// thread sleeps in the kernel for every call: on a current-thread runtime
+/// that is at least one voluntary context switch per call.
+#[test]
+fn sequential_calls_are_read_by_a_spinning_reader_not_after_a_sleep() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A budget far above a call's round trip, even on a loaded machine.
+        let worker = basic(Duration::from_millis(20)).spawn(WorkerId(1)).await.unwrap();
+        for i in 0..50i64 {
+            worker.call(CallRequest::new("echo", i)).await.unwrap();
+        }
+        let calls = 500;
+        let before = voluntary_switches_of_this_thread();
+        for i in 0..calls {
+            assert_eq!(
+                worker.call(CallRequest::new("echo", i)).await.unwrap(),
+                Value::from(i)
+            );
+        }
+        let per_call = (voluntary_switches_of_this_thread() - before) as f64 / calls as f64;
+        assert!(
+            per_call < 0.5,
+            "{per_call:.2} voluntary context switches per call: the reader slept for replies"
+        );
+    });
+}

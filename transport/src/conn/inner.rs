@@ -256,8 +256,7 @@ impl Inner {
         let pending = {
             let mut state = self.state();
             state.dead = Some(error.clone());
-            state.in_flight = 0;
-            state.outstanding.store(0, Ordering::Relaxed);
+            state.clear_in_flight();
             std::mem::take(&mut state.pending)
         };
         for (_, entry) in pending {

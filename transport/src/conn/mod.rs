@@ -29,6 +29,7 @@ mod stream;
 pub(crate) mod writer;
 
 pub(crate) use inner::Inner;
+pub(crate) use pending::Outstanding;
 use pending::{Frame, Pending, State};
 use reader::read_loop;
 use stream::{CallGuard, PingGuard, ReplyStream};
@@ -94,7 +95,7 @@ pub(crate) struct Parts {
     pub(crate) max_frame: usize,
     pub(crate) max_stream_buffer: usize,
     /// Calls and streams waiting for the worker (for a spinning reader).
-    pub(crate) outstanding: Arc<AtomicUsize>,
+    pub(crate) outstanding: Arc<Outstanding>,
     pub(crate) peer: Peer,
 }
 

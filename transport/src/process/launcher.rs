@@ -1,6 +1,6 @@
+use crate::conn::Outstanding;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,7 +155,7 @@ impl ProcessLauncher {
             async move { log.drain(stderr, id, pid).await }
         });
 
-        let outstanding = Arc::new(AtomicUsize::new(0));
+        let outstanding = Arc::new(Outstanding::default());
         let stdout = SpinningStdout::new(stdout, cmd.spin, outstanding.clone());
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
         let first = tokio::time::timeout(init_timeout, frames.next()).await;

@@ -13,7 +13,6 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +20,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::process::ChildStdout;
+
+use crate::conn::Outstanding;
 
 /// How much of the read buffer one spinning read fills at most (it must be
 /// zeroed first: the buffer is not initialised).
@@ -31,11 +32,11 @@ const SPIN_READ_MAX: usize = 64 * 1024;
 pub(crate) struct SpinningStdout {
     inner: ChildStdout,
     spin: Option<Duration>,
-    outstanding: Arc<AtomicUsize>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl SpinningStdout {
-    pub(crate) fn new(inner: ChildStdout, spin: Option<Duration>, outstanding: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(inner: ChildStdout, spin: Option<Duration>, outstanding: Arc<Outstanding>) -> Self {
         SpinningStdout {
             inner,
             spin: spin.filter(|d| !d.is_zero()),
@@ -88,10 +89,18 @@ impl AsyncRead for SpinningStdout {
         // read found the pipe empty and registered for a wake-up: data that
         // comes later signals anew, so a wake-up is never lost (at worst one
         // is spurious, for data already read here).
-        let budget = match this.spin {
-            Some(budget) if this.outstanding.load(Ordering::Relaxed) > 0 => budget,
-            _ => return Poll::Pending,
+        let Some(budget) = this.spin else {
+            return Poll::Pending;
         };
+        if this.outstanding.get() == 0 {
+            // Nothing to wait for now: sleep, but be polled again when the
+            // next call is sent, to spin for its reply (checked again after
+            // registering, so a send in between is not missed).
+            this.outstanding.wake_reader_on_send(cx.waker());
+            if this.outstanding.get() == 0 {
+                return Poll::Pending;
+            }
+        }
         match this.spin_read(buf, budget) {
             Some(done) => Poll::Ready(done),
             None => Poll::Pending,

@@ -3,7 +3,7 @@
 //! writer, reader) over its stdin and stdout, and the process as its peer:
 //! process group signals, exit status, stderr ring, reaping.
 
-use std::sync::atomic::AtomicUsize;
+use crate::conn::Outstanding;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub(crate) struct Spawned {
     pub(crate) stdin: ChildStdin,
     pub(crate) frames: FramedRead<SpinningStdout, MessageCodec>,
     /// Calls and streams waiting for the worker (for the spinning reader).
-    pub(crate) outstanding: Arc<AtomicUsize>,
+    pub(crate) outstanding: Arc<Outstanding>,
     pub(crate) exit_rx: watch::Receiver<Option<WorkerExit>>,
     pub(crate) group: Arc<Group>,
     pub(crate) stderr: Arc<StderrLog>,

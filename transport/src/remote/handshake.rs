@@ -2,7 +2,7 @@
 //! `docs/remote.md`, then the hello; the result is a [`RemoteWorker`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
@@ -20,7 +20,7 @@ use tokio_util::codec::FramedRead;
 use super::launcher::LiveToken;
 use super::{RemotePeer, RemoteWorker, Shared};
 use crate::conn::writer::FrameWriter;
-use crate::conn::{Conn, Parts, Peer};
+use crate::conn::{Conn, Outstanding, Parts, Peer};
 use crate::{LaunchError, WorkerAddress, WorkerId, WorkerInfo};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -189,7 +189,7 @@ pub(crate) async fn dial(
             info,
             max_frame: dial.max_frame,
             max_stream_buffer: dial.max_stream_buffer,
-            outstanding: Arc::new(AtomicUsize::new(0)),
+            outstanding: Arc::new(Outstanding::default()),
             peer: Peer::Remote(RemotePeer {
                 shared: shared.clone(),
             }),
