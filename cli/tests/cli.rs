@@ -25,6 +25,26 @@ fn text(output: &Output) -> (String, String) {
     )
 }
 
+/// Runs `portpool bench ARGS --json FILE`; the report and stdout. Fails
+/// the test if the bench failed.
+fn bench_report(args: &[&str]) -> (serde_json::Value, String) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!("portpool-bench-{}-{n}.json", std::process::id()));
+    let output = portpool()
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    (report, stdout)
+}
+
 #[test]
 fn call_echo_round_trips_json_and_bytes() {
     let output = portpool()
@@ -157,26 +177,8 @@ fn doctor_explains_a_missing_interpreter() {
 /// checked (measurements, not tests).
 #[test]
 fn bench_rows_carry_rounds_spread_and_targets() {
-    let json = std::env::temp_dir().join(format!("portpool-bench-{}.json", std::process::id()));
-    let output = portpool()
-        .args([
-            "bench",
-            "--only",
-            "1,5",
-            "--rounds",
-            "3",
-            "--seconds",
-            "0.05",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let (report, stdout) = bench_report(&["--only", "1,5", "--rounds", "3", "--seconds", "0.05"]);
     assert!(stdout.contains("load"), "{stdout}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
     assert_eq!(report["rounds"], 3);
     assert!(report["load_before"].is_string());
     let rows = report["rows"].as_array().unwrap();
@@ -263,27 +265,16 @@ fn demo_recovers_and_prints_prometheus_series() {
 /// the corrected p99 is only bound to be at least the p50).
 #[test]
 fn bench_throughput_rows_carry_corrected_latency() {
-    let json = std::env::temp_dir().join(format!("portpool-bench2-{}.json", std::process::id()));
-    let output = portpool()
-        .args([
-            "bench",
-            "--only",
-            "2",
-            "--callers",
-            "4",
-            "--rounds",
-            "3",
-            "--seconds",
-            "0.05",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let (report, stdout) = bench_report(&[
+        "--only",
+        "2",
+        "--callers",
+        "4",
+        "--rounds",
+        "3",
+        "--seconds",
+        "0.05",
+    ]);
     let rows = report["rows"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(ids, ["2a", "2b", "2c", "2d", "2e", "2f", "2g"]);
@@ -326,27 +317,16 @@ fn bench_beam_baseline_runs_interleaved_and_checks_its_replies() {
         eprintln!("skipped: escript (Erlang) not on PATH; `cargo xtask setup` installs it");
         return;
     }
-    let json = std::env::temp_dir().join(format!("portpool-bench9-{}.json", std::process::id()));
-    let output = portpool()
-        .args([
-            "bench",
-            "--only",
-            "9",
-            "--callers",
-            "4",
-            "--rounds",
-            "3",
-            "--seconds",
-            "0.05",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let (report, stdout) = bench_report(&[
+        "--only",
+        "9",
+        "--callers",
+        "4",
+        "--rounds",
+        "3",
+        "--seconds",
+        "0.05",
+    ]);
     let rows = report["rows"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(ids, ["9", "9a", "9b", "9c", "9d", "9e", "9f"]);
