@@ -18,8 +18,8 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from conftest import APPS, HERE, Calls, StderrCapture, worker_env
+
 from portpool import protocol
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "recv_fds"), reason="needs socket.recv_fds")
@@ -118,7 +118,9 @@ class Zygote:
         stderr_r, stderr_w = os.pipe()
         req = next(self._req)
         socket.send_fds(
-            self.host, [msgpack.packb({"fork": req, "env": env or {}, "limits": []})], [stdin_r, stdout_w, stderr_w]
+            self.host,
+            [msgpack.packb({"fork": req, "env": env or {}, "limits": []})],
+            [stdin_r, stdout_w, stderr_w],
         )
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
@@ -201,7 +203,8 @@ def test_forked_workers_serve_in_their_own_groups_and_exits_are_reported(
 
 def test_env_sent_with_the_fork_reaches_the_worker(zygote: Callable[..., Zygote], write_app: Any) -> None:
     path = write_app(
-        "import os, portpool\napp = portpool.App()\n\n@app.handler\ndef env(name):\n    return os.environ.get(name)\n"
+        "import os, portpool\napp = portpool.App()\n\n"
+        "@app.handler\ndef env(name):\n    return os.environ.get(name)\n"
     )
     z = zygote(path, env={"FROM_COMMAND": "yes"})
     z.recv_reply()

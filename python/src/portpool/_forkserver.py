@@ -90,7 +90,7 @@ class _Zygote:
             if self.closing and not self.children:
                 os._exit(0)
             try:
-                readable, _, _ = select.select([self.sock, self.wake_r], [], [], 1.0)
+                readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [], 1.0)
             except InterruptedError:
                 continue
             if self.wake_r in readable:
@@ -99,7 +99,7 @@ class _Zygote:
                         pass
                 except BlockingIOError:
                     pass
-            if self.sock in readable and not self.receive():
+            if self.sock.fileno() in readable and not self.receive():
                 self.host_gone()
 
     def receive(self) -> bool:
@@ -156,6 +156,12 @@ class _Zygote:
         finally:
             for fd in fds:
                 os.close(fd)
+        try:
+            # Also here, not only in the child: the group exists before the host learns the
+            # pid, so a group kill the host sends at once cannot miss the worker.
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         self.children[pid] = False
         self.send({"forked": req, "pid": pid})
 
@@ -216,7 +222,8 @@ class _Zygote:
             for key, value in env.items():
                 os.environ[key] = value
             _apply_limits(message.get("limits") or [])
-            gc.unfreeze()
+            # The import's objects stay frozen (gc.freeze in the zygote): a collection in this
+            # worker never walks them, so their pages stay shared with the zygote.
             from portpool import _exit as exit_module
 
             exit_module._PARENT_AT_START = os.getppid()  # the zygote: see _kill_own_group
