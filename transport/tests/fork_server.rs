@@ -514,3 +514,42 @@ async fn no_orphans_when_a_fork_mode_host_is_killed() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_launch_while_the_fork_server_imports_kills_it() {
+    let dir = scratch("drop-launch");
+    let pids = dir.join("pids");
+    let app = write_app(
+        &dir,
+        &format!(
+            "child = subprocess.Popen(['sleep', '60'])\n\
+             open({:?}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n\
+             time.sleep(60)",
+            pids.display().to_string()
+        ),
+    );
+    let launcher = ProcessLauncher::new(forking(&app).init_timeout(Duration::from_secs(60)));
+    let mut spawn = Box::pin(launcher.spawn(WorkerId(1)));
+    let written = async {
+        while std::fs::read_to_string(&pids).map_or(true, |s| s.split(' ').count() < 2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut spawn => panic!("spawn finished: {:?}", r.map(|_| ())),
+        w = tokio::time::timeout(Duration::from_secs(10), written) => w.expect("the import began"),
+    }
+    drop(spawn);
+    let recorded: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split(' ')
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    for pid in recorded {
+        assert!(
+            gone_within(pid, Duration::from_secs(3)).await,
+            "{pid} outlived the dropped launch"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
