@@ -74,7 +74,11 @@ class _Zygote:
         os.set_blocking(self.wake_w, False)
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(msgpack.packb(message))
+        try:
+            self.sock.sendall(msgpack.packb(message))
+        except OSError as exc:  # the host is gone
+            _log(f"fork server: cannot write to the host: {exc}")
+            self.host_gone()
 
     def serve(self) -> NoReturn:
         import select
@@ -207,8 +211,7 @@ class _Zygote:
             os.setpgid(0, 0)  # its own process group, as every worker has
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # SIGINT: as inherited, like an exec'd worker
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)  # inheritable, blocking: as a spawned process's stdio
             for fd in (*fds, self.sock.fileno(), self.wake_r, self.wake_w):
