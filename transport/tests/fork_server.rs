@@ -553,3 +553,59 @@ async fn dropping_a_launch_while_the_fork_server_imports_kills_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The processes whose parent is `parent`, zombies included.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if stat_field(pid, 4) == Some(u64::from(parent)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exit_is_reaped_by_the_fork_server_once_published() {
+    let dir = scratch("reaped");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let workers: Vec<ProcessWorker> = futures::future::join_all((0..4).map(|i| launcher.spawn(WorkerId(i))))
+        .await
+        .into_iter()
+        .map(|w| w.expect("a forked worker starts"))
+        .collect();
+    let zygote = launcher.fork_server_pid().unwrap();
+    assert_eq!(children_of(zygote).len(), 4);
+    for (i, worker) in workers.iter().enumerate() {
+        let pid = worker.info().pid.unwrap();
+        if i % 2 == 0 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            let exit = tokio::time::timeout(Duration::from_secs(5), worker.closed())
+                .await
+                .unwrap();
+            assert_eq!(exit.signal, Some(9), "{exit}");
+        } else {
+            let exit = worker.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(exit.code, Some(0), "{exit}");
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while !children_of(zygote).is_empty() {
+        assert!(Instant::now() < until, "left unreaped: {:?}", children_of(zygote));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !portpool_testkit::process_gone(zygote),
+        "the fork server serves on"
+    );
+    let again = launcher.spawn(WorkerId(9)).await.unwrap();
+    assert_eq!(stat_field(again.info().pid.unwrap(), 4), Some(u64::from(zygote)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
