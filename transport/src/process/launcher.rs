@@ -31,6 +31,10 @@ use crate::{HelloCause, LaunchError, Launcher, Worker, WorkerExit, WorkerId, Wor
 /// still running, so no worker, child or grandchild outlives the host.
 /// Without `/bin/sh` a warning is logged and workers still exit on stdin
 /// end of file, but their descendants may survive a killed host.
+///
+/// With [`WorkerCommand::fork_server`], the first launch also starts the
+/// launcher's fork server (shared by its clones) and workers are forked
+/// from it; everything above holds for them too (`docs/fork-server.md`).
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     command: Arc<WorkerCommand>,
