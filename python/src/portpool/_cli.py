@@ -27,6 +27,7 @@ ENV_SPIN_US = "PORTPOOL_SPIN_US"
 _MAX_SPIN_US = 1_000_000
 
 ENV_UVLOOP = "PORTPOOL_UVLOOP"
+ENV_FORK_SERVER = "PORTPOOL_FORK_SERVER"
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -83,6 +84,31 @@ def serve_app(app: App, fds: tuple[int, int] | None = None) -> NoReturn:
     _exit(code, run_atexit=code == EXIT_OK, kill_group=code == EXIT_OK and runtime.stopped_on_eof)
 
 
+def load_or_exit(spec: str) -> App:
+    """Imports the app named by ``spec``, or says why on stderr and exits (code 1, or the app's own)."""
+    try:
+        app = load_app(spec)
+    except AppLoadError as exc:
+        _log(f"cannot load app {spec!r}: {exc}")
+        _exit(EXIT_APP_ERROR)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            _exit(0)
+        if isinstance(code, int):
+            _log(f"app {spec!r} called sys.exit({code}) while importing")
+            _exit(code)
+        _log(f"app {spec!r} exited while importing: {code}")
+        _exit(EXIT_APP_ERROR)
+    except BaseException:
+        import traceback
+
+        sys.stderr.write(traceback.format_exc())
+        _log(f"importing app {spec!r} failed (traceback above)")
+        _exit(EXIT_APP_ERROR)
+    return app
+
+
 USAGE = """\
 usage: python -m portpool APP
 
@@ -113,6 +139,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # SIGTERM must end the worker promptly, whatever disposition the parent left us.
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.environ.get(ENV_FORK_SERVER) == "1" and len(args) == 1 and not args[0].startswith("-"):
+        # The fork server of WorkerCommand::fork_server (docs/fork-server.md): fd 0 is a socket.
+        from portpool._forkserver import serve_forks
+
+        serve_forks(args[0])
     # First of all, before any app code runs: move the protocol off fds 0 and 1.
     fds = redirect_stdio()
     if len(args) == 1 and args[0] in ("-h", "--help"):
@@ -121,25 +152,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if len(args) != 1 or args[0].startswith("-"):
         sys.stderr.write(USAGE)
         _exit(EXIT_APP_ERROR)
-    spec = args[0]
-    try:
-        app = load_app(spec)
-    except AppLoadError as exc:
-        _log(f"cannot load app {spec!r}: {exc}")
-        _exit(EXIT_APP_ERROR)
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            _exit(0)
-        if isinstance(code, int):
-            _log(f"app {spec!r} called sys.exit({code}) while importing")
-            _exit(code)
-        _log(f"app {spec!r} exited while importing: {code}")
-        _exit(EXIT_APP_ERROR)
-    except BaseException:
-        import traceback
-
-        sys.stderr.write(traceback.format_exc())
-        _log(f"importing app {spec!r} failed (traceback above)")
-        _exit(EXIT_APP_ERROR)
-    serve_app(app, fds)
+    serve_app(load_or_exit(args[0]), fds)

@@ -25,6 +25,7 @@ pub struct WorkerCommand {
     pub(crate) limits: Limits,
     pub(crate) pipe_buffer: Option<usize>,
     pub(crate) spin: Option<Duration>,
+    pub(crate) fork_server: bool,
 }
 
 /// Default time a worker has to send its hello.
@@ -56,6 +57,7 @@ impl WorkerCommand {
             limits: Limits::default(),
             pipe_buffer: None,
             spin: None,
+            fork_server: false,
         }
     }
 
@@ -230,6 +232,34 @@ impl WorkerCommand {
     pub fn spin(mut self, budget: Duration) -> Self {
         self.spin = (!budget.is_zero()).then_some(budget);
         self
+    }
+
+    /// Fork server (off by default): the launcher's first launch starts one
+    /// "zygote" process running this command, which imports the runtime and
+    /// the app once; every worker is then forked from it instead of being a
+    /// fresh interpreter, so N workers start in about the time of one and a
+    /// costly import is paid once (see `docs/fork-server.md`).
+    ///
+    /// For the portpool Python runtime only ([`WorkerCommand::python`]:
+    /// `python -m portpool APP`, started with `PORTPOOL_FORK_SERVER=1` and
+    /// a socket as stdin). Workers keep every guarantee of exec'd ones: own
+    /// process group, exit code or signal, group killed on shutdown, drop
+    /// and host death, init timeout with the stderr tail (the zygote's, if
+    /// the import is what failed). Forking is only safe without threads: if
+    /// the app's import started one (OpenMP, gRPC, a CUDA context, ...), the
+    /// zygote refuses, a warning is logged and workers are exec'd as usual.
+    /// Each forked worker shares the zygote's import: whatever the app set
+    /// up at import time (open files, sockets, seeded generators other than
+    /// `random`) is shared or copied, not made anew per worker.
+    pub fn fork_server(mut self, enable: bool) -> Self {
+        self.fork_server = enable;
+        self
+    }
+
+    /// Whether workers are forked from a fork server
+    /// ([`WorkerCommand::fork_server`]).
+    pub fn uses_fork_server(&self) -> bool {
+        self.fork_server
     }
 
     /// Caps the concurrency the worker announces in its hello.

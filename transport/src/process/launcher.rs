@@ -18,6 +18,7 @@ use super::exit::{reap, STDERR_WAIT};
 use super::reaper::{wait_on_thread, watch_group, Group};
 use super::stderr::StderrLog;
 use super::worker::{ProcessWorker, Spawned};
+use super::zygote::ForkServer;
 use super::WorkerCommand;
 use crate::{HelloCause, LaunchError, Launcher, Worker, WorkerExit, WorkerId, WorkerInfo};
 
@@ -30,9 +31,15 @@ use crate::{HelloCause, LaunchError, Launcher, Worker, WorkerExit, WorkerId, Wor
 /// still running, so no worker, child or grandchild outlives the host.
 /// Without `/bin/sh` a warning is logged and workers still exit on stdin
 /// end of file, but their descendants may survive a killed host.
+///
+/// With [`WorkerCommand::fork_server`], the first launch also starts the
+/// launcher's fork server (shared by its clones) and workers are forked
+/// from it; everything above holds for them too (`docs/fork-server.md`).
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     command: Arc<WorkerCommand>,
+    /// The fork server, shared by clones ([`WorkerCommand::fork_server`]).
+    fork_server: Arc<ForkServer>,
 }
 
 impl ProcessLauncher {
@@ -40,6 +47,7 @@ impl ProcessLauncher {
     pub fn new(command: WorkerCommand) -> Self {
         ProcessLauncher {
             command: Arc::new(command),
+            fork_server: Arc::new(ForkServer::default()),
         }
     }
 
@@ -54,71 +62,61 @@ impl ProcessLauncher {
         self.spawn_within(id, self.command.init_timeout).await
     }
 
+    /// The pid of this launcher's fork server while one runs
+    /// ([`WorkerCommand::fork_server`]); `None` without one.
+    pub fn fork_server_pid(&self) -> Option<u32> {
+        self.fork_server.pid()
+    }
+
     /// [`spawn`](Self::spawn) with the hello awaited for at most
     /// `init_timeout` (instead of the command's own).
     async fn spawn_within(&self, id: WorkerId, init_timeout: Duration) -> Result<ProcessWorker, LaunchError> {
         let cmd = &*self.command;
-        let mut command = std::process::Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Own process group: we can signal the worker and everything it
-            // started at once, and a terminal's Ctrl-C is ours to forward.
-            .process_group(0);
-        if cmd.env_clear || cmd.env_allowlist.is_some() {
-            command.env_clear();
-        }
-        for key in cmd.env_allowlist.iter().flatten() {
-            if let Some(value) = std::env::var_os(key) {
-                command.env(key, value);
-            }
-        }
-        for key in &cmd.env_remove {
-            command.env_remove(key);
-        }
-        // Tell the worker our frame limit, so an oversize reply becomes its
-        // own typed error instead of a frame we would have to refuse.
-        command.env("PORTPOOL_MAX_FRAME", cmd.max_frame.to_string());
-        if let Some(spin) = cmd.spin {
-            command.env("PORTPOOL_SPIN_US", spin.as_micros().to_string());
-        }
-        command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
-        if let Some(dir) = &cmd.cwd {
-            command.current_dir(dir);
-        }
-        cmd.limits.apply(&mut command);
+        let deadline = tokio::time::Instant::now() + init_timeout;
+        let forked = if cmd.fork_server {
+            self.fork_server.fork(cmd, id, deadline, init_timeout).await?
+        } else {
+            None
+        };
+        let started = match forked {
+            Some(forked) => Started {
+                pid: forked.pid,
+                group: forked.group,
+                exit_rx: forked.exit_rx,
+                stdio: (Some(forked.stdin), Some(forked.stdout), Some(forked.stderr)),
+            },
+            None => exec(cmd, id)?,
+        };
+        self.handshake(id, started, deadline, init_timeout).await
+    }
 
-        let span = tracing::info_span!("portpool.launch", worker = %id);
-        let _enter = span.enter();
-        // A std child, waited for on a plain thread (see `reaper`): reaping
-        // must not depend on a tokio runtime that may be dropped first.
-        let mut child = command.spawn().map_err(|e| LaunchError::Spawn {
-            worker: id,
-            program: cmd.program.display().to_string(),
-            source: Arc::new(e),
-        })?;
-        let raw_pid = child.id();
+    /// Waits for the hello of a started worker (exec'd or forked) and makes
+    /// it a [`ProcessWorker`].
+    async fn handshake(
+        &self,
+        id: WorkerId,
+        started: Started,
+        deadline: tokio::time::Instant,
+        init_timeout: Duration,
+    ) -> Result<ProcessWorker, LaunchError> {
+        let cmd = &*self.command;
+        let Started {
+            pid: raw_pid,
+            group,
+            exit_rx,
+            stdio,
+        } = started;
         let pid = Some(raw_pid);
-        // Listed before anything else can fail: if the host dies from here
-        // on, the reaper kills the whole group.
-        watch_group(raw_pid);
-        let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        if let (Some(bytes), (Some(stdin), Some(stdout), _)) = (cmd.pipe_buffer, &stdio) {
-            resize_pipe(stdin, bytes);
-            resize_pipe(stdout, bytes);
-        }
-
-        // The exit waiter owns the child: it reaps it, kills whatever is
-        // left of its group, and publishes how it ended.
-        let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
-        let group = Arc::new(Group::new(raw_pid));
-        wait_on_thread(child, group.clone(), exit_tx);
         // Until the hello, nothing else owns the process: kill its group if
         // this future is dropped (a caller's time-out, a pool shut down
         // while starting) or fails, rather than leave it running.
         let mut unclaimed = KillGroupOnDrop(Some(group.clone()));
+        if let (Some(bytes), (Some(stdin), Some(stdout), _)) = (cmd.pipe_buffer, &stdio) {
+            resize_pipe(stdin, bytes);
+            resize_pipe(stdout, bytes);
+        }
+        let span = tracing::info_span!("portpool.launch", worker = %id);
+        let _enter = span.enter();
 
         let (stdin, stdout, stderr) = match stdio {
             (Some(i), Some(o), Some(e)) => {
@@ -158,7 +156,7 @@ impl ProcessLauncher {
         let outstanding = Arc::new(Outstanding::default());
         let stdout = SpinningStdout::new(stdout, cmd.spin, outstanding.clone());
         let mut frames = FramedRead::new(stdout, MessageCodec::new(cmd.max_frame));
-        let first = tokio::time::timeout(init_timeout, frames.next()).await;
+        let first = tokio::time::timeout_at(deadline, frames.next()).await;
         let hello = match first {
             Ok(Some(Ok(Message::Hello(hello)))) => match hello.validate() {
                 Ok(()) => Ok(hello),
@@ -257,10 +255,10 @@ fn resize_pipe(pipe: &impl std::os::fd::AsRawFd, bytes: usize) {
 
 /// Kills a worker's process group when dropped, unless disarmed: the
 /// launcher's guard while it waits for the hello.
-struct KillGroupOnDrop(Option<Arc<Group>>);
+pub(crate) struct KillGroupOnDrop(pub(crate) Option<Arc<Group>>);
 
 impl KillGroupOnDrop {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -284,4 +282,84 @@ fn hello_cause(error: &ProtocolError) -> HelloCause {
         ProtocolError::TooDeep { .. } => HelloCause::TooDeep,
         _ => HelloCause::Malformed,
     }
+}
+
+/// A worker process started (exec'd, or forked by the fork server), its
+/// group listed with the reaper and its exit awaited, before its hello.
+struct Started {
+    pid: u32,
+    group: Arc<Group>,
+    exit_rx: watch::Receiver<Option<WorkerExit>>,
+    stdio: (
+        Option<std::process::ChildStdin>,
+        Option<std::process::ChildStdout>,
+        Option<std::process::ChildStderr>,
+    ),
+}
+
+/// The environment and working directory of `cmd`'s processes (workers and
+/// the fork server alike).
+pub(crate) fn configure_env(command: &mut std::process::Command, cmd: &WorkerCommand) {
+    if cmd.env_clear || cmd.env_allowlist.is_some() {
+        command.env_clear();
+    }
+    for key in cmd.env_allowlist.iter().flatten() {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    for key in &cmd.env_remove {
+        command.env_remove(key);
+    }
+    // Tell the worker our frame limit, so an oversize reply becomes its
+    // own typed error instead of a frame we would have to refuse.
+    command.env("PORTPOOL_MAX_FRAME", cmd.max_frame.to_string());
+    if let Some(spin) = cmd.spin {
+        command.env("PORTPOOL_SPIN_US", spin.as_micros().to_string());
+    }
+    command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &cmd.cwd {
+        command.current_dir(dir);
+    }
+}
+
+/// Spawns `cmd` as a worker process in its own process group.
+fn exec(cmd: &WorkerCommand, id: WorkerId) -> Result<Started, LaunchError> {
+    let mut command = std::process::Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own process group: we can signal the worker and everything it
+        // started at once, and a terminal's Ctrl-C is ours to forward.
+        .process_group(0);
+    configure_env(&mut command, cmd);
+    cmd.limits.apply(&mut command);
+
+    let span = tracing::info_span!("portpool.launch", worker = %id);
+    let _enter = span.enter();
+    // A std child, waited for on a plain thread (see `reaper`): reaping
+    // must not depend on a tokio runtime that may be dropped first.
+    let mut child = command.spawn().map_err(|e| LaunchError::Spawn {
+        worker: id,
+        program: cmd.program.display().to_string(),
+        source: Arc::new(e),
+    })?;
+    let raw_pid = child.id();
+    // Listed before anything else can fail: if the host dies from here
+    // on, the reaper kills the whole group.
+    watch_group(raw_pid);
+    let stdio = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    // The exit waiter owns the child: it reaps it, kills whatever is
+    // left of its group, and publishes how it ended.
+    let (exit_tx, exit_rx) = watch::channel(None::<WorkerExit>);
+    let group = Arc::new(Group::new(raw_pid));
+    wait_on_thread(child, group.clone(), exit_tx);
+    Ok(Started {
+        pid: raw_pid,
+        group,
+        exit_rx,
+        stdio,
+    })
 }

@@ -39,6 +39,23 @@ impl Limits {
         self.cpu_seconds = Some(secs.max(1));
     }
 
+    /// The limits as `(name, soft, hard)` for a fork server to apply in a
+    /// forked worker (names: `AS`, `CPU`, `NOFILE`; the soft and hard values
+    /// [`set_in_child`](Self::set_in_child) uses, capped the same way there).
+    pub(crate) fn as_list(&self) -> Vec<(&'static str, u64, u64)> {
+        let mut list = Vec::new();
+        if let Some(bytes) = self.address_space {
+            list.push(("AS", bytes, bytes));
+        }
+        if let Some(secs) = self.cpu_seconds {
+            list.push(("CPU", secs, secs.saturating_add(1)));
+        }
+        if let Some(n) = self.open_files {
+            list.push(("NOFILE", n, n));
+        }
+        list
+    }
+
     /// Installs the hook that applies the limits in the child, if any is set.
     pub(crate) fn apply(self, command: &mut std::process::Command) {
         use std::os::unix::process::CommandExt;

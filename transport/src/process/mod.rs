@@ -10,6 +10,7 @@ mod signal;
 mod spin;
 mod stderr;
 mod worker;
+mod zygote;
 
 pub use command::{
     find_python, WorkerCommand, DEFAULT_INIT_TIMEOUT, DEFAULT_MAX_STREAM_BUFFER, DEFAULT_STDERR_TAIL_LINES,

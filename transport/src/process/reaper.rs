@@ -198,6 +198,21 @@ impl Group {
     }
 }
 
+impl Group {
+    /// For a leader that is not our child (a worker forked by the fork
+    /// server, whose zombie keeps the group id until we say so, or whose
+    /// fork server died): kills what is left of the group and marks it
+    /// reaped, under the lock [`Group::signal`] takes, so no signal of ours
+    /// reaches this group id afterwards.
+    pub(crate) fn kill_and_mark_reaped(&self) {
+        let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*reaped {
+            signal_group(self.pgid, Signal::SIGKILL);
+            *reaped = true;
+        }
+    }
+}
+
 /// Waits for `child` to exit on a plain thread (no runtime needed), then
 /// kills what is left of its process group, takes the group off the
 /// reaper's list, reaps the child and publishes the exit on `exit_tx`.

@@ -33,6 +33,11 @@ impl StderrLog {
         let line = String::from_utf8_lossy(raw);
         let line = line.trim_end_matches(['\r', '\n']);
         tracing::info!(target: "portpool::worker", worker = %worker, pid, "{line}");
+        self.record(line);
+    }
+
+    /// Keeps one line in the ring (without logging it).
+    pub(crate) fn record(&self, line: &str) {
         if self.capacity == 0 {
             return;
         }
@@ -52,6 +57,11 @@ impl StderrLog {
             out.push('\n');
         }
         out
+    }
+
+    /// Marks the stream read to its end (for a reader other than [`drain`](Self::drain)).
+    pub(crate) fn mark_drained(&self) {
+        self.done.send_replace(true);
     }
 
     /// Waits (at most `limit`) until stderr reached end of file, so a tail

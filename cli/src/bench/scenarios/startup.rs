@@ -19,24 +19,34 @@ impl Bench {
     /// 4. Cold start of 8 workers whose app takes 0.5 s to import: 8 in
     ///    parallel vs 1 worker (and vs 8 one by one), interleaved; the
     ///    same with an app without async handlers (whose workers run
-    ///    without an event loop and never import asyncio); and the CPU a
-    ///    worker spends until it is ready.
+    ///    without an event loop and never import asyncio); the CPU a
+    ///    worker spends until it is ready; and 8 workers forked from a fork
+    ///    server (`WorkerCommand::fork_server`) vs 1 worker.
     pub(crate) async fn cold_start(&mut self) -> Result<(), String> {
         let command = self.command().env("PORTPOOL_BENCH_IMPORT_DELAY", "0.5");
         let sync_only = command.clone().env("PORTPOOL_BENCH_SYNC_ONLY", "1");
+        let forking = command.clone().fork_server(true);
         // 0: one worker, 1: 8 in parallel, 2: the same without async handlers,
         // 3: one worker without async handlers, 4: 8 one by one (4 s a round:
-        // measured once with --quick, outside the rounds).
-        let contestants = if self.quick { 4 } else { 5 };
-        let mut builds: Vec<Vec<Build>> = (0..5).map(|_| Vec::new()).collect();
+        // measured once with --quick, outside the rounds), 5: 8 in parallel
+        // forked from a fork server, 6: one worker forked from a fork server.
+        let contestants: Vec<usize> = if self.quick {
+            vec![0, 1, 2, 3, 5, 6]
+        } else {
+            (0..7).collect()
+        };
+        let mut builds: Vec<Vec<Build>> = (0..7).map(|_| Vec::new()).collect();
         for round in 0..self.rounds {
-            for who in round_order(round, contestants) {
+            for at in round_order(round, contestants.len()) {
+                let who = contestants[at];
                 let (workers, at_once, cmd) = [
                     (1, 1, &command),
                     (8, 8, &command),
                     (8, 8, &sync_only),
                     (1, 1, &sync_only),
                     (8, 1, &command),
+                    (8, 8, &forking),
+                    (1, 1, &forking),
                 ][who];
                 builds[who].push(self.time_build(cmd.clone(), workers, at_once).await?);
             }
@@ -108,6 +118,20 @@ impl Bench {
             "ms CPU",
             "portpool / baseline",
         ));
+        self.rows.push(
+            Row::paired(
+                "4f",
+                "cold start as 4, fork server: 8 forked in parallel vs 1 worker (exec'd, as in 4)",
+                ("8 forked in parallel", &took(5)),
+                ("1 worker", &took(0)),
+                "s",
+                "portpool / baseline",
+            )
+            .target(Cmp::AtMost, 1.3)
+            .extra(serde_json::json!({"seconds_per_round": {
+                "fork_parallel": took(5), "fork_one": took(6), "one": took(0),
+            }})),
+        );
         Ok(())
     }
 

@@ -1,0 +1,611 @@
+//! `WorkerCommand::fork_server(true)`: workers forked from one zygote that
+//! imported the app once, with every guarantee of exec'd workers (real
+//! processes, the real Python runtime; every wait bounded).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use portpool_transport::*;
+
+/// A fresh directory for one test's apps and files.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portpool-fork-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An app with a few handlers; `prelude` runs at import.
+fn write_app(dir: &Path, prelude: &str) -> PathBuf {
+    let path = dir.join("app.py");
+    let source = format!(
+        "import os, resource, subprocess, sys, time\n\
+         import portpool\n\
+         {prelude}\n\
+         app = portpool.App(max_concurrency=100)\n\
+         @app.handler\n\
+         def pid(_):\n    return os.getpid()\n\
+         @app.handler\n\
+         def env(name):\n    return os.environ.get(name)\n\
+         @app.handler\n\
+         def exit(code):\n    os._exit(code)\n\
+         @app.handler\n\
+         def block(seconds):\n    time.sleep(seconds)\n    return seconds\n\
+         @app.handler\n\
+         def nofile(_):\n    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n\
+         @app.handler\n\
+         def spawn_grandchild(_):\n    return subprocess.Popen(['sleep', '60']).pid\n"
+    );
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+fn forking(app: &Path) -> WorkerCommand {
+    WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), app)
+        .init_timeout(Duration::from_secs(20))
+        .fork_server(true)
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+async fn gone_within(pid: u32, limit: Duration) -> bool {
+    portpool_testkit::wait_process_gone(pid, limit).await
+}
+
+fn as_pid(value: Value) -> u32 {
+    u32::try_from(value.as_u64().expect("a pid")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_workers_serve_calls_in_groups_of_their_own() {
+    let dir = scratch("serve");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let workers: Vec<ProcessWorker> = futures::future::join_all((0..3).map(|i| launcher.spawn(WorkerId(i))))
+        .await
+        .into_iter()
+        .map(|w| w.expect("a forked worker starts"))
+        .collect();
+    let zygote = launcher.fork_server_pid().expect("a fork server runs");
+    let mut pids = std::collections::HashSet::new();
+    for worker in &workers {
+        let pid = worker.info().pid.unwrap();
+        assert_eq!(worker.info().hello.pid, pid);
+        let answered = worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap();
+        assert_eq!(as_pid(answered), pid);
+        assert_ne!(pid, zygote);
+        assert_eq!(
+            stat_field(pid, 4),
+            Some(u64::from(zygote)),
+            "the zygote is the parent"
+        );
+        assert_eq!(stat_field(pid, 5), Some(u64::from(pid)), "own process group");
+        assert!(worker.rss_bytes().is_some_and(|b| b > 0));
+        assert!(worker.cpu_time().is_some());
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 3);
+    for worker in &workers {
+        let exit = worker.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(exit.code, Some(0), "{exit}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_import_the_app_once() {
+    let dir = scratch("once");
+    let log = dir.join("imports");
+    let app = write_app(
+        &dir,
+        &format!(
+            "open({:?}, 'a').write(f'{{os.getpid()}}\\n')",
+            log.display().to_string()
+        ),
+    );
+    let launcher = ProcessLauncher::new(forking(&app));
+    let workers: Vec<ProcessWorker> = futures::future::join_all((0..4).map(|i| launcher.spawn(WorkerId(i))))
+        .await
+        .into_iter()
+        .map(|w| w.expect("a forked worker starts"))
+        .collect();
+    for worker in &workers {
+        worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap();
+    }
+    let imports = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        imports.lines().collect::<Vec<_>>(),
+        vec![launcher.fork_server_pid().unwrap().to_string()],
+        "imported once, by the fork server"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_signals_are_relayed() {
+    let dir = scratch("exits");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let worker = launcher.spawn(WorkerId(3)).await.unwrap();
+    let pid = worker.info().pid.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    match worker.call(CallRequest::new("exit", 3)).await {
+        Err(CallError::WorkerCrashed {
+            worker: id,
+            pid: p,
+            exit,
+            ..
+        }) => {
+            assert_eq!((id, p), (WorkerId(3), Some(pid)));
+            assert_eq!(exit.code, Some(3), "{exit}");
+        }
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), worker.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        exit,
+        WorkerExit {
+            code: Some(3),
+            signal: None
+        }
+    );
+    assert!(gone_within(pid, Duration::from_secs(3)).await, "reaped");
+
+    // SIGKILL of the forked worker alone.
+    let worker = std::sync::Arc::new(launcher.spawn(WorkerId(4)).await.unwrap());
+    let pid = worker.info().pid.unwrap();
+    let call = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.call(CallRequest::new("block", 30)).await }
+    });
+    while worker.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Err(CallError::WorkerCrashed { exit, cause, .. }) => {
+            assert_eq!(cause, CrashCause::Exited);
+            assert_eq!(exit.signal, Some(9), "{exit}");
+        }
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), worker.closed())
+        .await
+        .unwrap();
+    assert!(exit.to_string().contains("SIGKILL"), "{exit}");
+    let after = worker
+        .call(CallRequest::new("pid", Value::Nil))
+        .await
+        .unwrap_err();
+    assert!(matches!(after, CallError::WorkerCrashed { .. }), "{after}");
+    assert_eq!(
+        launcher.fork_server_pid(),
+        Some(zygote),
+        "the fork server lives on"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_drop_kill_the_forked_workers_group() {
+    let dir = scratch("groups");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    let grandchild = as_pid(
+        worker
+            .call(CallRequest::new("spawn_grandchild", Value::Nil))
+            .await
+            .unwrap(),
+    );
+    assert!(!portpool_testkit::process_gone(grandchild));
+    worker.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        gone_within(grandchild, Duration::from_secs(3)).await,
+        "grandchild {grandchild} survived shutdown"
+    );
+
+    let worker = launcher.spawn(WorkerId(2)).await.unwrap();
+    let pid = worker.info().pid.unwrap();
+    let grandchild = as_pid(
+        worker
+            .call(CallRequest::new("spawn_grandchild", Value::Nil))
+            .await
+            .unwrap(),
+    );
+    drop(worker);
+    assert!(
+        gone_within(pid, Duration::from_secs(3)).await,
+        "worker {pid} survived its handle"
+    );
+    assert!(
+        gone_within(grandchild, Duration::from_secs(3)).await,
+        "grandchild {grandchild} survived the drop"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_fork_server_ends_its_workers_and_the_next_launch_starts_a_new_one() {
+    let dir = scratch("zygote-killed");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = std::sync::Arc::new(launcher.spawn(WorkerId(1)).await.unwrap());
+    let b = launcher.spawn(WorkerId(2)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let call = tokio::spawn({
+        let a = a.clone();
+        async move { a.call(CallRequest::new("block", 30)).await }
+    });
+    while a.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert!(
+        matches!(failed, Err(CallError::WorkerCrashed { .. })),
+        "{failed:?}"
+    );
+    for worker in [&*a, &b] {
+        let pid = worker.info().pid.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), worker.closed())
+            .await
+            .expect("exit published");
+        assert!(
+            gone_within(pid, Duration::from_secs(3)).await,
+            "worker {pid} outlived its fork server"
+        );
+    }
+    let c = launcher.spawn(WorkerId(3)).await.expect("a new fork server");
+    let new_zygote = launcher.fork_server_pid().unwrap();
+    assert_ne!(new_zygote, zygote);
+    assert_eq!(stat_field(c.info().pid.unwrap(), 4), Some(u64::from(new_zygote)));
+    assert!(c.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_starts_a_thread_at_import_is_execd_instead() {
+    let dir = scratch("threads");
+    let log = dir.join("imports");
+    let app = write_app(
+        &dir,
+        &format!(
+            "import threading\n\
+             threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+             open({:?}, 'a').write(f'{{os.getpid()}}\\n')",
+            log.display().to_string()
+        ),
+    );
+    let launcher = ProcessLauncher::new(forking(&app));
+    let workers: Vec<ProcessWorker> = futures::future::join_all((0..2).map(|i| launcher.spawn(WorkerId(i))))
+        .await
+        .into_iter()
+        .map(|w| w.expect("the worker starts, exec'd"))
+        .collect();
+    for worker in &workers {
+        let pid = as_pid(worker.call(CallRequest::new("pid", Value::Nil)).await.unwrap());
+        assert_eq!(Some(pid), worker.info().pid);
+        assert_eq!(
+            stat_field(pid, 4),
+            Some(u64::from(std::process::id())),
+            "exec'd by the host"
+        );
+    }
+    assert_eq!(launcher.fork_server_pid(), None);
+    // The zygote imported it once (and refused), then each worker did.
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_timeout_in_fork_mode_has_the_stderr_tail() {
+    let dir = scratch("init-timeout");
+    let app = write_app(
+        &dir,
+        "print('slow import begins', file=sys.stderr, flush=True)\ntime.sleep(60)",
+    );
+    let launcher = ProcessLauncher::new(forking(&app).init_timeout(Duration::from_millis(1500)));
+    let started = Instant::now();
+    match launcher.spawn(WorkerId(9)).await {
+        Err(LaunchError::InitTimeout {
+            worker,
+            pid,
+            stderr_tail,
+            after,
+        }) => {
+            assert_eq!(worker, WorkerId(9));
+            assert_eq!(after, Duration::from_millis(1500));
+            assert!(stderr_tail.contains("slow import begins"), "{stderr_tail}");
+            assert!(stderr_tail.contains("fork server"), "{stderr_tail}");
+            let pid = pid.expect("the fork server's pid");
+            assert!(
+                gone_within(pid, Duration::from_secs(3)).await,
+                "the fork server was killed"
+            );
+        }
+        other => panic!("expected InitTimeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_fails_to_import_is_a_launch_error_with_its_traceback() {
+    let dir = scratch("import-error");
+    let app = write_app(&dir, "raise RuntimeError('no import for you')");
+    let launcher = ProcessLauncher::new(forking(&app));
+    let attempts = futures::future::join_all((0..3).map(|i| launcher.spawn(WorkerId(i)))).await;
+    for attempt in attempts {
+        match attempt {
+            Err(LaunchError::ExitedDuringInit {
+                exit, stderr_tail, ..
+            }) => {
+                assert_eq!(exit.code, Some(1), "{exit}");
+                assert!(stderr_tail.contains("no import for you"), "{stderr_tail}");
+            }
+            other => panic!("expected ExitedDuringInit, got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_and_limits_of_the_command_reach_forked_workers() {
+    let dir = scratch("env");
+    let launcher = ProcessLauncher::new(
+        forking(&write_app(&dir, ""))
+            .env("PORTPOOL_TEST_FLAVOUR", "forked")
+            .limit_open_files(100),
+    );
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    let env = |name: &'static str| worker.call(CallRequest::new("env", name));
+    assert_eq!(env("PORTPOOL_TEST_FLAVOUR").await.unwrap(), Value::from("forked"));
+    assert_eq!(
+        env("PORTPOOL_MAX_FRAME").await.unwrap(),
+        Value::from(portpool_protocol::DEFAULT_MAX_FRAME.to_string())
+    );
+    assert_eq!(env("PORTPOOL_FORK_SERVER").await.unwrap(), Value::Nil);
+    assert_eq!(
+        worker.call(CallRequest::new("nofile", Value::Nil)).await.unwrap(),
+        Value::from(100)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fork_server_outlives_its_launcher_until_its_workers_are_gone() {
+    let dir = scratch("launcher-dropped");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let worker = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    drop(launcher);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !portpool_testkit::process_gone(zygote),
+        "still the parent of a running worker"
+    );
+    assert!(worker.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+    let exit = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    assert!(
+        gone_within(zygote, Duration::from_secs(3)).await,
+        "fork server {zygote} outlived its workers and launcher"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run as a child process by `no_orphans_when_a_fork_mode_host_is_killed`:
+/// two forked workers, each with a grandchild; prints every pid (and the
+/// fork server's), then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_orphan_host_helper() {
+    let Some(dir) = std::env::var_os("PORTPOOL_FORK_ORPHAN_HELPER") else {
+        return;
+    };
+    let launcher = ProcessLauncher::new(forking(&write_app(Path::new(&dir), "")));
+    let mut pids = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let worker = launcher.spawn(WorkerId(i)).await.unwrap();
+        pids.push(worker.info().pid.unwrap());
+        pids.push(as_pid(
+            worker
+                .call(CallRequest::new("spawn_grandchild", Value::Nil))
+                .await
+                .unwrap(),
+        ));
+        workers.push(worker);
+    }
+    pids.push(launcher.fork_server_pid().unwrap());
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    println!("PIDS {}", pids.join(" "));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_orphans_when_a_fork_mode_host_is_killed() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("host-killed");
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fork_orphan_host_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PORTPOOL_FORK_ORPHAN_HELPER", &dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(host.stdout.take().unwrap());
+    let read = tokio::task::spawn_blocking(move || {
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some((_, rest)) = line.split_once("PIDS ") {
+                return rest
+                    .split_whitespace()
+                    .map(|p| p.parse::<u32>().unwrap())
+                    .collect();
+            }
+        }
+        Vec::new()
+    });
+    let pids = match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(pids) => pids.unwrap(),
+        Err(_) => {
+            let _ = host.kill();
+            panic!("the helper printed no pids within 30 s");
+        }
+    };
+    assert_eq!(
+        pids.len(),
+        5,
+        "2 workers with a grandchild each, and the fork server: {pids:?}"
+    );
+    assert!(
+        pids.iter().all(|&p| !portpool_testkit::process_gone(p)),
+        "{pids:?}"
+    );
+    host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
+    host.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| !portpool_testkit::process_gone(p))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            for pid in &left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            panic!("{left:?} of {pids:?} outlived their SIGKILLed host by 3 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_launch_while_the_fork_server_imports_kills_it() {
+    let dir = scratch("drop-launch");
+    let pids = dir.join("pids");
+    let app = write_app(
+        &dir,
+        &format!(
+            "child = subprocess.Popen(['sleep', '60'])\n\
+             open({:?}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n\
+             time.sleep(60)",
+            pids.display().to_string()
+        ),
+    );
+    let launcher = ProcessLauncher::new(forking(&app).init_timeout(Duration::from_secs(60)));
+    let mut spawn = Box::pin(launcher.spawn(WorkerId(1)));
+    let written = async {
+        while std::fs::read_to_string(&pids).map_or(true, |s| s.split(' ').count() < 2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut spawn => panic!("spawn finished: {:?}", r.map(|_| ())),
+        w = tokio::time::timeout(Duration::from_secs(10), written) => w.expect("the import began"),
+    }
+    drop(spawn);
+    let recorded: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split(' ')
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    for pid in recorded {
+        assert!(
+            gone_within(pid, Duration::from_secs(3)).await,
+            "{pid} outlived the dropped launch"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The processes whose parent is `parent`, zombies included.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if stat_field(pid, 4) == Some(u64::from(parent)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exit_is_reaped_by_the_fork_server_once_published() {
+    let dir = scratch("reaped");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let workers: Vec<ProcessWorker> = futures::future::join_all((0..4).map(|i| launcher.spawn(WorkerId(i))))
+        .await
+        .into_iter()
+        .map(|w| w.expect("a forked worker starts"))
+        .collect();
+    let zygote = launcher.fork_server_pid().unwrap();
+    assert_eq!(children_of(zygote).len(), 4);
+    for (i, worker) in workers.iter().enumerate() {
+        let pid = worker.info().pid.unwrap();
+        if i % 2 == 0 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            let exit = tokio::time::timeout(Duration::from_secs(5), worker.closed())
+                .await
+                .unwrap();
+            assert_eq!(exit.signal, Some(9), "{exit}");
+        } else {
+            let exit = worker.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(exit.code, Some(0), "{exit}");
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while !children_of(zygote).is_empty() {
+        assert!(Instant::now() < until, "left unreaped: {:?}", children_of(zygote));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !portpool_testkit::process_gone(zygote),
+        "the fork server serves on"
+    );
+    let again = launcher.spawn(WorkerId(9)).await.unwrap();
+    assert_eq!(stat_field(again.info().pid.unwrap(), 4), Some(u64::from(zygote)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
