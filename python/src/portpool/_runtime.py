@@ -44,10 +44,11 @@ Threads
   answers ``ping``, applies ``cancel`` and ``session_close``, and records each ``request``,
   which takes one of ``max_concurrency`` slots or waits in arrival order. The sync requests
   of one read run on the thread that read them, one after the other, with no thread woken
-  (:meth:`~portpool._leads._Leads._run_inline`; their responses go out together at the
-  end). A read that starts only async requests passes the lead to the event loop, which
-  then reads the input itself (``add_reader``, :meth:`~portpool._leads._Leads._loop_read`)
-  until a sync request comes, which it hands back to a handler thread with the lead.
+  (:meth:`~portpool._leads._Leads._run_inline`; each response goes out as its call ends,
+  so the host can send the next request while the rest of the batch runs). A read that
+  starts only async requests passes the lead to the event loop, which then reads the
+  input itself (``add_reader``, :meth:`~portpool._leads._Leads._loop_read`) until a sync
+  request comes, which it hands back to a handler thread with the lead.
   With ``PORTPOOL_SPIN_US`` set, a handler thread holding the lead polls the input for
   that long before each blocking read (:meth:`~portpool._leads._Leads._read_spinning`).
 * **handler threads** (``portpool-handler_N``, :class:`~portpool._threads._Workers`): made
@@ -449,7 +450,7 @@ class Runtime(_Leads, _Dispatch):
                 if self._draining and not self._requests:
                     assert self._idle_event is not None
                     self._notify(self._idle_event)
-        if self._hold_output or self._batch_holder is not None:
+        if self._hold_output:
             self._emit(req, frame, final=True)  # it may be held back
         else:
             self._out.send_final(req, frame)  # what _emit does then, in one call
@@ -471,15 +472,10 @@ class Runtime(_Leads, _Dispatch):
         """Sends a chunk or the final response of ``req``; nothing goes out after the final one.
 
         Held back (queued unclaimed, written with what follows) while the loop starts a batch
-        of tasks (see :meth:`_start_async`), and the final responses of a batch of sync
-        requests run by the lead holder (see :meth:`_run_inline`).
+        of tasks (see :meth:`_start_async`).
         """
         out = self._out
-        held = loop_held = False
-        if self._hold_output or self._batch_holder is not None:
-            me = threading.get_ident()
-            loop_held = self._hold_output and me == self._loop_thread
-            held = loop_held or (final and me == self._batch_holder)
+        held = self._hold_output and threading.get_ident() == self._loop_thread
         claimed: bytes | bool = False
         with out.lock:
             if req.responded:
@@ -490,7 +486,7 @@ class Runtime(_Leads, _Dispatch):
                 out.queue_unclaimed_locked(frame)
             else:
                 claimed = out.queue_locked(frame)
-        if loop_held:
+        if held:
             self._held_frames = True  # for _release_output to kick
         elif claimed:
             out.write_queued(claimed)
