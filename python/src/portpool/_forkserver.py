@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import deque
 
 import msgpack
 
@@ -69,23 +70,35 @@ class _Zygote:
         # pid -> True once its exit was reported (a zombie waiting for the host's "reap").
         self.children: dict[int, bool] = {}
         self.closing = False
+        self.outbox: deque[bytes] = deque()  # messages for the host the socket did not take yet
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
 
     def send(self, message: dict[str, Any]) -> None:
-        try:
-            self.sock.sendall(msgpack.packb(message))
-        except OSError as exc:  # the host is gone
-            _log(f"fork server: cannot write to the host: {exc}")
-            self.host_gone()
+        """Queues one message and writes what the socket takes now, never waiting: a zygote
+        blocked on a write would stop reading, and the host's reader may itself be blocked
+        writing a ``reap`` to us (each side waiting on the other for ever)."""
+        self.outbox.append(msgpack.packb(message))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox:
+            try:
+                self.sock.send(self.outbox[0], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return  # the rest goes when the socket is writable again (see serve)
+            except OSError as exc:  # the host is gone
+                _log(f"fork server: cannot write to the host: {exc}")
+                self.host_gone()
+            self.outbox.popleft()
 
     def serve(self) -> NoReturn:
         import select
 
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda _signo, _frame: None)
-        self.send({"ready": os.getpid(), "refused": self.refusal})
+        self.sock.sendall(msgpack.packb({"ready": os.getpid(), "refused": self.refusal}))
         if self.refusal is not None:
             os._exit(0)
         gc.freeze()  # objects of the import stay out of the children's collections: fewer COW faults
@@ -94,9 +107,12 @@ class _Zygote:
             if self.closing and not self.children:
                 os._exit(0)
             try:
-                readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [], 1.0)
+                writing = [self.sock.fileno()] if self.outbox else []
+                readable, writable, _ = select.select([self.sock.fileno(), self.wake_r], writing, [], 1.0)
             except InterruptedError:
                 continue
+            if writable:
+                self.flush()
             if self.wake_r in readable:
                 try:
                     while os.read(self.wake_r, 512):
