@@ -609,3 +609,58 @@ async fn every_exit_is_reaped_by_the_fork_server_once_published() {
     assert_eq!(stat_field(again.info().pid.unwrap(), 4), Some(u64::from(zygote)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The targets of `/proc/<pid>/fd/*` (fd number, link).
+fn fds_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let fd = entry.file_name().to_string_lossy().parse().unwrap();
+        let link = std::fs::read_link(entry.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        out.push((fd, link));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_worker_holds_no_fd_of_the_zygote_or_other_workers() {
+    let dir = scratch("fds");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.expect("a forked worker starts");
+    let b = launcher.spawn(WorkerId(2)).await.expect("a forked worker starts");
+    let zygote = launcher.fork_server_pid().expect("a fork server runs");
+    // What this process holds without CLOEXEC (the harness's) reaches exec'd workers too.
+    let ours = fds_of(std::process::id());
+    let zygote_fds: Vec<String> = fds_of(zygote).into_iter().map(|(_, l)| l).collect();
+    let (pa, pb) = (a.info().pid.unwrap(), b.info().pid.unwrap());
+    let fa = fds_of(pa);
+    let fb = fds_of(pb);
+    for (pid, fds, other) in [(pa, &fa, &fb), (pb, &fb, &fa)] {
+        for (fd, link) in fds.iter().filter(|f| !ours.contains(f)) {
+            assert!(
+                !link.starts_with("socket:"),
+                "worker {pid} holds a socket at fd {fd}: {fds:?}"
+            );
+            assert!(
+                *fd <= 2 || !zygote_fds.contains(link),
+                "worker {pid} holds the zygote's {link} at fd {fd}: {fds:?}"
+            );
+            assert!(
+                !link.starts_with("pipe:") || !other.iter().any(|(_, l)| l == link),
+                "worker {pid} shares {link} with the other worker: {fds:?} / {other:?}"
+            );
+        }
+    }
+    // Dropping one worker ends it promptly while the other still runs.
+    drop(a);
+    assert!(
+        gone_within(pa, Duration::from_secs(5)).await,
+        "the dropped forked worker exits"
+    );
+    let answered = b.call(CallRequest::new("pid", Value::Nil)).await.unwrap();
+    assert_eq!(as_pid(answered), pb);
+    b.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
