@@ -664,3 +664,38 @@ async fn a_forked_worker_holds_no_fd_of_the_zygote_or_other_workers() {
     b.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_right_after_the_fork_server_is_killed_fail_typed_or_fork_from_a_new_one() {
+    let dir = scratch("zygote-killed-launch");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let launches = futures::future::join_all((2..6).map(|i| launcher.spawn(WorkerId(i))));
+    let results = tokio::time::timeout(Duration::from_secs(30), launches)
+        .await
+        .expect("no launch hangs");
+    let mut ok = 0;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(worker) => {
+                ok += 1;
+                let pid = worker.info().pid.unwrap();
+                assert_ne!(stat_field(pid, 4), Some(u64::from(zygote)));
+                assert!(worker.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+            }
+            Err(e) => eprintln!("launch {i}: {e}"),
+        }
+    }
+    assert!(
+        ok >= 3,
+        "launches after the kill start a new fork server: {results:?}"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

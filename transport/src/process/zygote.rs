@@ -149,6 +149,30 @@ impl ForkServer {
         deadline: Instant,
         init_timeout: Duration,
     ) -> Result<Option<Forked>, LaunchError> {
+        match self.fork_once(cmd, id, deadline, init_timeout).await {
+            // The zygote died before forking this worker (killed, say, just
+            // before the request): nothing runs for it, so ask a new zygote
+            // once instead of failing a launch that had nothing to do with it.
+            Err(ForkFailed {
+                zygote_gone: true,
+                error,
+            }) => {
+                tracing::debug!(worker = %id, "fork server gone before forking; asking a new one: {error}");
+                self.fork_once(cmd, id, deadline, init_timeout)
+                    .await
+                    .map_err(|f| f.error)
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
+
+    async fn fork_once(
+        &self,
+        cmd: &WorkerCommand,
+        id: WorkerId,
+        deadline: Instant,
+        init_timeout: Duration,
+    ) -> Result<Option<Forked>, ForkFailed> {
         let ticket = self.attempts.load(Ordering::SeqCst);
         let Ok(mut slot) = tokio::time::timeout_at(deadline, self.slot.lock()).await else {
             return Err(LaunchError::InitTimeout {
@@ -156,12 +180,13 @@ impl ForkServer {
                 pid: None,
                 after: init_timeout,
                 stderr_tail: "(still waiting for the fork server to start)\n".into(),
-            });
+            }
+            .into());
         };
         let zygote = match &*slot {
             Slot::Refused => return Ok(None),
             Slot::Running(zygote) if !zygote.is_dead() => zygote.clone(),
-            Slot::Failed { attempt, failure } if *attempt >= ticket => return Err(failure.error(id)),
+            Slot::Failed { attempt, failure } if *attempt >= ticket => return Err(failure.error(id).into()),
             _ => {
                 let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
                 match Zygote::start(cmd, id, deadline, init_timeout).await {
@@ -180,7 +205,7 @@ impl ForkServer {
                     Err(failure) => {
                         let error = failure.error(id);
                         *slot = Slot::Failed { attempt, failure };
-                        return Err(error);
+                        return Err(error.into());
                     }
                 }
             }
@@ -205,6 +230,22 @@ impl Drop for ForkServer {
         // themselves live on with whoever holds them.
         if let Slot::Running(zygote) = self.slot.get_mut() {
             zygote.send(&map(vec![("close", Mp::Boolean(true))]));
+        }
+    }
+}
+
+/// A fork that failed; `zygote_gone`: the zygote died before forking the
+/// worker (nothing was started for it).
+struct ForkFailed {
+    error: LaunchError,
+    zygote_gone: bool,
+}
+
+impl From<LaunchError> for ForkFailed {
+    fn from(error: LaunchError) -> Self {
+        ForkFailed {
+            error,
+            zygote_gone: false,
         }
     }
 }
@@ -383,8 +424,12 @@ impl Zygote {
         id: WorkerId,
         deadline: Instant,
         init_timeout: Duration,
-    ) -> Result<Forked, LaunchError> {
+    ) -> Result<Forked, ForkFailed> {
         let other = |reason: String| LaunchError::Other { worker: id, reason };
+        let gone = |error: LaunchError| ForkFailed {
+            error,
+            zygote_gone: true,
+        };
         let pipes = || -> nix::Result<_> {
             Ok((
                 pipe2(OFlag::O_CLOEXEC)?,
@@ -421,7 +466,7 @@ impl Zygote {
         {
             let mut state = self.state();
             if state.dead {
-                return Err(other(format!("the fork server (pid {}) is gone", self.pid)));
+                return Err(gone(other(format!("the fork server (pid {}) is gone", self.pid))));
             }
             state.pending.insert(request, (id, tx));
         }
@@ -441,11 +486,19 @@ impl Zygote {
         // The worker's ends are the zygote's (and then the worker's) now.
         drop((in_r, out_w, err_w));
         if let Err(e) = sent {
-            self.state().pending.remove(&request);
-            return Err(other(format!(
-                "cannot reach the fork server (pid {}): {e}",
-                self.pid
-            )));
+            let mut state = self.state();
+            state.pending.remove(&request);
+            let error = other(format!("cannot reach the fork server (pid {}): {e}", self.pid));
+            if matches!(
+                e,
+                Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ENOTCONN
+            ) {
+                // Its end is closed: no fork through it any more (the reader
+                // sees the end of file and publishes what follows).
+                state.dead = true;
+                return Err(gone(error));
+            }
+            return Err(error.into());
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(registered))) => Ok(Forked {
@@ -459,16 +512,17 @@ impl Zygote {
             Ok(Ok(Err(reason))) => Err(other(format!(
                 "the fork server (pid {}) could not fork: {reason}",
                 self.pid
-            ))),
+            ))
+            .into()),
             Ok(Err(_gone)) => {
                 let exit = super::exit::wait_exit(&self.exit_rx, Duration::from_millis(200)).await;
                 self.stderr.wait_drained(STDERR_WAIT).await;
-                Err(other(format!(
+                Err(gone(other(format!(
                     "the fork server (pid {}) died ({}) before forking the worker\n{}",
                     self.pid,
                     exit.unwrap_or_default(),
                     self.tail()
-                )))
+                ))))
             }
             Err(_elapsed) => {
                 // A late reply finds no one waiting: the reader kills that worker.
@@ -478,7 +532,8 @@ impl Zygote {
                     pid: None,
                     after: init_timeout,
                     stderr_tail: self.tail(),
-                })
+                }
+                .into())
             }
         }
     }
