@@ -315,3 +315,29 @@ def test_keeps_forking_while_the_host_is_not_reading(zygote: Callable[..., Zygot
             z.host.send(msgpack.packb({"reap": message["exit"]}))
     z.host.send(msgpack.packb({"close": True}))
     assert z.proc.wait(10) == 0, z.stderr.text
+
+
+def test_never_forks_once_a_thread_runs(zygote: Callable[..., Zygote], write_app: Any) -> None:
+    """Threads checked at every fork, not only after the import: here the app starts one in the
+    zygote after its first fork (``register_at_fork``, as some libraries do to restart theirs)."""
+    path = write_app(
+        "import os, threading, time, portpool\n"
+        "def _restart():\n"
+        "    threading.Thread(target=time.sleep, args=(60,), name='late-bg', daemon=True).start()\n"
+        "os.register_at_fork(after_in_parent=_restart)\n"
+        "app = portpool.App()\n"
+    )
+    z = zygote(path)
+    assert z.recv_reply()["refused"] is None
+    z.fork()  # no thread yet
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    socket.send_fds(
+        z.host, [msgpack.packb({"fork": 99, "env": {}, "limits": []})], [stdin_r, stdout_w, stderr_w]
+    )
+    for fd in (stdin_r, stdout_w, stderr_w, stdin_w, stdout_r, stderr_r):
+        os.close(fd)
+    reply = z.recv_reply()
+    assert reply.get("failed") == 99, reply
+    assert reply.get("refused") is True and "late-bg" in reply["reason"], reply

@@ -699,3 +699,46 @@ async fn launches_right_after_the_fork_server_is_killed_fail_typed_or_fork_from_
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_started_in_the_fork_server_after_a_fork_makes_the_next_workers_execd() {
+    let dir = scratch("late-thread");
+    let app = write_app(
+        &dir,
+        "import threading\n\
+         def _restart():\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+         os.register_at_fork(after_in_parent=_restart)\n",
+    );
+    let launcher = ProcessLauncher::new(forking(&app));
+    let a = launcher
+        .spawn(WorkerId(1))
+        .await
+        .expect("the first worker is forked");
+    let zygote = launcher.fork_server_pid().expect("a fork server runs");
+    assert_eq!(stat_field(a.info().pid.unwrap(), 4), Some(u64::from(zygote)));
+    // Now a thread runs in the zygote: no fork may happen any more.
+    for i in 2..4 {
+        let w = launcher
+            .spawn(WorkerId(i))
+            .await
+            .expect("later workers start (exec'd)");
+        let pid = w.info().pid.unwrap();
+        assert_eq!(
+            stat_field(pid, 4),
+            Some(u64::from(std::process::id())),
+            "worker {i} is exec'd by the host, not forked from a zygote with a thread"
+        );
+        assert_eq!(
+            as_pid(w.call(CallRequest::new("pid", Value::Nil)).await.unwrap()),
+            pid
+        );
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    assert!(a.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+    a.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        gone_within(zygote, Duration::from_secs(5)).await,
+        "the refusing zygote exits once its workers are gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

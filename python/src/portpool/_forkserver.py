@@ -12,7 +12,8 @@ host -> zygote
     ``{"close": true}``: fork no more; exit once every child is reaped.
 zygote -> host
     ``{"ready": PID, "refused": REASON or nil}`` once, after the import;
-    ``{"forked": REQ, "pid": PID}`` or ``{"failed": REQ, "reason": TEXT}``;
+    ``{"forked": REQ, "pid": PID}`` or ``{"failed": REQ, "reason": TEXT, "refused": True or nil}``
+    (refused: a thread runs in the zygote now, so it will never fork again: exec instead);
     ``{"exit": PID, "code": CODE or nil, "signal": SIG or nil}`` when a child ended.
 
 A child's exit is read with ``waitid(WNOWAIT)`` and the child is only reaped when the host
@@ -51,8 +52,8 @@ def _thread_refusal() -> str | None:
     """Why forking this process would be unsafe (threads running), or None."""
     count = threading.active_count()
     if count != 1:
-        names = ", ".join(sorted(t.name for t in threading.enumerate()))
-        return f"the app started {count - 1} Python thread(s) while importing ({names})"
+        names = ", ".join(sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
+        return f"the app started {count - 1} Python thread(s) ({names})"
     try:
         tasks = len(os.listdir("/proc/self/task"))
     except OSError:
@@ -165,6 +166,13 @@ class _Zygote:
                 raise RuntimeError("the fork server is closing")
             if len(fds) != 3:
                 raise RuntimeError(f"expected 3 file descriptors, got {len(fds)}")
+            # Again at every fork, not only after the import: a thread started since (by a
+            # register_at_fork hook, a callback, native code) makes forking unsafe for good.
+            refusal = _thread_refusal()
+            if refusal is not None:
+                self.closing = True  # fork no more; exit once the children are gone
+                self.send({"failed": req, "reason": refusal, "refused": True})
+                return
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             pid = os.fork()

@@ -156,6 +156,7 @@ impl ForkServer {
             Err(ForkFailed {
                 zygote_gone: true,
                 error,
+                ..
             }) => {
                 tracing::debug!(worker = %id, "fork server gone before forking; asking a new one: {error}");
                 self.fork_once(cmd, id, deadline, init_timeout)
@@ -211,7 +212,25 @@ impl ForkServer {
             }
         };
         drop(slot);
-        zygote.fork(cmd, id, deadline, init_timeout).await.map(Some)
+        match zygote.fork(cmd, id, deadline, init_timeout).await {
+            Err(ForkFailed {
+                refused: true, error, ..
+            }) => {
+                // A thread runs in the zygote now: it forks no more (and exits
+                // once its workers are gone); exec from now on, as when it
+                // refuses after the import.
+                let mut slot = self.slot.lock().await;
+                if matches!(&*slot, Slot::Running(z) if Arc::ptr_eq(z, &zygote)) {
+                    tracing::warn!(
+                        fork_server = zygote.pid,
+                        "the fork server refuses to fork ({error}); this launcher execs its workers instead"
+                    );
+                    *slot = Slot::Refused;
+                }
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     /// The running zygote's pid, if there is one (for tests and logs).
@@ -235,10 +254,12 @@ impl Drop for ForkServer {
 }
 
 /// A fork that failed; `zygote_gone`: the zygote died before forking the
-/// worker (nothing was started for it).
+/// worker (nothing was started for it); `refused`: that zygote will never
+/// fork again (a thread runs in it now).
 struct ForkFailed {
     error: LaunchError,
     zygote_gone: bool,
+    refused: bool,
 }
 
 impl From<LaunchError> for ForkFailed {
@@ -246,6 +267,7 @@ impl From<LaunchError> for ForkFailed {
         ForkFailed {
             error,
             zygote_gone: false,
+            refused: false,
         }
     }
 }
@@ -272,7 +294,7 @@ pub(crate) struct Zygote {
 #[derive(Debug, Default)]
 struct State {
     /// Fork requests sent and not answered yet, by request number.
-    pending: HashMap<u64, (WorkerId, oneshot::Sender<Result<Registered, String>>)>,
+    pending: HashMap<u64, (WorkerId, oneshot::Sender<ForkReply>)>,
     /// Workers forked whose exit was not published yet, by pid.
     children: HashMap<u32, Child>,
     /// The zygote's end of the socket closed: it exited or was killed.
@@ -285,6 +307,10 @@ struct Child {
     group: Arc<Group>,
     exit_tx: watch::Sender<Option<WorkerExit>>,
 }
+
+/// The zygote's answer to a fork request: the worker, or why not (and
+/// whether it refuses to fork for good: a thread runs in it now).
+type ForkReply = Result<Registered, (String, bool)>;
 
 #[derive(Debug)]
 struct Registered {
@@ -429,6 +455,7 @@ impl Zygote {
         let gone = |error: LaunchError| ForkFailed {
             error,
             zygote_gone: true,
+            refused: false,
         };
         let pipes = || -> nix::Result<_> {
             Ok((
@@ -509,11 +536,14 @@ impl Zygote {
                 stdout: ChildStdout::from(out_r),
                 stderr: ChildStderr::from(err_r),
             }),
-            Ok(Ok(Err(reason))) => Err(other(format!(
-                "the fork server (pid {}) could not fork: {reason}",
-                self.pid
-            ))
-            .into()),
+            Ok(Ok(Err((reason, refused)))) => Err(ForkFailed {
+                error: other(format!(
+                    "the fork server (pid {}) could not fork: {reason}",
+                    self.pid
+                )),
+                zygote_gone: false,
+                refused,
+            }),
             Ok(Err(_gone)) => {
                 let exit = super::exit::wait_exit(&self.exit_rx, Duration::from_millis(200)).await;
                 self.stderr.wait_drained(STDERR_WAIT).await;
@@ -612,8 +642,9 @@ impl Zygote {
                 .and_then(Mp::as_str)
                 .unwrap_or("unknown")
                 .to_string();
+            let refused = get(m, "refused").and_then(Mp::as_bool).unwrap_or(false);
             if let Some((_, tx)) = self.state().pending.remove(&request) {
-                let _ = tx.send(Err(reason));
+                let _ = tx.send(Err((reason, refused)));
             }
         } else if let Some(pid) = pid_of("exit") {
             let code = get(m, "code")
