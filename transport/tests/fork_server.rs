@@ -742,3 +742,38 @@ async fn a_thread_started_in_the_fork_server_after_a_fork_makes_the_next_workers
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_launches_to_a_stopped_fork_server_times_out_without_blocking_the_runtime() {
+    let dir = scratch("stopped");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")).init_timeout(Duration::from_secs(20)));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let zpid = nix::unistd::Pid::from_raw(zygote as i32);
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // More requests than the socket holds: a blocking send would park the
+    // runtime's threads past every deadline.
+    let launches: Vec<_> = (2..400)
+        .map(|i| {
+            let launcher = launcher.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(2), launcher.spawn(WorkerId(i))).await
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let ticker = tokio::spawn(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    let ticked = tokio::time::timeout(Duration::from_secs(10), ticker).await;
+    let all = tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(launches)).await;
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGCONT);
+    assert!(ticked.is_ok(), "the runtime stayed responsive");
+    let all = all.expect("every launch ended");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        all.iter().all(|r| r.as_ref().is_ok_and(|r| r.is_err())),
+        "none forked by a stopped zygote"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

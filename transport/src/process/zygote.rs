@@ -490,23 +490,48 @@ impl Zygote {
             ("limits", Mp::Array(limits)),
         ]));
         let (tx, rx) = oneshot::channel();
-        {
-            let mut state = self.state();
-            if state.dead {
-                return Err(gone(other(format!("the fork server (pid {}) is gone", self.pid))));
-            }
-            state.pending.insert(request, (id, tx));
-        }
+        let mut tx = Some(tx);
         let fds = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         let sent = loop {
+            // Listed as pending right before each try (a reply may come at
+            // once), and not while waiting: a launch dropped while the socket
+            // is full leaves no entry behind.
+            {
+                let mut state = self.state();
+                if state.dead {
+                    return Err(gone(other(format!("the fork server (pid {}) is gone", self.pid))));
+                }
+                if let Some(tx) = tx.take() {
+                    state.pending.insert(request, (id, tx));
+                }
+            }
             match sendmsg::<UnixAddr>(
                 self.sock.as_raw_fd(),
                 &[IoSlice::new(&message)],
                 &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
                 Err(Errno::EINTR) => continue,
+                // The socket is full (a flood of launches, a stopped zygote):
+                // never block the runtime's thread; try again until the deadline.
+                Err(Errno::EAGAIN) => {
+                    tx = self.state().pending.remove(&request).map(|(_, tx)| tx);
+                    if Instant::now() >= deadline {
+                        return Err(LaunchError::InitTimeout {
+                            worker: id,
+                            pid: None,
+                            after: init_timeout,
+                            stderr_tail: format!(
+                                "(the fork server, pid {}, takes no fork request)\n{}",
+                                self.pid,
+                                self.tail()
+                            ),
+                        }
+                        .into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 other => break other,
             }
         };
