@@ -777,3 +777,31 @@ async fn a_flood_of_launches_to_a_stopped_fork_server_times_out_without_blocking
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_launcher_of_a_stopped_fork_server_with_a_full_socket_does_not_block() {
+    let dir = scratch("stopped-drop");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let zpid = nix::unistd::Pid::from_raw(zygote as i32);
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let launches = (2..400).map(|i| {
+        let launcher = launcher.clone();
+        async move { tokio::time::timeout(Duration::from_millis(500), launcher.spawn(WorkerId(i))).await }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(launches)).await;
+    // The socket is full now; the last clone goes.
+    let dropped = tokio::task::spawn_blocking(move || drop(launcher));
+    let ended = tokio::time::timeout(Duration::from_secs(3), dropped).await;
+    // (Killed, not resumed: it would fork every queued request first.)
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(
+        ended.is_ok(),
+        "dropping the launcher blocked on the stopped fork server"
+    );
+    tokio::time::timeout(Duration::from_secs(5), a.closed())
+        .await
+        .expect("the worker's exit is published");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -248,7 +248,20 @@ impl Drop for ForkServer {
         // once every worker it forked has exited and been reaped; the workers
         // themselves live on with whoever holds them.
         if let Slot::Running(zygote) = self.slot.get_mut() {
-            zygote.send(&map(vec![("close", Mp::Boolean(true))]));
+            let close = map(vec![("close", Mp::Boolean(true))]);
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            if let Err(Errno::EAGAIN) = send(zygote.sock.as_raw_fd(), &encode(&close), flags) {
+                // Its socket is full (a stopped zygote, a flood of requests):
+                // whoever drops the launcher must not wait for it.
+                let zygote = zygote.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("portpool-zygote-close-{}", zygote.pid))
+                    .stack_size(64 * 1024)
+                    .spawn(move || zygote.send(&close));
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot send close to the fork server: {e}");
+                }
+            }
         }
     }
 }
