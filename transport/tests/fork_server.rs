@@ -805,3 +805,30 @@ async fn dropping_the_launcher_of_a_stopped_fork_server_with_a_full_socket_does_
         .expect("the worker's exit is published");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_app_left_in_the_original_stdout_buffer_at_import_never_reaches_a_forked_workers_frames() {
+    let dir = scratch("stdout-buffer");
+    // Written to the interpreter's original stdout object, not flushed: in an
+    // exec'd worker it ends up on stderr; it must not land in the frames.
+    let app = write_app(&dir, "sys.__stdout__.write('noise at import, no newline')\n");
+    let command = forking(&app).env("PYTHONUNBUFFERED", "");
+    let execd = ProcessLauncher::new(command.clone().fork_server(false));
+    let w = execd
+        .spawn(WorkerId(0))
+        .await
+        .expect("exec'd: the noise goes to stderr");
+    w.shutdown(Duration::from_secs(5)).await;
+    let launcher = ProcessLauncher::new(command);
+    let w = launcher
+        .spawn(WorkerId(1))
+        .await
+        .expect("the forked worker says hello");
+    let pid = w.info().pid.unwrap();
+    assert_eq!(
+        as_pid(w.call(CallRequest::new("pid", Value::Nil)).await.unwrap()),
+        pid
+    );
+    w.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

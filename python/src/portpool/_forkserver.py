@@ -173,8 +173,14 @@ class _Zygote:
                 self.closing = True  # fork no more; exit once the children are gone
                 self.send({"failed": req, "reason": refusal, "refused": True})
                 return
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            # Every buffer, the interpreter's original stdout too: a child flushes those
+            # (redirect_stdio) with fd 1 already its protocol pipe.
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except Exception:  # closed by the app, say: nothing buffered then
+                    pass
             pid = os.fork()
             if pid == 0:
                 self.child(message, fds)  # never returns
