@@ -832,3 +832,48 @@ async fn what_the_app_left_in_the_original_stdout_buffer_at_import_never_reaches
     w.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_server_with_env_clear_cwd_spin_pipe_buffer_and_limits() {
+    let dir = scratch("combo");
+    let app = dir.join("combo_app.py");
+    std::fs::write(
+        &app,
+        "import os, resource, portpool\n\
+         app = portpool.App()\n\
+         @app.handler\n\
+         def state(_):\n    return [os.getcwd(), os.environ.get('PORTPOOL_SPIN_US'), os.environ.get('HOME'),\n\
+         \x20           os.environ.get('PORTPOOL_TEST_FLAVOUR'), resource.getrlimit(resource.RLIMIT_CPU)[0],\n\
+         \x20           resource.getrlimit(resource.RLIMIT_NOFILE)[0]]\n",
+    )
+    .unwrap();
+    let base = WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), "combo_app.py")
+        .init_timeout(Duration::from_secs(20))
+        .env_clear()
+        .env("PORTPOOL_TEST_FLAVOUR", "combo")
+        .current_dir(&dir)
+        .spin(Duration::from_micros(200))
+        .pipe_buffer(1 << 20)
+        .limit_cpu_time(Duration::from_secs(30))
+        .limit_open_files(200);
+    let mut seen = Vec::new();
+    for fork in [false, true] {
+        let launcher = ProcessLauncher::new(base.clone().fork_server(fork));
+        let w = launcher.spawn(WorkerId(1)).await.expect("starts");
+        if fork {
+            assert!(launcher.fork_server_pid().is_some());
+        }
+        let state = w.call(CallRequest::new("state", Value::Nil)).await.unwrap();
+        let big = Value::Binary(vec![7u8; 3 << 20]);
+        assert!(w.call(CallRequest::new("state", big)).await.is_ok());
+        w.shutdown(Duration::from_secs(5)).await;
+        seen.push(state);
+    }
+    assert_eq!(seen[0], seen[1], "exec'd and forked workers see the same");
+    let state = seen[0].as_array().unwrap();
+    assert_eq!(state[1], Value::from("200"));
+    assert_eq!(state[2], Value::Nil, "env cleared");
+    assert_eq!(state[3], Value::from("combo"));
+    assert_eq!((state[4].as_u64(), state[5].as_u64()), (Some(30), Some(200)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
