@@ -877,3 +877,46 @@ async fn fork_server_with_env_clear_cwd_spin_pipe_buffer_and_limits() {
     assert_eq!((state[4].as_u64(), state[5].as_u64()), (Some(30), Some(200)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_end_a_forked_worker_as_an_execd_one() {
+    use nix::sys::signal::Signal;
+    let dir = scratch("signals");
+    let base = forking(&write_app(&dir, ""));
+    let mut seen = Vec::new();
+    for fork in [false, true] {
+        let launcher = ProcessLauncher::new(base.clone().fork_server(fork));
+        let mut exits = Vec::new();
+        for (i, signal) in [Signal::SIGTERM, Signal::SIGINT].into_iter().enumerate() {
+            for busy in [false, true] {
+                let w = std::sync::Arc::new(launcher.spawn(WorkerId(i as u64)).await.unwrap());
+                let call = busy.then(|| {
+                    let w = w.clone();
+                    tokio::spawn(async move { w.call(CallRequest::new("block", 30)).await })
+                });
+                if busy {
+                    while w.in_flight() < 1 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let pid = nix::unistd::Pid::from_raw(w.info().pid.unwrap() as i32);
+                nix::sys::signal::kill(pid, signal).unwrap();
+                let exit = tokio::time::timeout(Duration::from_secs(10), w.closed())
+                    .await
+                    .expect("the worker ends");
+                if let Some(call) = call {
+                    let r = tokio::time::timeout(Duration::from_secs(10), call)
+                        .await
+                        .expect("no hang")
+                        .unwrap();
+                    assert!(r.is_err());
+                }
+                exits.push(format!("{signal:?} busy={busy}: {exit}"));
+            }
+        }
+        seen.push(exits);
+    }
+    assert_eq!(seen[0], seen[1], "exec'd vs forked");
+    let _ = std::fs::remove_dir_all(&dir);
+}
