@@ -106,6 +106,12 @@ class _Zygote:
         while True:
             self.check_children()
             if self.closing and not self.children:
+                self.sock.settimeout(5.0)  # last words (a refusal, say) before going
+                for data in self.outbox:
+                    try:
+                        self.sock.send(data)
+                    except OSError:
+                        break
                 os._exit(0)
             try:
                 writing = [self.sock.fileno()] if self.outbox else []
