@@ -341,3 +341,19 @@ def test_never_forks_once_a_thread_runs(zygote: Callable[..., Zygote], write_app
     reply = z.recv_reply()
     assert reply.get("failed") == 99, reply
     assert reply.get("refused") is True and "late-bg" in reply["reason"], reply
+
+
+def test_an_app_holding_many_fds_at_import_still_forks(zygote: Callable[..., Zygote], write_app: Any) -> None:
+    """The zygote's own fds come after the app's: past 1024 (FD_SETSIZE) it must still wait on them."""
+    path = write_app(
+        "import os, resource, portpool\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "if soft < 1400 and (hard == resource.RLIM_INFINITY or hard >= 1400):\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (1400, hard))\n"
+        "KEEP = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+        "app = portpool.App()\n\n@app.handler\ndef echo(x):\n    return x\n"
+    )
+    z = zygote(path)
+    assert z.recv_reply()["refused"] is None
+    w = z.fork()
+    assert w.result("echo", "many fds") == "many fds"

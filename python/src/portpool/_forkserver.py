@@ -113,20 +113,24 @@ class _Zygote:
                     except OSError:
                         break
                 os._exit(0)
+            # poll, not select: the app may hold more than FD_SETSIZE fds, so ours can be past it.
+            poller = select.poll()
+            poller.register(self.wake_r, select.POLLIN)
+            poller.register(self.sock.fileno(), select.POLLIN | (select.POLLOUT if self.outbox else 0))
             try:
-                writing = [self.sock.fileno()] if self.outbox else []
-                readable, writable, _ = select.select([self.sock.fileno(), self.wake_r], writing, [], 1.0)
+                events = dict(poller.poll(1000))
             except InterruptedError:
                 continue
-            if writable:
+            sock_events = events.get(self.sock.fileno(), 0)
+            if sock_events & select.POLLOUT:
                 self.flush()
-            if self.wake_r in readable:
+            if self.wake_r in events:
                 try:
                     while os.read(self.wake_r, 512):
                         pass
                 except BlockingIOError:
                     pass
-            if self.sock.fileno() in readable and not self.receive():
+            if sock_events & (select.POLLIN | select.POLLHUP | select.POLLERR) and not self.receive():
                 self.host_gone()
 
     def receive(self) -> bool:
