@@ -920,3 +920,52 @@ async fn sigterm_and_sigint_end_a_forked_worker_as_an_execd_one() {
     assert_eq!(seen[0], seen[1], "exec'd vs forked");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_dropped_at_random_points_leave_nothing_running() {
+    let dir = scratch("dropped-random");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    // The zygote first (its import), then launches cut short at every stage.
+    let first = launcher.spawn(WorkerId(0)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let mut kept = Vec::new();
+    for round in 0..3u64 {
+        let launches = (1..13u64).map(|i| {
+            let launcher = launcher.clone();
+            let cut = Duration::from_micros((i * 997 + round * 331) % 12_000);
+            async move { tokio::time::timeout(cut, launcher.spawn(WorkerId(round * 100 + i))).await }
+        });
+        for result in futures::future::join_all(launches).await {
+            if let Ok(worker) = result {
+                kept.push(worker.expect("a launch that finished succeeded"));
+            }
+        }
+    }
+    let kept_pids: Vec<u32> = kept.iter().map(|w| w.info().pid.unwrap()).collect();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut extra: Vec<u32> = children_of(zygote)
+            .into_iter()
+            .filter(|p| *p != first.info().pid.unwrap() && !kept_pids.contains(p))
+            .collect();
+        extra.sort();
+        if extra.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "forks of dropped launches still there: {extra:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in kept {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    first.shutdown(Duration::from_secs(5)).await;
+    drop(launcher);
+    assert!(
+        gone_within(zygote, Duration::from_secs(5)).await,
+        "the fork server exits after its launcher and workers"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
