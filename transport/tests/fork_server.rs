@@ -935,10 +935,8 @@ async fn launches_dropped_at_random_points_leave_nothing_running() {
             let cut = Duration::from_micros((i * 997 + round * 331) % 12_000);
             async move { tokio::time::timeout(cut, launcher.spawn(WorkerId(round * 100 + i))).await }
         });
-        for result in futures::future::join_all(launches).await {
-            if let Ok(worker) = result {
-                kept.push(worker.expect("a launch that finished succeeded"));
-            }
+        for worker in futures::future::join_all(launches).await.into_iter().flatten() {
+            kept.push(worker.expect("a launch that finished succeeded"));
         }
     }
     let kept_pids: Vec<u32> = kept.iter().map(|w| w.info().pid.unwrap()).collect();
