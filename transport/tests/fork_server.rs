@@ -653,6 +653,19 @@ async fn a_forked_worker_holds_no_fd_of_the_zygote_or_other_workers() {
             );
         }
     }
+    // Nor does the zygote keep any end of a worker's pipes (a kept write end
+    // of a worker's stdin would hide its end of file).
+    for (pid, fds) in [(pa, &fa), (pb, &fb)] {
+        for (fd, link) in fds
+            .iter()
+            .filter(|f| !ours.contains(f) && f.1.starts_with("pipe:"))
+        {
+            assert!(
+                !zygote_fds.contains(link),
+                "the zygote holds {link}, fd {fd} of worker {pid}"
+            );
+        }
+    }
     // Dropping one worker ends it promptly while the other still runs.
     drop(a);
     assert!(
