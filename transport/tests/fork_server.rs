@@ -980,3 +980,32 @@ async fn launches_dropped_at_random_points_leave_nothing_running() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_worker_that_dies_at_once_is_exited_during_init_with_pid_and_stderr() {
+    let dir = scratch("dies-at-once");
+    // The runtime cannot start with an address space this small; the
+    // zygote (no limits of its own) forks it all the same.
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")).limit_address_space(8 << 20));
+    let started = Instant::now();
+    for i in 0..3 {
+        match launcher.spawn(WorkerId(i)).await {
+            Err(LaunchError::ExitedDuringInit {
+                worker, pid, exit, ..
+            }) => {
+                assert_eq!(worker, WorkerId(i));
+                assert!(pid.is_some());
+                assert!(exit.code.is_some() || exit.signal.is_some(), "{exit}");
+            }
+            other => panic!("expected ExitedDuringInit, got {:?}", other.map(|w| w.info().pid)),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let zygote = launcher.fork_server_pid().expect("the fork server lives on");
+    let until = Instant::now() + Duration::from_secs(3);
+    while !children_of(zygote).is_empty() {
+        assert!(Instant::now() < until, "every failed fork reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
