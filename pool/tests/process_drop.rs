@@ -93,3 +93,67 @@ fn dropping_a_process_worker_with_its_runtime_kills_and_reaps_it() {
     drop(worker);
     assert_reaped(&[pid]);
 }
+
+#[test]
+fn a_pool_of_forked_workers_shut_down_then_dropped_with_its_runtime_leaves_no_process() {
+    let rt = runtime();
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(
+            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
+            basic_app(),
+        )
+        .init_timeout(Duration::from_secs(20))
+        .fork_server(true),
+    );
+    let (pool, pids, zygote) = rt.block_on(async {
+        let pool = Pool::builder(launcher.clone())
+            .name("forked-drop")
+            .workers(3)
+            .build()
+            .await
+            .unwrap();
+        let echoed: Value = pool.call("echo", &"up").await.unwrap();
+        assert_eq!(echoed, Value::from("up"));
+        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let zygote = launcher.fork_server_pid().expect("a fork server");
+        pool.shutdown(Duration::from_secs(5)).await;
+        (pool, pids, zygote)
+    });
+    drop(launcher);
+    assert_eq!(pids.len(), 3);
+    assert_reaped(&pids);
+    drop(pool);
+    drop(rt);
+    assert_reaped(&[zygote]);
+}
+
+#[test]
+fn dropping_a_pool_of_forked_workers_with_its_runtime_kills_and_reaps_every_worker_and_the_fork_server() {
+    let rt = runtime();
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(
+            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
+            basic_app(),
+        )
+        .init_timeout(Duration::from_secs(20))
+        .fork_server(true),
+    );
+    let (pool, pids, zygote) = rt.block_on(async {
+        let pool = Pool::builder(launcher.clone())
+            .name("forked-drop-runtime")
+            .workers(3)
+            .build()
+            .await
+            .unwrap();
+        let echoed: Value = pool.call("echo", &"up").await.unwrap();
+        assert_eq!(echoed, Value::from("up"));
+        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        (pool, pids, launcher.fork_server_pid().expect("a fork server"))
+    });
+    drop(launcher);
+    drop(pool);
+    drop(rt);
+    assert_eq!(pids.len(), 3);
+    assert_reaped(&pids);
+    assert_reaped(&[zygote]);
+}

@@ -67,8 +67,12 @@ class ForkedWorker(Calls):
 
 
 class Zygote:
-    def __init__(self, app: str | pathlib.Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app: str | pathlib.Path, env: dict[str, str] | None = None, sndbuf: int | None = None
+    ) -> None:
         self.host, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if sndbuf is not None:  # the zygote's send buffer: a few packets fill it
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "portpool", str(app)],
             stdin=theirs.fileno(),
@@ -261,3 +265,95 @@ def test_import_failure_exits_with_the_traceback(zygote: Callable[..., Zygote], 
     while "no import for you" not in z.stderr.text and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "no import for you" in z.stderr.text
+
+
+def test_keeps_forking_while_the_host_is_not_reading(zygote: Callable[..., Zygote]) -> None:
+    """The zygote never blocks on a write to the host: with its send buffer full (the host busy,
+    e.g. its reader blocked writing a ``reap`` the zygote is not reading) it still reads and
+    forks; otherwise both sides would wait on each other for ever."""
+    z = zygote(sndbuf=4096)
+    z.recv_reply()  # ready
+    z.host.setblocking(False)
+    for req in range(1000, 1030):  # workers that end at once: a "forked" and an "exit" each
+        pipes = [os.pipe() for _ in range(3)]
+        socket.send_fds(
+            z.host,
+            [msgpack.packb({"fork": req, "env": {}, "limits": []})],
+            [pipes[0][0], pipes[1][1], pipes[2][1]],
+        )
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    socket.send_fds(
+        z.host,
+        [msgpack.packb({"fork": 1, "env": {}, "limits": []})],
+        [stdin_r, stdout_w, stderr_w],
+    )
+    for fd in (stdin_r, stdout_w, stderr_w):
+        os.close(fd)
+    try:
+        import select
+
+        readable, _, _ = select.select([stdout_r], [], [], 10.0)
+        assert readable, f"no worker forked while the host was not reading; stderr:\n{z.stderr.text}"
+        assert os.read(stdout_r, 4), "the last worker says hello"
+    finally:
+        for fd in (stdin_w, stdout_r, stderr_r):
+            os.close(fd)
+    # The host reads again: every reply arrives, in order.
+    z.host.setblocking(True)
+    forked = exits = 0
+    while forked < 31 or exits < 31:
+        message = z.recv()
+        if "forked" in message:
+            forked += 1
+        elif "exit" in message:
+            exits += 1
+            z.host.send(msgpack.packb({"reap": message["exit"]}))
+    z.host.send(msgpack.packb({"close": True}))
+    assert z.proc.wait(10) == 0, z.stderr.text
+
+
+def test_never_forks_once_a_thread_runs(zygote: Callable[..., Zygote], write_app: Any) -> None:
+    """Threads checked at every fork, not only after the import: here the app starts one in the
+    zygote after its first fork (``register_at_fork``, as some libraries do to restart theirs)."""
+    path = write_app(
+        "import os, threading, time, portpool\n"
+        "def _restart():\n"
+        "    threading.Thread(target=time.sleep, args=(60,), name='late-bg', daemon=True).start()\n"
+        "os.register_at_fork(after_in_parent=_restart)\n"
+        "app = portpool.App()\n"
+    )
+    z = zygote(path)
+    assert z.recv_reply()["refused"] is None
+    z.fork()  # no thread yet
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    socket.send_fds(
+        z.host, [msgpack.packb({"fork": 99, "env": {}, "limits": []})], [stdin_r, stdout_w, stderr_w]
+    )
+    for fd in (stdin_r, stdout_w, stderr_w, stdin_w, stdout_r, stderr_r):
+        os.close(fd)
+    reply = z.recv_reply()
+    assert reply.get("failed") == 99, reply
+    assert reply.get("refused") is True and "late-bg" in reply["reason"], reply
+
+
+def test_an_app_holding_many_fds_at_import_still_forks(zygote: Callable[..., Zygote], write_app: Any) -> None:
+    """The zygote's own fds come after the app's: past 1024 (FD_SETSIZE) it must still wait on them."""
+    path = write_app(
+        "import os, resource, portpool\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "if soft < 1400 and (hard == resource.RLIM_INFINITY or hard >= 1400):\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (1400, hard))\n"
+        "KEEP = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+        "app = portpool.App()\n\n@app.handler\ndef echo(x):\n    return x\n"
+    )
+    z = zygote(path)
+    assert z.recv_reply()["refused"] is None
+    w = z.fork()
+    assert w.result("echo", "many fds") == "many fds"

@@ -609,3 +609,403 @@ async fn every_exit_is_reaped_by_the_fork_server_once_published() {
     assert_eq!(stat_field(again.info().pid.unwrap(), 4), Some(u64::from(zygote)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The targets of `/proc/<pid>/fd/*` (fd number, link).
+fn fds_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let fd = entry.file_name().to_string_lossy().parse().unwrap();
+        let link = std::fs::read_link(entry.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        out.push((fd, link));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_worker_holds_no_fd_of_the_zygote_or_other_workers() {
+    let dir = scratch("fds");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.expect("a forked worker starts");
+    let b = launcher.spawn(WorkerId(2)).await.expect("a forked worker starts");
+    let zygote = launcher.fork_server_pid().expect("a fork server runs");
+    // What this process holds without CLOEXEC (the harness's) reaches exec'd workers too.
+    let ours = fds_of(std::process::id());
+    let zygote_fds: Vec<String> = fds_of(zygote).into_iter().map(|(_, l)| l).collect();
+    let (pa, pb) = (a.info().pid.unwrap(), b.info().pid.unwrap());
+    let fa = fds_of(pa);
+    let fb = fds_of(pb);
+    for (pid, fds, other) in [(pa, &fa, &fb), (pb, &fb, &fa)] {
+        for (fd, link) in fds.iter().filter(|f| !ours.contains(f)) {
+            assert!(
+                !link.starts_with("socket:"),
+                "worker {pid} holds a socket at fd {fd}: {fds:?}"
+            );
+            assert!(
+                *fd <= 2 || !zygote_fds.contains(link),
+                "worker {pid} holds the zygote's {link} at fd {fd}: {fds:?}"
+            );
+            assert!(
+                !link.starts_with("pipe:") || !other.iter().any(|(_, l)| l == link),
+                "worker {pid} shares {link} with the other worker: {fds:?} / {other:?}"
+            );
+        }
+    }
+    // Nor does the zygote keep any end of a worker's pipes (a kept write end
+    // of a worker's stdin would hide its end of file).
+    for (pid, fds) in [(pa, &fa), (pb, &fb)] {
+        for (fd, link) in fds
+            .iter()
+            .filter(|f| !ours.contains(f) && f.1.starts_with("pipe:"))
+        {
+            assert!(
+                !zygote_fds.contains(link),
+                "the zygote holds {link}, fd {fd} of worker {pid}"
+            );
+        }
+    }
+    // Dropping one worker ends it promptly while the other still runs.
+    drop(a);
+    assert!(
+        gone_within(pa, Duration::from_secs(5)).await,
+        "the dropped forked worker exits"
+    );
+    let answered = b.call(CallRequest::new("pid", Value::Nil)).await.unwrap();
+    assert_eq!(as_pid(answered), pb);
+    b.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_right_after_the_fork_server_is_killed_fail_typed_or_fork_from_a_new_one() {
+    let dir = scratch("zygote-killed-launch");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let launches = futures::future::join_all((2..6).map(|i| launcher.spawn(WorkerId(i))));
+    let results = tokio::time::timeout(Duration::from_secs(30), launches)
+        .await
+        .expect("no launch hangs");
+    let mut ok = 0;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(worker) => {
+                ok += 1;
+                let pid = worker.info().pid.unwrap();
+                assert_ne!(stat_field(pid, 4), Some(u64::from(zygote)));
+                assert!(worker.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+            }
+            Err(e) => eprintln!("launch {i}: {e}"),
+        }
+    }
+    assert!(
+        ok >= 3,
+        "launches after the kill start a new fork server: {results:?}"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_started_in_the_fork_server_after_a_fork_makes_the_next_workers_execd() {
+    let dir = scratch("late-thread");
+    let app = write_app(
+        &dir,
+        "import threading\n\
+         def _restart():\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+         os.register_at_fork(after_in_parent=_restart)\n",
+    );
+    let launcher = ProcessLauncher::new(forking(&app));
+    let a = launcher
+        .spawn(WorkerId(1))
+        .await
+        .expect("the first worker is forked");
+    let zygote = launcher.fork_server_pid().expect("a fork server runs");
+    assert_eq!(stat_field(a.info().pid.unwrap(), 4), Some(u64::from(zygote)));
+    // Now a thread runs in the zygote: no fork may happen any more.
+    for i in 2..4 {
+        let w = launcher
+            .spawn(WorkerId(i))
+            .await
+            .expect("later workers start (exec'd)");
+        let pid = w.info().pid.unwrap();
+        assert_eq!(
+            stat_field(pid, 4),
+            Some(u64::from(std::process::id())),
+            "worker {i} is exec'd by the host, not forked from a zygote with a thread"
+        );
+        assert_eq!(
+            as_pid(w.call(CallRequest::new("pid", Value::Nil)).await.unwrap()),
+            pid
+        );
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    assert!(a.call(CallRequest::new("pid", Value::Nil)).await.is_ok());
+    a.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        gone_within(zygote, Duration::from_secs(5)).await,
+        "the refusing zygote exits once its workers are gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_launches_to_a_stopped_fork_server_times_out_without_blocking_the_runtime() {
+    let dir = scratch("stopped");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")).init_timeout(Duration::from_secs(20)));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let zpid = nix::unistd::Pid::from_raw(zygote as i32);
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // More requests than the socket holds: a blocking send would park the
+    // runtime's threads past every deadline.
+    let launches: Vec<_> = (2..400)
+        .map(|i| {
+            let launcher = launcher.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(2), launcher.spawn(WorkerId(i))).await
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let ticker = tokio::spawn(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    let ticked = tokio::time::timeout(Duration::from_secs(10), ticker).await;
+    let all = tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(launches)).await;
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGCONT);
+    assert!(ticked.is_ok(), "the runtime stayed responsive");
+    let all = all.expect("every launch ended");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        all.iter().all(|r| r.as_ref().is_ok_and(|r| r.is_err())),
+        "none forked by a stopped zygote"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_launcher_of_a_stopped_fork_server_with_a_full_socket_does_not_block() {
+    let dir = scratch("stopped-drop");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    let a = launcher.spawn(WorkerId(1)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let zpid = nix::unistd::Pid::from_raw(zygote as i32);
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let launches = (2..400).map(|i| {
+        let launcher = launcher.clone();
+        async move { tokio::time::timeout(Duration::from_millis(500), launcher.spawn(WorkerId(i))).await }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(launches)).await;
+    // The socket is full now; the last clone goes.
+    let dropped = tokio::task::spawn_blocking(move || drop(launcher));
+    let ended = tokio::time::timeout(Duration::from_secs(3), dropped).await;
+    // (Killed, not resumed: it would fork every queued request first.)
+    nix::sys::signal::kill(zpid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(
+        ended.is_ok(),
+        "dropping the launcher blocked on the stopped fork server"
+    );
+    tokio::time::timeout(Duration::from_secs(5), a.closed())
+        .await
+        .expect("the worker's exit is published");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_app_left_in_the_original_stdout_buffer_at_import_never_reaches_a_forked_workers_frames() {
+    let dir = scratch("stdout-buffer");
+    // Written to the interpreter's original stdout object, not flushed: in an
+    // exec'd worker it ends up on stderr; it must not land in the frames.
+    let app = write_app(&dir, "sys.__stdout__.write('noise at import, no newline')\n");
+    let command = forking(&app).env("PYTHONUNBUFFERED", "");
+    let execd = ProcessLauncher::new(command.clone().fork_server(false));
+    let w = execd
+        .spawn(WorkerId(0))
+        .await
+        .expect("exec'd: the noise goes to stderr");
+    w.shutdown(Duration::from_secs(5)).await;
+    let launcher = ProcessLauncher::new(command);
+    let w = launcher
+        .spawn(WorkerId(1))
+        .await
+        .expect("the forked worker says hello");
+    let pid = w.info().pid.unwrap();
+    assert_eq!(
+        as_pid(w.call(CallRequest::new("pid", Value::Nil)).await.unwrap()),
+        pid
+    );
+    w.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_server_with_env_clear_cwd_spin_pipe_buffer_and_limits() {
+    let dir = scratch("combo");
+    let app = dir.join("combo_app.py");
+    std::fs::write(
+        &app,
+        "import os, resource, portpool\n\
+         app = portpool.App()\n\
+         @app.handler\n\
+         def state(_):\n    return [os.getcwd(), os.environ.get('PORTPOOL_SPIN_US'), os.environ.get('HOME'),\n\
+         \x20           os.environ.get('PORTPOOL_TEST_FLAVOUR'), resource.getrlimit(resource.RLIMIT_CPU)[0],\n\
+         \x20           resource.getrlimit(resource.RLIMIT_NOFILE)[0]]\n",
+    )
+    .unwrap();
+    let base = WorkerCommand::python_with(portpool_testkit::runtime_python().unwrap(), "combo_app.py")
+        .init_timeout(Duration::from_secs(20))
+        .env_clear()
+        .env("PORTPOOL_TEST_FLAVOUR", "combo")
+        .current_dir(&dir)
+        .spin(Duration::from_micros(200))
+        .pipe_buffer(1 << 20)
+        .limit_cpu_time(Duration::from_secs(30))
+        .limit_open_files(200);
+    let mut seen = Vec::new();
+    for fork in [false, true] {
+        let launcher = ProcessLauncher::new(base.clone().fork_server(fork));
+        let w = launcher.spawn(WorkerId(1)).await.expect("starts");
+        if fork {
+            assert!(launcher.fork_server_pid().is_some());
+        }
+        let state = w.call(CallRequest::new("state", Value::Nil)).await.unwrap();
+        let big = Value::Binary(vec![7u8; 3 << 20]);
+        assert!(w.call(CallRequest::new("state", big)).await.is_ok());
+        w.shutdown(Duration::from_secs(5)).await;
+        seen.push(state);
+    }
+    assert_eq!(seen[0], seen[1], "exec'd and forked workers see the same");
+    let state = seen[0].as_array().unwrap();
+    assert_eq!(state[1], Value::from("200"));
+    assert_eq!(state[2], Value::Nil, "env cleared");
+    assert_eq!(state[3], Value::from("combo"));
+    assert_eq!((state[4].as_u64(), state[5].as_u64()), (Some(30), Some(200)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_end_a_forked_worker_as_an_execd_one() {
+    use nix::sys::signal::Signal;
+    let dir = scratch("signals");
+    let base = forking(&write_app(&dir, ""));
+    let mut seen = Vec::new();
+    for fork in [false, true] {
+        let launcher = ProcessLauncher::new(base.clone().fork_server(fork));
+        let mut exits = Vec::new();
+        for (i, signal) in [Signal::SIGTERM, Signal::SIGINT].into_iter().enumerate() {
+            for busy in [false, true] {
+                let w = std::sync::Arc::new(launcher.spawn(WorkerId(i as u64)).await.unwrap());
+                let call = busy.then(|| {
+                    let w = w.clone();
+                    tokio::spawn(async move { w.call(CallRequest::new("block", 30)).await })
+                });
+                if busy {
+                    while w.in_flight() < 1 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let pid = nix::unistd::Pid::from_raw(w.info().pid.unwrap() as i32);
+                nix::sys::signal::kill(pid, signal).unwrap();
+                let exit = tokio::time::timeout(Duration::from_secs(10), w.closed())
+                    .await
+                    .expect("the worker ends");
+                if let Some(call) = call {
+                    let r = tokio::time::timeout(Duration::from_secs(10), call)
+                        .await
+                        .expect("no hang")
+                        .unwrap();
+                    assert!(r.is_err());
+                }
+                exits.push(format!("{signal:?} busy={busy}: {exit}"));
+            }
+        }
+        seen.push(exits);
+    }
+    assert_eq!(seen[0], seen[1], "exec'd vs forked");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_dropped_at_random_points_leave_nothing_running() {
+    let dir = scratch("dropped-random");
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")));
+    // The zygote first (its import), then launches cut short at every stage.
+    let first = launcher.spawn(WorkerId(0)).await.unwrap();
+    let zygote = launcher.fork_server_pid().unwrap();
+    let mut kept = Vec::new();
+    for round in 0..3u64 {
+        let launches = (1..13u64).map(|i| {
+            let launcher = launcher.clone();
+            let cut = Duration::from_micros((i * 997 + round * 331) % 12_000);
+            async move { tokio::time::timeout(cut, launcher.spawn(WorkerId(round * 100 + i))).await }
+        });
+        for worker in futures::future::join_all(launches).await.into_iter().flatten() {
+            kept.push(worker.expect("a launch that finished succeeded"));
+        }
+    }
+    let kept_pids: Vec<u32> = kept.iter().map(|w| w.info().pid.unwrap()).collect();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut extra: Vec<u32> = children_of(zygote)
+            .into_iter()
+            .filter(|p| *p != first.info().pid.unwrap() && !kept_pids.contains(p))
+            .collect();
+        extra.sort();
+        if extra.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "forks of dropped launches still there: {extra:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in kept {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    first.shutdown(Duration::from_secs(5)).await;
+    drop(launcher);
+    assert!(
+        gone_within(zygote, Duration::from_secs(5)).await,
+        "the fork server exits after its launcher and workers"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_worker_that_dies_at_once_is_exited_during_init_with_pid_and_stderr() {
+    let dir = scratch("dies-at-once");
+    // The runtime cannot start with an address space this small; the
+    // zygote (no limits of its own) forks it all the same.
+    let launcher = ProcessLauncher::new(forking(&write_app(&dir, "")).limit_address_space(8 << 20));
+    let started = Instant::now();
+    for i in 0..3 {
+        match launcher.spawn(WorkerId(i)).await {
+            Err(LaunchError::ExitedDuringInit {
+                worker, pid, exit, ..
+            }) => {
+                assert_eq!(worker, WorkerId(i));
+                assert!(pid.is_some());
+                assert!(exit.code.is_some() || exit.signal.is_some(), "{exit}");
+            }
+            other => panic!("expected ExitedDuringInit, got {:?}", other.map(|w| w.info().pid)),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let zygote = launcher.fork_server_pid().expect("the fork server lives on");
+    let until = Instant::now() + Duration::from_secs(3);
+    while !children_of(zygote).is_empty() {
+        assert!(Instant::now() < until, "every failed fork reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,8 @@ host -> zygote
     ``{"close": true}``: fork no more; exit once every child is reaped.
 zygote -> host
     ``{"ready": PID, "refused": REASON or nil}`` once, after the import;
-    ``{"forked": REQ, "pid": PID}`` or ``{"failed": REQ, "reason": TEXT}``;
+    ``{"forked": REQ, "pid": PID}`` or ``{"failed": REQ, "reason": TEXT, "refused": True or nil}``
+    (refused: a thread runs in the zygote now, so it will never fork again: exec instead);
     ``{"exit": PID, "code": CODE or nil, "signal": SIG or nil}`` when a child ended.
 
 A child's exit is read with ``waitid(WNOWAIT)`` and the child is only reaped when the host
@@ -30,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import deque
 
 import msgpack
 
@@ -50,8 +52,8 @@ def _thread_refusal() -> str | None:
     """Why forking this process would be unsafe (threads running), or None."""
     count = threading.active_count()
     if count != 1:
-        names = ", ".join(sorted(t.name for t in threading.enumerate()))
-        return f"the app started {count - 1} Python thread(s) while importing ({names})"
+        names = ", ".join(sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
+        return f"the app started {count - 1} Python thread(s) ({names})"
     try:
         tasks = len(os.listdir("/proc/self/task"))
     except OSError:
@@ -69,41 +71,66 @@ class _Zygote:
         # pid -> True once its exit was reported (a zombie waiting for the host's "reap").
         self.children: dict[int, bool] = {}
         self.closing = False
+        self.outbox: deque[bytes] = deque()  # messages for the host the socket did not take yet
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
 
     def send(self, message: dict[str, Any]) -> None:
-        try:
-            self.sock.sendall(msgpack.packb(message))
-        except OSError as exc:  # the host is gone
-            _log(f"fork server: cannot write to the host: {exc}")
-            self.host_gone()
+        """Queues one message and writes what the socket takes now, never waiting: a zygote
+        blocked on a write would stop reading, and the host's reader may itself be blocked
+        writing a ``reap`` to us (each side waiting on the other for ever)."""
+        self.outbox.append(msgpack.packb(message))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox:
+            try:
+                self.sock.send(self.outbox[0], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return  # the rest goes when the socket is writable again (see serve)
+            except OSError as exc:  # the host is gone
+                _log(f"fork server: cannot write to the host: {exc}")
+                self.host_gone()
+            self.outbox.popleft()
 
     def serve(self) -> NoReturn:
         import select
 
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda _signo, _frame: None)
-        self.send({"ready": os.getpid(), "refused": self.refusal})
+        self.sock.sendall(msgpack.packb({"ready": os.getpid(), "refused": self.refusal}))
         if self.refusal is not None:
             os._exit(0)
         gc.freeze()  # objects of the import stay out of the children's collections: fewer COW faults
         while True:
             self.check_children()
             if self.closing and not self.children:
+                self.sock.settimeout(5.0)  # last words (a refusal, say) before going
+                for data in self.outbox:
+                    try:
+                        self.sock.send(data)
+                    except OSError:
+                        break
                 os._exit(0)
+            # poll, not select: the app may hold more than FD_SETSIZE fds, so ours can be past it.
+            poller = select.poll()
+            poller.register(self.wake_r, select.POLLIN)
+            poller.register(self.sock.fileno(), select.POLLIN | (select.POLLOUT if self.outbox else 0))
             try:
-                readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [], 1.0)
+                events = dict(poller.poll(1000))
             except InterruptedError:
                 continue
-            if self.wake_r in readable:
+            sock_events = events.get(self.sock.fileno(), 0)
+            if sock_events & select.POLLOUT:
+                self.flush()
+            if self.wake_r in events:
                 try:
                     while os.read(self.wake_r, 512):
                         pass
                 except BlockingIOError:
                     pass
-            if self.sock.fileno() in readable and not self.receive():
+            if sock_events & (select.POLLIN | select.POLLHUP | select.POLLERR) and not self.receive():
                 self.host_gone()
 
     def receive(self) -> bool:
@@ -149,8 +176,21 @@ class _Zygote:
                 raise RuntimeError("the fork server is closing")
             if len(fds) != 3:
                 raise RuntimeError(f"expected 3 file descriptors, got {len(fds)}")
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            # Again at every fork, not only after the import: a thread started since (by a
+            # register_at_fork hook, a callback, native code) makes forking unsafe for good.
+            refusal = _thread_refusal()
+            if refusal is not None:
+                self.closing = True  # fork no more; exit once the children are gone
+                self.send({"failed": req, "reason": refusal, "refused": True})
+                return
+            # Every buffer, the interpreter's original stdout too: a child flushes those
+            # (redirect_stdio) with fd 1 already its protocol pipe.
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except Exception:  # closed by the app, say: nothing buffered then
+                    pass
             pid = os.fork()
             if pid == 0:
                 self.child(message, fds)  # never returns

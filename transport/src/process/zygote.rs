@@ -149,6 +149,31 @@ impl ForkServer {
         deadline: Instant,
         init_timeout: Duration,
     ) -> Result<Option<Forked>, LaunchError> {
+        match self.fork_once(cmd, id, deadline, init_timeout).await {
+            // The zygote died before forking this worker (killed, say, just
+            // before the request): nothing runs for it, so ask a new zygote
+            // once instead of failing a launch that had nothing to do with it.
+            Err(ForkFailed {
+                zygote_gone: true,
+                error,
+                ..
+            }) => {
+                tracing::debug!(worker = %id, "fork server gone before forking; asking a new one: {error}");
+                self.fork_once(cmd, id, deadline, init_timeout)
+                    .await
+                    .map_err(|f| f.error)
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
+
+    async fn fork_once(
+        &self,
+        cmd: &WorkerCommand,
+        id: WorkerId,
+        deadline: Instant,
+        init_timeout: Duration,
+    ) -> Result<Option<Forked>, ForkFailed> {
         let ticket = self.attempts.load(Ordering::SeqCst);
         let Ok(mut slot) = tokio::time::timeout_at(deadline, self.slot.lock()).await else {
             return Err(LaunchError::InitTimeout {
@@ -156,12 +181,13 @@ impl ForkServer {
                 pid: None,
                 after: init_timeout,
                 stderr_tail: "(still waiting for the fork server to start)\n".into(),
-            });
+            }
+            .into());
         };
         let zygote = match &*slot {
             Slot::Refused => return Ok(None),
             Slot::Running(zygote) if !zygote.is_dead() => zygote.clone(),
-            Slot::Failed { attempt, failure } if *attempt >= ticket => return Err(failure.error(id)),
+            Slot::Failed { attempt, failure } if *attempt >= ticket => return Err(failure.error(id).into()),
             _ => {
                 let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
                 match Zygote::start(cmd, id, deadline, init_timeout).await {
@@ -180,13 +206,31 @@ impl ForkServer {
                     Err(failure) => {
                         let error = failure.error(id);
                         *slot = Slot::Failed { attempt, failure };
-                        return Err(error);
+                        return Err(error.into());
                     }
                 }
             }
         };
         drop(slot);
-        zygote.fork(cmd, id, deadline, init_timeout).await.map(Some)
+        match zygote.fork(cmd, id, deadline, init_timeout).await {
+            Err(ForkFailed {
+                refused: true, error, ..
+            }) => {
+                // A thread runs in the zygote now: it forks no more (and exits
+                // once its workers are gone); exec from now on, as when it
+                // refuses after the import.
+                let mut slot = self.slot.lock().await;
+                if matches!(&*slot, Slot::Running(z) if Arc::ptr_eq(z, &zygote)) {
+                    tracing::warn!(
+                        fork_server = zygote.pid,
+                        "the fork server refuses to fork ({error}); this launcher execs its workers instead"
+                    );
+                    *slot = Slot::Refused;
+                }
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     /// The running zygote's pid, if there is one (for tests and logs).
@@ -204,7 +248,39 @@ impl Drop for ForkServer {
         // once every worker it forked has exited and been reaped; the workers
         // themselves live on with whoever holds them.
         if let Slot::Running(zygote) = self.slot.get_mut() {
-            zygote.send(&map(vec![("close", Mp::Boolean(true))]));
+            let close = map(vec![("close", Mp::Boolean(true))]);
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            if let Err(Errno::EAGAIN) = send(zygote.sock.as_raw_fd(), &encode(&close), flags) {
+                // Its socket is full (a stopped zygote, a flood of requests):
+                // whoever drops the launcher must not wait for it.
+                let zygote = zygote.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("portpool-zygote-close-{}", zygote.pid))
+                    .stack_size(64 * 1024)
+                    .spawn(move || zygote.send(&close));
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot send close to the fork server: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A fork that failed; `zygote_gone`: the zygote died before forking the
+/// worker (nothing was started for it); `refused`: that zygote will never
+/// fork again (a thread runs in it now).
+struct ForkFailed {
+    error: LaunchError,
+    zygote_gone: bool,
+    refused: bool,
+}
+
+impl From<LaunchError> for ForkFailed {
+    fn from(error: LaunchError) -> Self {
+        ForkFailed {
+            error,
+            zygote_gone: false,
+            refused: false,
         }
     }
 }
@@ -231,7 +307,7 @@ pub(crate) struct Zygote {
 #[derive(Debug, Default)]
 struct State {
     /// Fork requests sent and not answered yet, by request number.
-    pending: HashMap<u64, (WorkerId, oneshot::Sender<Result<Registered, String>>)>,
+    pending: HashMap<u64, (WorkerId, oneshot::Sender<ForkReply>)>,
     /// Workers forked whose exit was not published yet, by pid.
     children: HashMap<u32, Child>,
     /// The zygote's end of the socket closed: it exited or was killed.
@@ -244,6 +320,10 @@ struct Child {
     group: Arc<Group>,
     exit_tx: watch::Sender<Option<WorkerExit>>,
 }
+
+/// The zygote's answer to a fork request: the worker, or why not (and
+/// whether it refuses to fork for good: a thread runs in it now).
+type ForkReply = Result<Registered, (String, bool)>;
 
 #[derive(Debug)]
 struct Registered {
@@ -383,8 +463,13 @@ impl Zygote {
         id: WorkerId,
         deadline: Instant,
         init_timeout: Duration,
-    ) -> Result<Forked, LaunchError> {
+    ) -> Result<Forked, ForkFailed> {
         let other = |reason: String| LaunchError::Other { worker: id, reason };
+        let gone = |error: LaunchError| ForkFailed {
+            error,
+            zygote_gone: true,
+            refused: false,
+        };
         let pipes = || -> nix::Result<_> {
             Ok((
                 pipe2(OFlag::O_CLOEXEC)?,
@@ -418,34 +503,67 @@ impl Zygote {
             ("limits", Mp::Array(limits)),
         ]));
         let (tx, rx) = oneshot::channel();
-        {
-            let mut state = self.state();
-            if state.dead {
-                return Err(other(format!("the fork server (pid {}) is gone", self.pid)));
-            }
-            state.pending.insert(request, (id, tx));
-        }
+        let mut tx = Some(tx);
         let fds = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         let sent = loop {
+            // Listed as pending right before each try (a reply may come at
+            // once), and not while waiting: a launch dropped while the socket
+            // is full leaves no entry behind.
+            {
+                let mut state = self.state();
+                if state.dead {
+                    return Err(gone(other(format!("the fork server (pid {}) is gone", self.pid))));
+                }
+                if let Some(tx) = tx.take() {
+                    state.pending.insert(request, (id, tx));
+                }
+            }
             match sendmsg::<UnixAddr>(
                 self.sock.as_raw_fd(),
                 &[IoSlice::new(&message)],
                 &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
                 Err(Errno::EINTR) => continue,
+                // The socket is full (a flood of launches, a stopped zygote):
+                // never block the runtime's thread; try again until the deadline.
+                Err(Errno::EAGAIN) => {
+                    tx = self.state().pending.remove(&request).map(|(_, tx)| tx);
+                    if Instant::now() >= deadline {
+                        return Err(LaunchError::InitTimeout {
+                            worker: id,
+                            pid: None,
+                            after: init_timeout,
+                            stderr_tail: format!(
+                                "(the fork server, pid {}, takes no fork request)\n{}",
+                                self.pid,
+                                self.tail()
+                            ),
+                        }
+                        .into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 other => break other,
             }
         };
         // The worker's ends are the zygote's (and then the worker's) now.
         drop((in_r, out_w, err_w));
         if let Err(e) = sent {
-            self.state().pending.remove(&request);
-            return Err(other(format!(
-                "cannot reach the fork server (pid {}): {e}",
-                self.pid
-            )));
+            let mut state = self.state();
+            state.pending.remove(&request);
+            let error = other(format!("cannot reach the fork server (pid {}): {e}", self.pid));
+            if matches!(
+                e,
+                Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ENOTCONN
+            ) {
+                // Its end is closed: no fork through it any more (the reader
+                // sees the end of file and publishes what follows).
+                state.dead = true;
+                return Err(gone(error));
+            }
+            return Err(error.into());
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(registered))) => Ok(Forked {
@@ -456,19 +574,23 @@ impl Zygote {
                 stdout: ChildStdout::from(out_r),
                 stderr: ChildStderr::from(err_r),
             }),
-            Ok(Ok(Err(reason))) => Err(other(format!(
-                "the fork server (pid {}) could not fork: {reason}",
-                self.pid
-            ))),
+            Ok(Ok(Err((reason, refused)))) => Err(ForkFailed {
+                error: other(format!(
+                    "the fork server (pid {}) could not fork: {reason}",
+                    self.pid
+                )),
+                zygote_gone: false,
+                refused,
+            }),
             Ok(Err(_gone)) => {
                 let exit = super::exit::wait_exit(&self.exit_rx, Duration::from_millis(200)).await;
                 self.stderr.wait_drained(STDERR_WAIT).await;
-                Err(other(format!(
+                Err(gone(other(format!(
                     "the fork server (pid {}) died ({}) before forking the worker\n{}",
                     self.pid,
                     exit.unwrap_or_default(),
                     self.tail()
-                )))
+                ))))
             }
             Err(_elapsed) => {
                 // A late reply finds no one waiting: the reader kills that worker.
@@ -478,7 +600,8 @@ impl Zygote {
                     pid: None,
                     after: init_timeout,
                     stderr_tail: self.tail(),
-                })
+                }
+                .into())
             }
         }
     }
@@ -557,8 +680,9 @@ impl Zygote {
                 .and_then(Mp::as_str)
                 .unwrap_or("unknown")
                 .to_string();
+            let refused = get(m, "refused").and_then(Mp::as_bool).unwrap_or(false);
             if let Some((_, tx)) = self.state().pending.remove(&request) {
-                let _ = tx.send(Err(reason));
+                let _ = tx.send(Err((reason, refused)));
             }
         } else if let Some(pid) = pid_of("exit") {
             let code = get(m, "code")
