@@ -185,7 +185,10 @@ fn bench_rows_carry_rounds_spread_and_targets() {
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i", "1j", "1k", "5", "5a", "5b", "5c"]
+        [
+            "1", "1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i", "1j", "1k", "1l", "5", "5a", "5b",
+            "5c"
+        ]
     );
     for row in rows {
         assert_eq!(row["rounds"], 3, "{row}");

@@ -7,8 +7,13 @@
 //!   with msgpack and encodes a response shaped like the runtime's
 //!   (`{type: "response", id, result: params}`): the same work a worker
 //!   must do, minus portpool.
+//!
+//! A floor made [`Floor::spinning`] has a driver that polls the pipe for
+//! each reply instead of sleeping in `read` (the baseline of the
+//! low-latency mode's row).
 
 use std::io::{BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,7 +55,7 @@ pub(super) struct Floor {
     kind: FloorKind,
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    stdout: BufReader<FloorStdout>,
     buf: Vec<u8>,
     /// The reply's length, known once a first reply was checked in full.
     reply_len: Option<usize>,
@@ -76,10 +81,29 @@ impl Floor {
             kind,
             child,
             stdin: Some(stdin),
-            stdout: BufReader::with_capacity(64 * 1024, stdout),
+            stdout: BufReader::with_capacity(
+                64 * 1024,
+                FloorStdout {
+                    pipe: stdout,
+                    spin: false,
+                },
+            ),
             buf: Vec::new(),
             reply_len: None,
         })
+    }
+
+    /// The same floor with a driver that never sleeps waiting for a reply:
+    /// its stdout is made non-blocking and each read retries until data
+    /// comes (the floor's side still blocks in its own reads).
+    pub(super) fn spinning(mut self) -> Result<Floor, String> {
+        let fd = self.stdout.get_ref().pipe.as_raw_fd();
+        let flags =
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| self.error("fcntl", e))?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| self.error("fcntl", e))?;
+        self.stdout.get_mut().spin = true;
+        Ok(self)
     }
 
     /// The process id.
@@ -295,6 +319,24 @@ impl Drop for Floor {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// A floor's stdout: read as usual, or (spinning) retried without sleeping
+/// while the pipe is empty.
+struct FloorStdout {
+    pipe: ChildStdout,
+    spin: bool,
+}
+
+impl Read for FloorStdout {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.pipe.read(buf) {
+                Err(e) if self.spin && e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                other => return other,
+            }
         }
     }
 }
