@@ -332,7 +332,7 @@ fn bench_beam_baseline_runs_interleaved_and_checks_its_replies() {
     ]);
     let rows = report["rows"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["9", "9a", "9b", "9c", "9d", "9e", "9f"]);
+    assert_eq!(ids, ["9", "9a", "9b", "9c", "9d", "9e", "9f", "9g", "9h"]);
     for row in rows {
         assert_eq!(row["rounds"], 3, "{row}");
     }
@@ -342,7 +342,7 @@ fn bench_beam_baseline_runs_interleaved_and_checks_its_replies() {
             .unwrap_or(f64::NAN)
     };
     // Both sides measured something: a latency, and calls per second.
-    for id in ["9", "9c", "9d"] {
+    for id in ["9", "9c", "9d", "9g"] {
         for side in ["portpool", "baseline"] {
             assert!(value(id, side) > 0.0, "{id} {side}: {stdout}");
         }
@@ -350,5 +350,14 @@ fn bench_beam_baseline_runs_interleaved_and_checks_its_replies() {
     assert_eq!(
         rows.iter().find(|r| r["scenario"] == "9").unwrap()["target"]["ratio"].as_f64(),
         Some(1.0)
+    );
+    // The 1-thread row runs the same calls on a runtime of its own.
+    let lean = rows.iter().find(|r| r["scenario"] == "9g").unwrap();
+    assert!(
+        lean["what"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1-thread runtime"),
+        "{lean}"
     );
 }

@@ -179,6 +179,24 @@ impl Bench {
             .await
             .map_err(|e| e.to_string())?;
 
+        // The same pool on a runtime with one worker thread, as a service
+        // on a small machine may run it: with tokio's default of one thread
+        // per core, on 2 cores shared with the workers, the second thread
+        // mostly wakes the first (futex) and takes CPU from the workers.
+        let lean = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-1-thread")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build a 1-thread runtime: {e}"))?;
+        let lean_pool = {
+            let builder = self.pool(self.command(), workers);
+            lean.spawn(async move { builder.build().await })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+
         // Sequential: portpool (0) and the BEAM pool, interleaved.
         let mut ours = Rounds::new(1);
         let mut theirs = BeamRounds::default();
@@ -211,11 +229,13 @@ impl Bench {
         let mut letters = "cdefghijklmnopqrstuvwxyz".chars().map(|c| format!("9{c}"));
         let mut id = move || letters.next().unwrap_or_else(|| "9".into());
         let warmup_ms = WARMUP.as_millis();
+        let mut on_one_thread = Vec::new();
         for callers in self.callers.clone() {
             let mut ours = Rounds::new(1);
+            let mut lean_runs = Vec::new();
             let (mut mux, mut checkout) = (BeamRounds::default(), BeamRounds::default());
             for round in 0..self.rounds {
-                for who in round_order(round, 3) {
+                for who in round_order(round, 4) {
                     match who {
                         0 => {
                             let run = concurrent_calls(
@@ -233,9 +253,20 @@ impl Bench {
                         1 => mux.push(&blocking(|| {
                             beam.run(&format!("mux {callers} {warmup_ms} {ms}"))
                         })?),
-                        _ => checkout.push(&blocking(|| {
+                        2 => checkout.push(&blocking(|| {
                             beam.run(&format!("checkout {callers} {warmup_ms} {ms}"))
                         })?),
+                        _ => {
+                            let (pool, payload) = (lean_pool.clone(), self.payload.clone());
+                            let run = lean
+                                .spawn(async move {
+                                    concurrent_calls(&pool, "echo", &payload, callers, WARMUP, seconds, false)
+                                        .await
+                                })
+                                .await
+                                .map_err(|e| e.to_string())??;
+                            lean_runs.push(run);
+                        }
                     }
                 }
             }
@@ -266,7 +297,39 @@ impl Bench {
             let what = format!("{workers} workers x {callers} callers");
             let (host_id, worker_id) = (id(), id());
             self.beam_cost_rows([host_id.as_str(), worker_id.as_str()], &what, &ours.runs[0], &mux);
+            on_one_thread.push((callers, lean_runs, mux));
         }
+        // The 1-thread rows come last, so the ids above stay as they were.
+        for (callers, runs, mux) in on_one_thread {
+            let rate: Vec<f64> = runs.iter().map(Run::rate).collect();
+            let host: Vec<f64> = runs.iter().map(|r| r.per_call.host_cpu_us).collect();
+            self.rows.push(
+                Row::paired(
+                    &id(),
+                    &format!(
+                        "throughput, {workers} workers, {callers} callers, portpool on a 1-thread runtime vs BEAM ports multiplexed"
+                    ),
+                    ("portpool 1 thread", &rate),
+                    ("BEAM ports", &mux.rate),
+                    "calls/s",
+                    "portpool / baseline",
+                )
+                .target(Cmp::AtLeast, 1.0),
+            );
+            self.rows.push(Row::paired(
+                &id(),
+                &format!("host CPU per call, {workers} workers x {callers} callers, 1-thread runtime vs BEAM ports"),
+                ("portpool 1 thread", &host),
+                ("BEAM", &mux.host_cpu_us),
+                "us CPU/call",
+                "portpool / baseline",
+            ));
+        }
+        lean.spawn(async move { lean_pool.shutdown(Duration::from_secs(5)).await })
+            .await
+            .map_err(|e| e.to_string())?;
+        // Dropping a runtime may block, which async code must not.
+        lean.shutdown_background();
         pool.shutdown(Duration::from_secs(5)).await;
         drop(beam);
         Ok(())
