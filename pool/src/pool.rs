@@ -132,10 +132,13 @@ impl Pool {
 
     /// Refuses new callers (they get `PoolClosed`), fails queued ones, lets
     /// running calls and leases finish for up to `grace`, then stops every
-    /// worker. Returns when all workers are stopped.
+    /// worker and lets go of the launcher (a process launcher's fork server
+    /// then exits, unless a clone of the launcher is kept elsewhere).
+    /// Returns when all workers are stopped.
     pub async fn shutdown(&self, grace: Duration) {
         let driver = self.driver();
         driver.close(deadline(Instant::now(), grace));
         driver.join_tasks().await;
+        driver.release_launcher();
     }
 }

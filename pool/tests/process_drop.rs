@@ -157,3 +157,43 @@ fn dropping_a_pool_of_forked_workers_with_its_runtime_kills_and_reaps_every_work
     assert_reaped(&pids);
     assert_reaped(&[zygote]);
 }
+
+/// `shutdown()` releases the pool's launcher: the fork server exits with
+/// the workers, while the pool's handle is still held (before, it lived
+/// until the handle was dropped, an idle process per shut-down pool).
+#[test]
+fn shutting_down_a_pool_of_forked_workers_ends_its_fork_server_while_the_handle_lives() {
+    let rt = runtime();
+    let launcher = ProcessLauncher::new(
+        WorkerCommand::python_with(
+            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
+            basic_app(),
+        )
+        .init_timeout(Duration::from_secs(20))
+        .fork_server(true),
+    );
+    rt.block_on(async move {
+        let pool = Pool::builder(launcher.clone())
+            .name("forked-shutdown")
+            .workers(2)
+            .build()
+            .await
+            .unwrap();
+        let echoed: Value = pool.call("echo", &"up").await.unwrap();
+        assert_eq!(echoed, Value::from("up"));
+        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let zygote = launcher.fork_server_pid().expect("a fork server");
+        // Only the pool holds the launcher now.
+        drop(launcher);
+        pool.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(pids.len(), 2);
+        tokio::task::block_in_place(|| {
+            assert_reaped(&pids);
+            assert_reaped(&[zygote]);
+        });
+        // A pool shut down launches nothing: calls fail, they do not hang.
+        let after =
+            tokio::time::timeout(Duration::from_secs(5), pool.call::<_, Value>("echo", &"late")).await;
+        assert!(matches!(after, Ok(Err(_))), "{after:?}");
+    });
+}

@@ -22,9 +22,14 @@ impl Driver {
             let t0 = Instant::now();
             // The launcher bounds its own wait for the hello, so an init
             // time-out keeps the pid and the stderr tail it knows.
-            let res = match self.config.init_timeout {
-                Some(after) => self.launcher.launch_within(id, after).await,
-                None => self.launcher.launch(id).await,
+            let launcher = self.launcher.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let res = match (launcher, self.config.init_timeout) {
+                (None, _) => Err(LaunchError::Other {
+                    worker: id,
+                    reason: format!("pool {:?} is shut down: it launches no more workers", self.name()),
+                }),
+                (Some(launcher), Some(after)) => launcher.launch_within(id, after).await,
+                (Some(launcher), None) => launcher.launch(id).await,
             };
             metrics::start_duration(self.name(), res.is_ok(), t0.elapsed());
             match &res {
@@ -35,6 +40,13 @@ impl Driver {
         }
         .instrument(span)
         .await
+    }
+
+    /// The pool is shut down and its tasks are gone: lets go of the
+    /// launcher (a clone the caller kept keeps it alive).
+    pub(crate) fn release_launcher(&self) {
+        let launcher = self.launcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(launcher);
     }
 
     /// `slot` launched `worker`: it serves from now on.

@@ -69,7 +69,10 @@ pub(crate) struct Driver {
     /// The pool's name as a metric label (see [`metrics::label`]).
     pub(crate) label: ::metrics::SharedString,
     me: Weak<Driver>,
-    launcher: Arc<dyn Launcher>,
+    /// Taken at shutdown: what a launcher keeps for launches (a process
+    /// launcher's fork server) goes with the pool's last use of it, not
+    /// with the handle.
+    launcher: Mutex<Option<Arc<dyn Launcher>>>,
     state: Mutex<State>,
     next_worker: AtomicU64,
     start_sem: Semaphore,
@@ -94,7 +97,7 @@ impl Driver {
             }),
             config,
             me: me.clone(),
-            launcher,
+            launcher: Mutex::new(Some(launcher)),
             next_worker: AtomicU64::new(0),
             run_slot,
             stop: watch::channel(None).0,
