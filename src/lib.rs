@@ -92,6 +92,24 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Runtime threads on small machines
+//!
+//! The workers are processes that need CPU too. On a machine with few
+//! cores, a tokio runtime with one worker thread per core spends much of
+//! its time parking and waking its own threads: on 2 cores shared with 2
+//! workers, 8 concurrent callers made about 0.85x the calls/s of a BEAM
+//! pool of ports to the same worker on the default runtime and 1.04–1.16x
+//! on a runtime with one worker thread, whose host CPU per call was about
+//! half (`cargo xtask bench`, rows 9c and 9k–9n). Leave the workers cores:
+//!
+//! ```no_run
+//! let runtime = tokio::runtime::Builder::new_multi_thread()
+//!     .worker_threads(1) // or TOKIO_WORKER_THREADS=1 with #[tokio::main]
+//!     .enable_all()
+//!     .build()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
