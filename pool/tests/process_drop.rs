@@ -24,6 +24,16 @@ fn launcher() -> ProcessLauncher {
     )
 }
 
+/// [`launcher`] with the fork server: workers fork from one zygote.
+fn forking_launcher() -> ProcessLauncher {
+    let python = portpool_testkit::runtime_python().expect("a Python with the portpool runtime");
+    ProcessLauncher::new(
+        WorkerCommand::python_with(python, basic_app())
+            .init_timeout(Duration::from_secs(20))
+            .fork_server(true),
+    )
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,14 +107,7 @@ fn dropping_a_process_worker_with_its_runtime_kills_and_reaps_it() {
 #[test]
 fn a_pool_of_forked_workers_shut_down_then_dropped_with_its_runtime_leaves_no_process() {
     let rt = runtime();
-    let launcher = ProcessLauncher::new(
-        WorkerCommand::python_with(
-            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
-            basic_app(),
-        )
-        .init_timeout(Duration::from_secs(20))
-        .fork_server(true),
-    );
+    let launcher = forking_launcher();
     let (pool, pids, zygote) = rt.block_on(async {
         let pool = Pool::builder(launcher.clone())
             .name("forked-drop")
@@ -130,14 +133,7 @@ fn a_pool_of_forked_workers_shut_down_then_dropped_with_its_runtime_leaves_no_pr
 #[test]
 fn dropping_a_pool_of_forked_workers_with_its_runtime_kills_and_reaps_every_worker_and_the_fork_server() {
     let rt = runtime();
-    let launcher = ProcessLauncher::new(
-        WorkerCommand::python_with(
-            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
-            basic_app(),
-        )
-        .init_timeout(Duration::from_secs(20))
-        .fork_server(true),
-    );
+    let launcher = forking_launcher();
     let (pool, pids, zygote) = rt.block_on(async {
         let pool = Pool::builder(launcher.clone())
             .name("forked-drop-runtime")
@@ -164,14 +160,7 @@ fn dropping_a_pool_of_forked_workers_with_its_runtime_kills_and_reaps_every_work
 #[test]
 fn shutting_down_a_pool_of_forked_workers_ends_its_fork_server_while_the_handle_lives() {
     let rt = runtime();
-    let launcher = ProcessLauncher::new(
-        WorkerCommand::python_with(
-            portpool_testkit::runtime_python().expect("a Python with the portpool runtime"),
-            basic_app(),
-        )
-        .init_timeout(Duration::from_secs(20))
-        .fork_server(true),
-    );
+    let launcher = forking_launcher();
     rt.block_on(async move {
         let pool = Pool::builder(launcher.clone())
             .name("forked-shutdown")

@@ -579,26 +579,18 @@ async fn no_orphans_when_the_host_is_killed() {
     );
     host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
     host.wait().unwrap();
-    let until = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left: Vec<u32> = pids
-            .iter()
-            .copied()
-            .filter(|&p| !portpool_testkit::process_gone(p))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() >= until {
-            for pid in &left {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-            panic!("{left:?} of {pids:?} outlived their SIGKILLed host by 3 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let left = portpool_testkit::wait_all_gone(&pids, &[], Duration::from_secs(3)).await;
+    for (process, _) in &left {
+        // Leave nothing running behind a failed test.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
+    assert!(
+        left.is_empty(),
+        "{left:?} of {pids:?} outlived their SIGKILLed host by 3 s"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
