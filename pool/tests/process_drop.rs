@@ -34,6 +34,21 @@ fn forking_launcher() -> ProcessLauncher {
     )
 }
 
+/// A pool of `workers` from `launcher` that answered a call; with its
+/// workers' pids.
+async fn serving_pool(launcher: ProcessLauncher, name: &str, workers: usize) -> (Pool, Vec<u32>) {
+    let pool = Pool::builder(launcher)
+        .name(name)
+        .workers(workers)
+        .build()
+        .await
+        .unwrap();
+    let echoed: Value = pool.call("echo", &"up").await.unwrap();
+    assert_eq!(echoed, Value::from("up"));
+    let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+    (pool, pids)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,15 +88,7 @@ fn assert_reaped(pids: &[u32]) {
 fn dropping_a_pool_of_real_processes_with_its_runtime_kills_and_reaps_every_worker() {
     let rt = runtime();
     let (pool, pids) = rt.block_on(async {
-        let pool = Pool::builder(launcher())
-            .name("drop-with-runtime")
-            .workers(3)
-            .build()
-            .await
-            .unwrap();
-        let echoed: Value = pool.call("echo", &"up").await.unwrap();
-        assert_eq!(echoed, Value::from("up"));
-        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let (pool, pids) = serving_pool(launcher(), "drop-with-runtime", 3).await;
         (pool, pids)
     });
     assert_eq!(pids.len(), 3);
@@ -109,15 +116,7 @@ fn a_pool_of_forked_workers_shut_down_then_dropped_with_its_runtime_leaves_no_pr
     let rt = runtime();
     let launcher = forking_launcher();
     let (pool, pids, zygote) = rt.block_on(async {
-        let pool = Pool::builder(launcher.clone())
-            .name("forked-drop")
-            .workers(3)
-            .build()
-            .await
-            .unwrap();
-        let echoed: Value = pool.call("echo", &"up").await.unwrap();
-        assert_eq!(echoed, Value::from("up"));
-        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let (pool, pids) = serving_pool(launcher.clone(), "forked-drop", 3).await;
         let zygote = launcher.fork_server_pid().expect("a fork server");
         pool.shutdown(Duration::from_secs(5)).await;
         (pool, pids, zygote)
@@ -135,15 +134,7 @@ fn dropping_a_pool_of_forked_workers_with_its_runtime_kills_and_reaps_every_work
     let rt = runtime();
     let launcher = forking_launcher();
     let (pool, pids, zygote) = rt.block_on(async {
-        let pool = Pool::builder(launcher.clone())
-            .name("forked-drop-runtime")
-            .workers(3)
-            .build()
-            .await
-            .unwrap();
-        let echoed: Value = pool.call("echo", &"up").await.unwrap();
-        assert_eq!(echoed, Value::from("up"));
-        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let (pool, pids) = serving_pool(launcher.clone(), "forked-drop-runtime", 3).await;
         (pool, pids, launcher.fork_server_pid().expect("a fork server"))
     });
     drop(launcher);
@@ -162,15 +153,7 @@ fn shutting_down_a_pool_of_forked_workers_ends_its_fork_server_while_the_handle_
     let rt = runtime();
     let launcher = forking_launcher();
     rt.block_on(async move {
-        let pool = Pool::builder(launcher.clone())
-            .name("forked-shutdown")
-            .workers(2)
-            .build()
-            .await
-            .unwrap();
-        let echoed: Value = pool.call("echo", &"up").await.unwrap();
-        assert_eq!(echoed, Value::from("up"));
-        let pids: Vec<u32> = pool.status().workers.iter().filter_map(|w| w.pid).collect();
+        let (pool, pids) = serving_pool(launcher.clone(), "forked-shutdown", 2).await;
         let zygote = launcher.fork_server_pid().expect("a fork server");
         // Only the pool holds the launcher now.
         drop(launcher);

@@ -134,7 +134,7 @@ pub use ledger::CallLedger;
 pub use pool::{fake_pool, fake_pool_builder, spawn_call};
 pub use procs::{
     leftover_processes, process_gone, process_info, process_state, process_tree, processes, wait_all_gone,
-    wait_process_gone, ProcessInfo, ProcessState,
+    wait_all_gone_or_kill, wait_process_gone, ProcessInfo, ProcessState,
 };
 pub use python_env::runtime_python;
 pub use record::{CallOutcome, FakeEvent, ReceivedCall};

@@ -179,6 +179,19 @@ pub async fn wait_all_gone(
     }
 }
 
+/// [`wait_all_gone`] for `pids`; whatever is left then is killed
+/// (`SIGKILL`), so a failing test leaves nothing running, and returned for
+/// the assertion message (empty when all were gone in time).
+pub async fn wait_all_gone_or_kill(pids: &[u32], within: Duration) -> Vec<(ProcessInfo, ProcessState)> {
+    let left = wait_all_gone(pids, &[], within).await;
+    for (process, _) in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &process.pid.to_string()])
+            .status();
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +226,18 @@ mod tests {
         assert!(process_gone(pid));
         assert_eq!(process_state(pid), ProcessState::Gone);
         assert!(leftover_processes(&[pid], &[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_outlives_the_wait_is_reported_and_killed() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let left = wait_all_gone_or_kill(&[pid], Duration::from_millis(50)).await;
+        assert_eq!(left.iter().map(|(p, _)| p.pid).collect::<Vec<_>>(), [pid]);
+        // Killed, not left running for the rest of the tests.
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert!(wait_all_gone_or_kill(&[pid], Duration::from_millis(50)).await.is_empty());
     }
 
     #[test]

@@ -491,14 +491,7 @@ async fn no_orphans_when_a_fork_mode_host_is_killed() {
     );
     host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
     host.wait().unwrap();
-    let left = portpool_testkit::wait_all_gone(&pids, &[], Duration::from_secs(3)).await;
-    for (process, _) in &left {
-        // Leave nothing running behind a failed test.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(process.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let left = portpool_testkit::wait_all_gone_or_kill(&pids, Duration::from_secs(3)).await;
     assert!(
         left.is_empty(),
         "{left:?} of {pids:?} outlived their SIGKILLed host by 3 s"
