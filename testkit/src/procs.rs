@@ -192,6 +192,54 @@ pub async fn wait_all_gone_or_kill(pids: &[u32], within: Duration) -> Vec<(Proce
     left
 }
 
+/// Starts a **host process** for a "the host is SIGKILLed" test: test
+/// `helper` of the running test binary, alone (`--exact`), with `env` set
+/// (the helper returns at once without it, so it passes as a plain test).
+/// The helper starts its processes and prints a line with `PIDS` and their
+/// pids, then waits to be killed. Returns the running host and those pids,
+/// or an error (the host killed) when no such line came within `within`.
+pub async fn spawn_host_helper(
+    helper: &str,
+    env: (&str, &std::ffi::OsStr),
+    within: Duration,
+) -> Result<(std::process::Child, Vec<u32>), String> {
+    use std::io::{BufRead, BufReader};
+    let exe = std::env::current_exe().map_err(|e| format!("no test binary: {e}"))?;
+    let mut host = std::process::Command::new(exe)
+        .args(["--exact", helper, "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the helper {helper}: {e}"))?;
+    let Some(stdout) = host.stdout.take() else {
+        return Err("the helper's stdout was not piped".into());
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The test harness may print its own text before ours on the line.
+            if let Some((_, rest)) = line.split_once("PIDS ") {
+                return rest
+                    .split_whitespace()
+                    .map(str::parse::<u32>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok();
+            }
+        }
+        None
+    });
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(Some(pids))) => Ok((host, pids)),
+        outcome => {
+            let _ = host.kill();
+            let _ = host.wait();
+            Err(format!(
+                "the helper {helper} printed no PIDS line within {within:?}: {outcome:?}"
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +285,9 @@ mod tests {
         // Killed, not left running for the rest of the tests.
         let status = child.wait().unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
-        assert!(wait_all_gone_or_kill(&[pid], Duration::from_millis(50)).await.is_empty());
+        assert!(wait_all_gone_or_kill(&[pid], Duration::from_millis(50))
+            .await
+            .is_empty());
     }
 
     #[test]

@@ -447,39 +447,14 @@ async fn fork_orphan_host_helper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_orphans_when_a_fork_mode_host_is_killed() {
-    use std::io::{BufRead, BufReader};
     let dir = scratch("host-killed");
-    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "fork_orphan_host_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PORTPOOL_FORK_ORPHAN_HELPER", &dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(host.stdout.take().unwrap());
-    let read = tokio::task::spawn_blocking(move || {
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if let Some((_, rest)) = line.split_once("PIDS ") {
-                return rest
-                    .split_whitespace()
-                    .map(|p| p.parse::<u32>().unwrap())
-                    .collect();
-            }
-        }
-        Vec::new()
-    });
-    let pids = match tokio::time::timeout(Duration::from_secs(30), read).await {
-        Ok(pids) => pids.unwrap(),
-        Err(_) => {
-            let _ = host.kill();
-            panic!("the helper printed no pids within 30 s");
-        }
-    };
+    let (mut host, pids) = portpool_testkit::spawn_host_helper(
+        "fork_orphan_host_helper",
+        ("PORTPOOL_FORK_ORPHAN_HELPER", dir.as_os_str()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         pids.len(),
         5,

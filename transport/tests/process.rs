@@ -545,27 +545,14 @@ async fn orphan_host_helper() {
 /// is gone within 3 s of the host's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_orphans_when_the_host_is_killed() {
-    use std::io::{BufRead, BufReader};
     let dir = std::env::temp_dir().join(format!("portpool-no-orphans-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "orphan_host_helper", "--nocapture", "--test-threads=1"])
-        .env("PORTPOOL_ORPHAN_HELPER", &dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(host.stdout.take().unwrap());
-    let pids: Vec<u32> = tokio::task::spawn_blocking(move || {
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            // The test harness may print its own text before ours on the line.
-            if let Some((_, rest)) = line.split_once("PIDS ") {
-                return rest.split_whitespace().map(|p| p.parse().unwrap()).collect();
-            }
-        }
-        Vec::new()
-    })
+    let (mut host, pids) = portpool_testkit::spawn_host_helper(
+        "orphan_host_helper",
+        ("PORTPOOL_ORPHAN_HELPER", dir.as_os_str()),
+        Duration::from_secs(30),
+    )
     .await
     .unwrap();
     assert_eq!(
