@@ -143,6 +143,31 @@ impl Drop for BeamPool {
     }
 }
 
+/// A runtime held by async code, on every path out of it (an early `?`
+/// included): dropping a `Runtime` there would panic, since it blocks
+/// until its threads end; this one is shut down in the background.
+struct OwnedRuntime {
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl OwnedRuntime {
+    fn new(runtime: tokio::runtime::Runtime) -> Self {
+        OwnedRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// `escript` on `PATH`, if there.
 fn find_escript() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -183,15 +208,18 @@ impl Bench {
         // on a small machine may run it: with tokio's default of one thread
         // per core, on 2 cores shared with the workers, the second thread
         // mostly wakes the first (futex) and takes CPU from the workers.
-        let lean = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bench-1-thread")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot build a 1-thread runtime: {e}"))?;
+        let lean = OwnedRuntime::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("bench-1-thread")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot build a 1-thread runtime: {e}"))?,
+        );
         let lean_pool = {
             let builder = self.pool(self.command(), workers);
-            lean.spawn(async move { builder.build().await })
+            lean.handle
+                .spawn(async move { builder.build().await })
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
@@ -259,6 +287,7 @@ impl Bench {
                         _ => {
                             let (pool, payload) = (lean_pool.clone(), self.payload.clone());
                             let run = lean
+                                .handle
                                 .spawn(async move {
                                     concurrent_calls(&pool, "echo", &payload, callers, WARMUP, seconds, false)
                                         .await
@@ -325,11 +354,11 @@ impl Bench {
                 "portpool / baseline",
             ));
         }
-        lean.spawn(async move { lean_pool.shutdown(Duration::from_secs(5)).await })
+        lean.handle
+            .spawn(async move { lean_pool.shutdown(Duration::from_secs(5)).await })
             .await
             .map_err(|e| e.to_string())?;
-        // Dropping a runtime may block, which async code must not.
-        lean.shutdown_background();
+        drop(lean);
         pool.shutdown(Duration::from_secs(5)).await;
         drop(beam);
         Ok(())
@@ -355,5 +384,28 @@ impl Bench {
             "us CPU/call",
             "portpool / baseline",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnedRuntime;
+
+    /// The scenario's 1-thread runtime is dropped in async code on every
+    /// path out (an early error included); a plain `Runtime` dropped there
+    /// panics ("Cannot drop a runtime in a context where blocking is not
+    /// allowed").
+    #[tokio::test]
+    async fn an_owned_runtime_dropped_in_async_code_does_not_panic() {
+        let runtime = OwnedRuntime::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
+        let answer = runtime.handle.spawn(async { 42 }).await.unwrap();
+        assert_eq!(answer, 42);
+        drop(runtime);
     }
 }
