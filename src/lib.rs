@@ -101,7 +101,8 @@
 //! workers, 8 concurrent callers made about 0.85x the calls/s of a BEAM
 //! pool of ports to the same worker on the default runtime and 1.04–1.16x
 //! on a runtime with one worker thread, whose host CPU per call was about
-//! half (`cargo xtask bench`, rows 9c and 9k–9n). Leave the workers cores:
+//! 0.6x the default runtime's (`cargo xtask bench`, rows 9c, 9e and
+//! 9k–9n). Leave the workers cores:
 //!
 //! ```no_run
 //! let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use portpool_pool::Pool;
+use portpool_pool::{Pool, PoolError};
 use portpool_transport::{ProcessLauncher, Value, Worker, WorkerCommand, WorkerId};
 
 fn basic_app() -> PathBuf {
@@ -163,9 +163,13 @@ fn shutting_down_a_pool_of_forked_workers_ends_its_fork_server_while_the_handle_
             assert_reaped(&pids);
             assert_reaped(&[zygote]);
         });
-        // A pool shut down launches nothing: calls fail, they do not hang.
+        // Shut down, the pool refuses calls at once (it has no launcher left
+        // to start a worker with, and needs none).
         let after =
             tokio::time::timeout(Duration::from_secs(5), pool.call::<_, Value>("echo", &"late")).await;
-        assert!(matches!(after, Ok(Err(_))), "{after:?}");
+        assert!(
+            matches!(after, Ok(Err(PoolError::PoolClosed { .. }))),
+            "{after:?}"
+        );
     });
 }

@@ -64,3 +64,53 @@ async fn dropping_the_last_handle_stops_the_workers() {
     tokio::time::sleep(secs(10)).await;
     assert!(l.live_workers().is_empty());
 }
+
+/// Two `shutdown()`s at once (from two handles): each returns only once
+/// the workers are stopped. Before, the second found the first had taken
+/// every task to await and returned at once, mid-drain.
+#[tokio::test(start_paused = true)]
+async fn concurrent_shutdowns_each_wait_for_the_drain() {
+    let l = launcher();
+    let pool = fake_pool(&l, 1).await.unwrap();
+    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
+    settle().await;
+    let (first, second) = (pool.clone(), pool.clone());
+    let t0 = Instant::now();
+    let first = tokio::spawn(async move { first.shutdown(secs(5)).await });
+    settle().await;
+    second.shutdown(secs(5)).await;
+    assert_eq!(
+        t0.elapsed(),
+        secs(1),
+        "the second shutdown returned before the drain ended"
+    );
+    let w = &l.workers()[0];
+    assert!(!w.is_alive());
+    assert_eq!(running.await.unwrap().unwrap(), 1_000);
+    first.await.unwrap();
+}
+
+/// A `shutdown()` cut short (a time-out around it) leaves the next one
+/// waiting for the drain all the same: the tasks it was awaiting are not
+/// lost with it.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_cut_short_leaves_the_next_one_waiting_for_the_drain() {
+    let l = launcher();
+    let pool = fake_pool(&l, 1).await.unwrap();
+    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
+    settle().await;
+    let t0 = Instant::now();
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(300), pool.shutdown(secs(5))).await;
+    assert!(
+        cut.is_err(),
+        "the drain takes 1 s, so the first shutdown is cut short"
+    );
+    pool.shutdown(secs(5)).await;
+    assert_eq!(
+        t0.elapsed(),
+        secs(1),
+        "the second shutdown returned before the drain ended"
+    );
+    assert!(!l.workers()[0].is_alive());
+    assert_eq!(running.await.unwrap().unwrap(), 1_000);
+}

@@ -179,9 +179,11 @@ pub async fn wait_all_gone(
     }
 }
 
-/// [`wait_all_gone`] for `pids`; whatever is left then is killed
-/// (`SIGKILL`), so a failing test leaves nothing running, and returned for
-/// the assertion message (empty when all were gone in time).
+/// [`wait_all_gone`] for `pids`; whatever is left then is sent `SIGKILL`
+/// (with the `kill` command), so a failing test leaves nothing running,
+/// and returned for the assertion message (empty when all were gone in
+/// time). A zombie child of this process cannot be killed, only reported:
+/// reap it.
 pub async fn wait_all_gone_or_kill(pids: &[u32], within: Duration) -> Vec<(ProcessInfo, ProcessState)> {
     let left = wait_all_gone(pids, &[], within).await;
     for (process, _) in &left {
@@ -223,21 +225,20 @@ pub async fn spawn_host_helper(
                     .split_whitespace()
                     .map(str::parse::<u32>)
                     .collect::<Result<Vec<_>, _>>()
-                    .ok();
+                    .map_err(|e| format!("its PIDS line {line:?} does not parse: {e}"));
             }
         }
-        None
+        Err("its output ended without a PIDS line".to_string())
     });
-    match tokio::time::timeout(within, read).await {
-        Ok(Ok(Some(pids))) => Ok((host, pids)),
-        outcome => {
-            let _ = host.kill();
-            let _ = host.wait();
-            Err(format!(
-                "the helper {helper} printed no PIDS line within {within:?}: {outcome:?}"
-            ))
-        }
-    }
+    let failure = match tokio::time::timeout(within, read).await {
+        Ok(Ok(Ok(pids))) => return Ok((host, pids)),
+        Ok(Ok(Err(why))) => why,
+        Ok(Err(join)) => format!("reading its output failed: {join}"),
+        Err(_) => format!("no PIDS line within {within:?}"),
+    };
+    let _ = host.kill();
+    let _ = host.wait();
+    Err(format!("the helper {helper}: {failure}"))
 }
 
 #[cfg(test)]

@@ -239,7 +239,8 @@ pub enum LaunchError {
         /// What was being waited for: "connecting", "the TLS handshake", ...
         stage: String,
     },
-    /// A launcher-specific failure (used by fakes and custom launchers).
+    /// A launcher-specific failure (fakes and custom launchers; a pool asked
+    /// to launch after `shutdown()` let go of its launcher).
     #[error("{worker}: launch failed: {reason}")]
     Other {
         /// The worker being launched.

@@ -82,6 +82,24 @@ pub(crate) struct Driver {
     /// Rung when the scheduler's outbox says something watched changed.
     changed: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while a caller of [`Driver::join_tasks`] awaits the tasks.
+    joining: tokio::sync::Mutex<()>,
+}
+
+/// Handles taken out of [`Driver::tasks`] to await; the ones still
+/// running go back if the awaiting caller is cancelled.
+struct Joining<'a> {
+    driver: &'a Driver,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        if !self.handles.is_empty() {
+            let mut tasks = self.driver.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.extend(self.handles.drain(..).filter(|h| !h.is_finished()));
+        }
+    }
 }
 
 impl Driver {
@@ -103,6 +121,7 @@ impl Driver {
             stop: watch::channel(None).0,
             changed: Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            joining: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -206,15 +225,23 @@ impl Driver {
         tasks.push(handle);
     }
 
-    /// Waits for every supervisor and drain task to finish.
+    /// Waits for every supervisor and drain task to finish. Callers take
+    /// turns (concurrent shutdowns from two handles): each returns only once
+    /// every task is done; a caller that is cancelled puts back the handles
+    /// it had not seen finish, for the next.
     pub(crate) async fn join_tasks(&self) {
+        let _turn = self.joining.lock().await;
         loop {
-            let handles = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-            if handles.is_empty() {
+            let mut joining = Joining {
+                driver: self,
+                handles: std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner())),
+            };
+            if joining.handles.is_empty() {
                 return;
             }
-            for h in handles {
-                let _ = h.await;
+            while let Some(handle) = joining.handles.last_mut() {
+                let _ = handle.await;
+                joining.handles.pop();
             }
         }
     }

@@ -217,7 +217,7 @@ impl Bench {
                 .map_err(|e| format!("cannot build a 1-thread runtime: {e}"))?,
         );
         let lean_pool = {
-            let builder = self.pool(self.command(), workers);
+            let builder = self.pool(self.command(), workers).name("bench-1-thread");
             lean.handle
                 .spawn(async move { builder.build().await })
                 .await
