@@ -37,8 +37,8 @@
 //!   except under CI).
 //! - [`process_gone`] / [`wait_process_gone`] / [`wait_all_gone_or_kill`]:
 //!   orphan checks through `/proc` for tests about real processes;
-//!   [`spawn_host_helper`]: a host process of the test binary's own, to
-//!   SIGKILL and see what outlives it.
+//!   [`spawn_host_helper`] / [`kill_host_helper`]: a host process of the
+//!   test binary's own, to SIGKILL and see what outlives it.
 //!
 //! The fake worker keeps the contract of the process worker: every call
 //! ends exactly once; a crash fails every in-flight and later call with
@@ -135,7 +135,7 @@ pub use ledger::CallLedger;
 #[cfg(feature = "pool")]
 pub use pool::{fake_pool, fake_pool_builder, spawn_call};
 pub use procs::{
-    leftover_processes, process_gone, process_info, process_state, process_tree, processes,
+    kill_host_helper, leftover_processes, process_gone, process_info, process_state, process_tree, processes,
     spawn_host_helper, wait_all_gone, wait_all_gone_or_kill, wait_process_gone, ProcessInfo, ProcessState,
 };
 pub use python_env::runtime_python;

@@ -241,6 +241,19 @@ pub async fn spawn_host_helper(
     Err(format!("the helper {helper}: {failure}"))
 }
 
+/// The end of a [`spawn_host_helper`] test: SIGKILLs the host (no
+/// destructor of it runs), reaps it, then [`wait_all_gone_or_kill`] for
+/// `pids`. Returns what outlived the host by `within` (empty: nothing).
+pub async fn kill_host_helper(
+    host: &mut std::process::Child,
+    pids: &[u32],
+    within: Duration,
+) -> Vec<(ProcessInfo, ProcessState)> {
+    let _ = host.kill();
+    let _ = host.wait();
+    wait_all_gone_or_kill(pids, within).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -565,9 +565,7 @@ async fn no_orphans_when_the_host_is_killed() {
         pids.iter().all(|&p| !portpool_testkit::process_gone(p)),
         "all running before the kill: {pids:?}"
     );
-    host.kill().unwrap(); // SIGKILL: no destructor runs in the host.
-    host.wait().unwrap();
-    let left = portpool_testkit::wait_all_gone_or_kill(&pids, Duration::from_secs(3)).await;
+    let left = portpool_testkit::kill_host_helper(&mut host, &pids, Duration::from_secs(3)).await;
     assert!(
         left.is_empty(),
         "{left:?} of {pids:?} outlived their SIGKILLed host by 3 s"
