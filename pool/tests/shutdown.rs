@@ -10,12 +10,24 @@ use portpool_pool::PoolError;
 use portpool_transport::CallError;
 use tokio::time::Instant;
 
-#[tokio::test(start_paused = true)]
-async fn closed_pool_fails_queued_and_new_callers() {
+/// A pool of one fake worker, running a `sleep` call of `ms` (started).
+async fn one_worker_running_a_call(
+    ms: u64,
+) -> (
+    portpool_testkit::FakeLauncher,
+    portpool_pool::Pool,
+    tokio::task::JoinHandle<Result<u64, PoolError>>,
+) {
     let l = launcher();
     let pool = fake_pool(&l, 1).await.unwrap();
-    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
+    let running = spawn_call::<u64>(&pool, "sleep", ms);
     settle().await;
+    (l, pool, running)
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_pool_fails_queued_and_new_callers() {
+    let (l, pool, running) = one_worker_running_a_call(1_000).await;
     let queued = spawn_call::<u32>(&pool, "echo", 1);
     settle().await;
     let t0 = Instant::now();
@@ -42,10 +54,7 @@ async fn closed_pool_fails_queued_and_new_callers() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_grace_bounds_the_drain() {
-    let l = launcher();
-    let pool = fake_pool(&l, 1).await.unwrap();
-    let running = spawn_call::<u64>(&pool, "sleep", 60_000);
-    settle().await;
+    let (l, pool, running) = one_worker_running_a_call(60_000).await;
     let t0 = Instant::now();
     pool.shutdown(secs(2)).await;
     assert!(t0.elapsed() <= secs(3), "{:?}", t0.elapsed());
@@ -70,10 +79,7 @@ async fn dropping_the_last_handle_stops_the_workers() {
 /// every task to await and returned at once, mid-drain.
 #[tokio::test(start_paused = true)]
 async fn concurrent_shutdowns_each_wait_for_the_drain() {
-    let l = launcher();
-    let pool = fake_pool(&l, 1).await.unwrap();
-    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
-    settle().await;
+    let (l, pool, running) = one_worker_running_a_call(1_000).await;
     let (first, second) = (pool.clone(), pool.clone());
     let t0 = Instant::now();
     let first = tokio::spawn(async move { first.shutdown(secs(5)).await });
@@ -95,10 +101,7 @@ async fn concurrent_shutdowns_each_wait_for_the_drain() {
 /// lost with it.
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_cut_short_leaves_the_next_one_waiting_for_the_drain() {
-    let l = launcher();
-    let pool = fake_pool(&l, 1).await.unwrap();
-    let running = spawn_call::<u64>(&pool, "sleep", 1_000);
-    settle().await;
+    let (l, pool, running) = one_worker_running_a_call(1_000).await;
     let t0 = Instant::now();
     let cut = tokio::time::timeout(std::time::Duration::from_millis(300), pool.shutdown(secs(5))).await;
     assert!(

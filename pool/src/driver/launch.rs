@@ -45,8 +45,8 @@ impl Driver {
     /// The pool is shut down and its tasks are gone: lets go of the
     /// launcher (a clone the caller kept keeps it alive).
     pub(crate) fn release_launcher(&self) {
-        let launcher = self.launcher.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(launcher);
+        // Dropped here, outside the lock.
+        let _launcher = self.launcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// `slot` launched `worker`: it serves from now on.
