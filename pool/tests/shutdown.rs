@@ -54,7 +54,7 @@ async fn closed_pool_fails_queued_and_new_callers() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_grace_bounds_the_drain() {
-    let (l, pool, running) = one_worker_running_a_call(60_000).await;
+    let (_l, pool, running) = one_worker_running_a_call(60_000).await;
     let t0 = Instant::now();
     pool.shutdown(secs(2)).await;
     assert!(t0.elapsed() <= secs(3), "{:?}", t0.elapsed());
